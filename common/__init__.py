@@ -1,0 +1,1 @@
+"""Shared building blocks of the generative MONAI bundles (referenced from bundle configs as ``common.<module>``)."""

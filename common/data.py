@@ -1,0 +1,338 @@
+"""Finding, pairing and checking the cases of a dataset folder, and writing cases in the same layouts.
+
+A *case* is a dict ``{"case_id": str, "image": [path, ...], "label": path}`` with one image path per modality
+(in the order of the bundle's ``modalities``). Three folder layouts are understood (``layout="auto"`` tries them
+in this order):
+
+* ``datalist``: a MONAI decathlon-style ``dataset.json`` with ``training`` (and optionally ``validation``) entries
+  ``{"image": path or [paths], "label": path}``, paths relative to the folder;
+* ``images_labels``: ``imagesTr/<id>.nii.gz`` + ``labelsTr/<id>.nii.gz`` (several modalities as nnU-Net channel
+  files ``<id>_0000.nii.gz``, ``<id>_0001.nii.gz``, ...);
+* ``brats``: ``<id>_<modality>.nii.gz`` files and ``<id>_seg.nii.gz`` anywhere below the folder (BraTS 2021).
+
+Images and labels are paired by case id, never by sort order. Header-level checks (shapes, spacing, orientation
+of every file of a case) run before any voxel is read, so a bad dataset fails in seconds with the file named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch.distributed as dist
+
+__all__ = [
+    "LAYOUTS",
+    "NIFTI_SUFFIXES",
+    "find_cases",
+    "check_case_headers",
+    "split_cases",
+    "prepare_dataset",
+    "case_id_from_path",
+    "write_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "datalist", "images_labels", "brats")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """File name without its NIfTI suffix (``/a/head_001.nii.gz`` -> ``head_001``)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+
+
+def _cases_from_datalist(root: Path, datalist: Path, section: str) -> list[dict[str, Any]]:
+    try:
+        content = json.loads(datalist.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"datalist '{datalist}' is not readable JSON: {e}") from e
+    entries = content.get(section, []) if isinstance(content, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"datalist '{datalist}': expected a list under '{section}', found {type(entries).__name__}")
+    cases = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise ValueError(
+                f"datalist '{datalist}' {section}[{i}]: expected {{'image': ..., 'label': ...}}, found {entry}"
+            )
+        images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+        label = str(root / entry["label"])
+        case_id = str(entry.get("case_id", case_id_from_path(label)))
+        cases.append({"case_id": case_id, "image": [str(root / p) for p in images], "label": label})
+    return cases
+
+
+def _cases_from_images_labels(root: Path, num_modalities: int) -> list[dict[str, Any]]:
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    grouped: dict[str, dict[int, str]] = {}
+    for path in _nifti_files(images_dir):
+        stem = case_id_from_path(path)
+        match = _CHANNEL_SUFFIX.match(stem)
+        case_id, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        if channel in grouped.setdefault(case_id, {}):
+            raise ValueError(f"'{images_dir}': case '{case_id}' has two files for channel {channel}")
+        grouped[case_id][channel] = str(path)
+    labels = {case_id_from_path(p): str(p) for p in _nifti_files(labels_dir)}
+    _require_same_ids(set(grouped), set(labels), images_dir, labels_dir)
+    cases = []
+    for case_id in sorted(grouped):
+        channels = grouped[case_id]
+        if sorted(channels) != list(range(num_modalities)):
+            raise ValueError(
+                f"'{images_dir}': case '{case_id}' has channel files {sorted(channels)}, expected channels "
+                f"{list(range(num_modalities))} (one per modality, nnU-Net naming <id>_0000.nii.gz ...)"
+            )
+        cases.append({"case_id": case_id, "image": [channels[c] for c in sorted(channels)], "label": labels[case_id]})
+    return cases
+
+
+def _require_same_ids(image_ids: set[str], label_ids: set[str], images_dir: Path, labels_dir: Path) -> None:
+    if image_ids == label_ids:
+        return
+    only_images, only_labels = sorted(image_ids - label_ids), sorted(label_ids - image_ids)
+    raise ValueError(
+        f"images and labels do not pair up by case id ({len(image_ids)} images in '{images_dir}', "
+        f"{len(label_ids)} labels in '{labels_dir}'): images without a label: {only_images[:10]}; "
+        f"labels without an image: {only_labels[:10]}"
+    )
+
+
+def _cases_from_brats(root: Path, modalities: Sequence[str]) -> list[dict[str, Any]]:
+    cases = []
+    for seg in sorted(p for suffix in NIFTI_SUFFIXES for p in root.rglob(f"*_seg{suffix}")):
+        case_id = case_id_from_path(seg)[: -len("_seg")]
+        images, missing = [], []
+        for modality in modalities:
+            found = [seg.parent / f"{case_id}_{modality}{suffix}" for suffix in NIFTI_SUFFIXES]
+            found = [p for p in found if p.is_file()]
+            if found:
+                images.append(str(found[0]))
+            else:
+                missing.append(modality)
+        if missing:
+            raise ValueError(
+                f"BraTS case '{case_id}' in '{seg.parent}' lacks modality files {missing} "
+                f"(expected {[f'{case_id}_{m}.nii.gz' for m in modalities]})"
+            )
+        cases.append({"case_id": case_id, "image": images, "label": str(seg)})
+    return cases
+
+
+def find_cases(
+    dataset_dir: str | Path,
+    modalities: Sequence[str],
+    layout: str = "auto",
+    section: str = "training",
+    config_key: str = "dataset_dir",
+) -> list[dict[str, Any]]:
+    """List the cases of ``dataset_dir`` paired by case id.
+
+    Args:
+        dataset_dir: dataset folder.
+        modalities: modality names, one image channel each (e.g. ``["t1c"]``, ``["t1", "t1ce", "t2", "flair"]``).
+        layout: one of :data:`LAYOUTS`.
+        section: datalist section to read (``training`` or ``validation``).
+        config_key: config key named in error messages.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: unknown layout, no usable cases, images and labels that do not pair up, wrong channel count.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"config key '{config_key}': dataset folder '{root}' does not exist")
+    datalist = root / "dataset.json"
+    if layout == "datalist" or (layout == "auto" and datalist.is_file()):
+        cases = _cases_from_datalist(root, datalist, section)
+    elif layout == "images_labels" or (layout == "auto" and (root / "imagesTr").is_dir()):
+        if not (root / "labelsTr").is_dir():
+            raise ValueError(f"config key '{config_key}': '{root}' has imagesTr/ but no labelsTr/ folder")
+        cases = _cases_from_images_labels(root, len(modalities))
+    else:
+        cases = _cases_from_brats(root, modalities)
+    if not cases:
+        found = sorted(p.name for p in root.iterdir())[:10]
+        raise ValueError(
+            f"config key '{config_key}': no usable cases in '{root}' (layout '{layout}'): expected a dataset.json "
+            f"datalist, imagesTr/ + labelsTr/ folders, or BraTS files <id>_{{{','.join(modalities)}}}.nii.gz + "
+            f"<id>_seg.nii.gz; found {found or 'an empty folder'}"
+        )
+    for case in cases:
+        if len(case["image"]) != len(modalities):
+            raise ValueError(
+                f"case '{case['case_id']}' has {len(case['image'])} image channel file(s) {case['image']}, expected "
+                f"{len(modalities)} (modalities {list(modalities)})"
+            )
+    ids = [case["case_id"] for case in cases]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"config key '{config_key}': case ids occur more than once in '{root}': {duplicates[:10]}")
+    return cases
+
+
+def _header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"file '{path}' listed in the dataset does not exist")
+    if not path.endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"'{path}': expected a NIfTI file (.nii or .nii.gz)")
+    try:
+        image = nib.load(path)
+    except Exception as e:  # nibabel raises several types for damaged files
+        raise ValueError(f"cannot read NIfTI header of '{path}': {e}") from e
+    shape = tuple(image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape, image.affine
+
+
+def check_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float = 1e-2) -> None:
+    """Check, from the NIfTI headers only, that every file of ``case`` has the same 3D grid.
+
+    Raises:
+        ValueError: a file is not a readable 3D NIfTI, or shapes / spacing / orientation differ between the files of
+            the case (the message names both files and what each has).
+    """
+    paths = [*case["image"], case["label"]]
+    reference_path = case["image"][0]
+    reference_shape, reference_affine = _header(reference_path)
+    if len(reference_shape) != 3:
+        raise ValueError(f"'{reference_path}': expected a 3D volume, found shape {reference_shape}")
+    for path in paths[1:]:
+        shape, affine = _header(path)
+        if shape != reference_shape:
+            raise ValueError(
+                f"case '{case['case_id']}': shape {shape} of '{path}' does not match shape {reference_shape} of "
+                f"'{reference_path}'"
+            )
+        if not np.allclose(affine, reference_affine, rtol=rtol, atol=atol):
+            spacing, reference_spacing = (
+                np.linalg.norm(a[:3, :3], axis=0).round(4) for a in (affine, reference_affine)
+            )
+            raise ValueError(
+                f"case '{case['case_id']}': voxel grid of '{path}' (spacing {spacing.tolist()}, affine "
+                f"{affine.round(3).tolist()}) does not match '{reference_path}' (spacing {reference_spacing.tolist()}, "
+                f"affine {reference_affine.round(3).tolist()})"
+            )
+
+
+def split_cases(cases: list[dict], val_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Split cases into (train, val) reproducibly: a seeded shuffle of the case ids, ``val_fraction`` to validation.
+
+    At least one validation case is kept when ``val_fraction > 0`` and there are two or more cases.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = sorted(cases, key=lambda c: c["case_id"])
+    random.Random(seed).shuffle(order)
+    n_val = round(len(order) * val_fraction)
+    if val_fraction > 0 and len(order) >= 2:
+        n_val = max(n_val, 1)
+    return order[n_val:], order[:n_val]
+
+
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _needs_phantoms(dataset_dir: Path, phantom: dict | None) -> bool:
+    if not phantom or Path(phantom["dir"]).resolve() != dataset_dir.resolve():
+        return False
+    return not dataset_dir.exists() or not any(dataset_dir.iterdir())
+
+
+def _write_phantoms(phantom: dict) -> None:
+    from common.phantoms import write_phantom_dataset
+
+    options = {k: v for k, v in phantom.items() if k not in ("dir", "kind")}
+    logger.info(f"dataset_dir '{phantom['dir']}' is empty: writing {options.get('n', 8)} '{phantom['kind']}' phantoms")
+    folder = Path(phantom["dir"])
+    if folder.exists():  # an empty folder: the writer wants to create it itself, atomically
+        folder.rmdir()
+    write_phantom_dataset(phantom["kind"], folder, **options)
+
+
+def prepare_dataset(
+    dataset_dir: str,
+    modalities: Sequence[str],
+    phantom: dict | None = None,
+    layout: str = "auto",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    check_headers: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
+    """Find, check and split the cases of ``dataset_dir``; write the phantom dataset first when it is the default.
+
+    Args:
+        dataset_dir: the ``dataset_dir`` config value.
+        modalities: modality names (one image channel each).
+        phantom: the bundle's phantom settings ``{"dir", "kind", "n", "shape", "spacing", "seed"}``. When
+            ``dataset_dir`` is ``phantom["dir"]`` and that folder is missing or empty, the phantom dataset is written
+            there first (by rank 0 only under ``torchrun``) and the fact is logged. Any other missing or empty
+            folder is an error.
+        layout: folder layout, see :func:`find_cases`.
+        val_fraction: share of cases held out for validation when the datalist has no ``validation`` section.
+        seed: seed of the train/validation split.
+        check_headers: run :func:`check_case_headers` on every case.
+
+    Returns:
+        ``{"train": [...], "val": [...]}`` lists of cases.
+    """
+    root = Path(dataset_dir)
+    distributed = dist.is_available() and dist.is_initialized()
+    if _is_main_process() and _needs_phantoms(root, phantom):
+        _write_phantoms(phantom)
+    if distributed:
+        dist.barrier()
+    train = find_cases(root, modalities, layout)
+    has_validation = (root / "dataset.json").is_file() and "validation" in json.loads(
+        (root / "dataset.json").read_text()
+    )
+    if has_validation and layout in ("auto", "datalist"):
+        val = find_cases(root, modalities, "datalist", section="validation")
+    else:
+        train, val = split_cases(train, val_fraction, seed)
+    if check_headers:
+        for case in train + val:
+            check_case_headers(case)
+    logger.info(f"dataset '{root}': {len(train)} training and {len(val)} validation cases")
+    return {"train": train, "val": val}
+
+
+def write_datalist(out_dir: str | Path, cases: list[dict[str, Any]], **fields: Any) -> Path:
+    """Write ``out_dir/dataset.json`` (decathlon style) for ``cases``, paths relative to ``out_dir``, atomically."""
+    root = Path(out_dir)
+
+    def relative(path: str) -> str:
+        return os.path.relpath(path, root)
+
+    training = [
+        {"case_id": c["case_id"], "image": [relative(p) for p in c["image"]], "label": relative(c["label"])}
+        for c in cases
+    ]
+    content = {**fields, "numTraining": len(training), "training": training}
+    target = root / "dataset.json"
+    temporary = root / f".dataset.json.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(content, indent=2))
+    os.replace(temporary, target)
+    return target
