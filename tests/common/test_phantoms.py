@@ -1,0 +1,281 @@
+"""Tests of common/phantoms.py: grids, affines, anatomy, contrasts, determinism and the atomic dataset writer."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from common import phantoms
+from common.phantoms import (
+    BRATS_MODALITIES,
+    PHANTOM_KINDS,
+    brats_mri_case,
+    brats_mri_phantom,
+    get_phantom_kind,
+    phantom_affine,
+    phantom_grid,
+    whole_head_mri_case,
+    whole_head_mri_phantom,
+    write_phantom_dataset,
+)
+
+
+def _rng(index: int = 0) -> np.random.Generator:
+    return np.random.default_rng((0, index))
+
+
+def _tissue_means(case: phantoms.PhantomCase, modality: str) -> dict[str, float]:
+    image = case.images[modality]
+    return {name: float(image[case.tissues == i].mean()) for i, name in enumerate(case.tissue_names)}
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Voxels of a 3D mask with a 6-neighbour outside it (beyond the array edge counts as inside)."""
+    padded = np.pad(mask, 1, mode="edge")
+    interior = mask.copy()
+    for axis in range(3):
+        for step in (-1, 1):
+            interior &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
+    return mask & ~interior
+
+
+def _min_distance_mm(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Smallest distance (mm) between the voxel centres of two disjoint 3D masks (measured to ``b``'s boundary)."""
+    points_a, points_b = np.argwhere(a) * spacing, np.argwhere(_boundary(b)) * spacing
+    return min(
+        float(np.sqrt(((chunk[:, None] - points_b[None]) ** 2).sum(-1)).min())
+        for chunk in np.array_split(points_a, max(1, len(points_a) // 256))
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, size, shape, spacing",
+    [
+        ("whole_head_mri", 32, (32, 32, 32), (6.0, 6.0, 6.0)),
+        ("semantic_mri", 64, (64, 64, 64), (3.0, 3.0, 3.0)),
+        ("brats_mri", 64, (64, 64, 48), (3.0, 3.0, 3.0)),
+        ("semantic_mri_brats", 32, (32, 32, 24), (6.0, 6.0, 6.0)),
+    ],
+)
+def test_phantom_grid_default_field_of_view(kind, size, shape, spacing):
+    assert phantom_grid(kind, size) == (shape, spacing)
+
+
+def test_phantom_grid_explicit_shape_and_spacing():
+    assert phantom_grid("whole_head_mri", shape=(40, 48, 36)) == ((40, 48, 36), (4.8, 4.0, 192.0 / 36))
+    assert phantom_grid("brats_mri", shape=(20, 20, 16), spacing=(1, 2, 3)) == ((20, 20, 16), (1.0, 2.0, 3.0))
+
+
+def test_phantom_grid_rejects_small_size():
+    with pytest.raises(ValueError, match="size must be >= 8"):
+        phantom_grid("whole_head_mri", size=4)
+
+
+def test_phantom_grid_rejects_bad_shape():
+    with pytest.raises(ValueError, match=r"shape must be 3 voxel counts .* got \(32, 32\)"):
+        phantom_grid("whole_head_mri", shape=(32, 32))
+
+
+def test_phantom_grid_rejects_bad_spacing():
+    with pytest.raises(ValueError, match=r"spacing must be 3 positive .* got \(1.0, 1.0, 0.0\)"):
+        phantom_grid("whole_head_mri", shape=(16, 16, 16), spacing=(1.0, 1.0, 0.0))
+
+
+def test_get_phantom_kind_resolves_aliases():
+    assert get_phantom_kind("semantic_mri") is PHANTOM_KINDS["whole_head_mri"]
+    assert get_phantom_kind("semantic_mri_brats") is PHANTOM_KINDS["brats_mri"]
+
+
+def test_get_phantom_kind_unknown_lists_known_kinds():
+    with pytest.raises(ValueError, match=r"kind must be one of \['brats_mri', .*'whole_head_mri'\], got 'lung_ct'"):
+        get_phantom_kind("lung_ct")
+
+
+def test_phantom_affine_is_ras_diagonal_and_centred():
+    affine = phantom_affine((32, 40, 24), (6.0, 4.8, 6.0))
+    np.testing.assert_allclose(np.diag(affine), [6.0, 4.8, 6.0, 1.0])
+    np.testing.assert_allclose(affine @ [15.5, 19.5, 11.5, 1.0], [0.0, 0.0, 0.0, 1.0])
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+
+
+@pytest.mark.parametrize("shape, spacing", [((32, 32, 32), (6.0, 6.0, 6.0)), ((40, 48, 36), (4.8, 4.0, 5.3))])
+def test_whole_head_case_shapes_dtypes_labels(shape, spacing):
+    image, label = whole_head_mri_case(shape, spacing, _rng())
+    assert image.shape == label.shape == shape
+    assert image.dtype == np.float32 and label.dtype == np.uint8
+    assert set(np.unique(label)) == {0, 1, 2}
+    assert image.min() >= 0.0 and image.max() < 1.25
+    assert image[label == 0].mean() < 0.03  # background near 0 (Rician noise floor)
+
+
+def test_brats_case_shapes_dtypes_labels_and_zero_background():
+    images, seg = brats_mri_case((32, 32, 24), (6.0, 6.0, 6.0), _rng())
+    assert list(images) == list(BRATS_MODALITIES)
+    assert seg.shape == (32, 32, 24) and seg.dtype == np.uint8
+    assert set(np.unique(seg)) == {0, 1, 2, 4}
+    brain = images["t1"] > 0
+    for image in images.values():
+        assert image.shape == seg.shape and image.dtype == np.float32
+        assert np.array_equal(image > 0, brain)  # one brain mask, exactly 0 (no noise) outside it
+    assert not brain[0].any() and not brain[:, :, -1].any()
+    assert brain[seg > 0].all()
+
+
+@pytest.mark.parametrize("generate", [whole_head_mri_phantom, brats_mri_phantom])
+def test_same_seed_same_case_different_seed_different_case(generate):
+    first, again, other = (generate((24, 24, 24), (8.0, 8.0, 6.0), _rng(i)) for i in (0, 0, 1))
+    assert np.array_equal(first.label, again.label) and np.array_equal(first.tissues, again.tissues)
+    for modality in first.images:
+        assert np.array_equal(first.images[modality], again.images[modality])
+        assert not np.array_equal(first.images[modality], other.images[modality])
+    assert not np.array_equal(first.label, other.label)
+
+
+@pytest.mark.parametrize("kind, tumour_labels", [("whole_head_mri", (2,)), ("brats_mri", (1, 4))])
+def test_seeded_golden_label_counts(kind, tumour_labels):
+    """Case 0 of seed 0 at 32 voxels: guards against unnoticed changes of the anatomy (update when intended).
+
+    1 % slack: float32 ``sin``/``sqrt`` may differ in the last bit between CPUs, which can flip a boundary voxel.
+    """
+    expected = {"whole_head_mri": (8969, 210), "brats_mri": (826, 278)}[kind]
+    shape, spacing = phantom_grid(kind, 32)
+    label = PHANTOM_KINDS[kind].generate(shape, spacing, _rng()).label
+    counts = (int((label > 0).sum()), int(np.isin(label, tumour_labels).sum()))
+    assert counts == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_whole_head_tumour_stays_inside_the_brain(size):
+    shape, spacing = phantom_grid("whole_head_mri", size)
+    for index in range(4):
+        case = whole_head_mri_phantom(shape, spacing, _rng(index))
+        tumour = case.label == 2
+        skull = np.isin(case.tissues, [case.tissue_names.index("skull"), case.tissue_names.index("diploe")])
+        assert _min_distance_mm(tumour, case.label == 0, spacing) >= 20.0
+        assert _min_distance_mm(tumour, skull, spacing) >= 8.0
+        assert not tumour[[0, -1]].any() and not tumour[:, [0, -1]].any() and not tumour[:, :, [0, -1]].any()
+
+
+def test_brats_tumour_stays_inside_the_brain():
+    shape, spacing = phantom_grid("brats_mri", 32)
+    for index in range(4):
+        case = brats_mri_phantom(shape, spacing, _rng(index))
+        core = np.isin(case.label, (1, 4))
+        assert _min_distance_mm(core, case.tissues == 0, spacing) >= 10.0
+        assert (case.label[case.tissues == 0] == 0).all()
+
+
+def test_anatomy_has_a_physical_size():
+    """The same case on a coarse and a fine grid: the same head volume in mm^3."""
+    volumes = []
+    for size in (32, 64):
+        shape, spacing = phantom_grid("whole_head_mri", size)
+        label = whole_head_mri_phantom(shape, spacing, _rng(3)).label
+        volumes.append([(label > 0).sum() * np.prod(spacing), (label == 2).sum() * np.prod(spacing)])
+    np.testing.assert_allclose(volumes[0], volumes[1], rtol=0.08)
+    assert 1.5e6 < volumes[1][0] < 3.0e6  # a head of about 150 x 175 x 160 mm
+    assert 4 / 3 * np.pi * 14**3 < volumes[1][1] < 4 / 3 * np.pi * 28**3  # tumour diameter about 30-55 mm
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_whole_head_t1c_contrasts(index):
+    shape, spacing = phantom_grid("whole_head_mri", 64)
+    mean = _tissue_means(whole_head_mri_phantom(shape, spacing, _rng(index)), "t1c")
+    assert mean["enhancing"] > 1.5 * mean["scalp"]  # rim clearly the brightest tissue
+    assert mean["scalp"] > mean["white_matter"] > mean["grey_matter"] > mean["csf"]
+    assert mean["white_matter"] > mean["oedema"] and mean["grey_matter"] > mean["necrosis"]
+    assert max(mean["skull"], mean["ventricles"]) < mean["grey_matter"]
+    assert mean["background"] < 0.03
+
+
+def test_brats_contrasts_per_modality():
+    shape, spacing = phantom_grid("brats_mri", 64)
+    case = brats_mri_phantom(shape, spacing, _rng(2))
+    t1, t1ce, t2, flair = (_tissue_means(case, m) for m in BRATS_MODALITIES)
+    assert t1["white_matter"] > t1["grey_matter"] > t1["csf"]
+    assert t1["white_matter"] > max(t1["enhancing"], t1["oedema"], t1["necrosis"])
+    assert t1ce["enhancing"] > 1.3 * max(value for name, value in t1ce.items() if name != "enhancing")
+    assert t2["csf"] > t2["oedema"] > t2["grey_matter"] > t2["white_matter"]
+    assert t2["ventricles"] > t2["oedema"]
+    assert flair["oedema"] == max(flair.values())
+    assert flair["csf"] < min(flair["grey_matter"], flair["white_matter"])
+
+
+def test_write_whole_head_dataset(tmp_path):
+    out = write_phantom_dataset("semantic_mri", tmp_path / "heads", n=2, size=16, seed=3)
+    assert out == tmp_path / "heads"
+    description = json.loads((out / "dataset.json").read_text())
+    assert description["name"] == "whole_head_mri" and description["numTraining"] == 2
+    assert description["modality"] == {"0": "t1c"}
+    assert description["labels"] == {"0": "background", "1": "head", "2": "tumour"}
+    assert description["training"][1] == {"image": "imagesTr/head_001.nii.gz", "label": "labelsTr/head_001.nii.gz"}
+    for entry in description["training"]:
+        image, label = nib.load(out / entry["image"]), nib.load(out / entry["label"])
+        assert image.get_data_dtype() == np.float32 and label.get_data_dtype() == np.uint8
+        assert image.shape == label.shape == (16, 16, 16)
+        np.testing.assert_allclose(image.affine, phantom_affine((16, 16, 16), (12.0, 12.0, 12.0)))
+        assert set(np.unique(np.asanyarray(label.dataobj))) <= {0, 1, 2}
+    expected, _ = whole_head_mri_case((16, 16, 16), (12.0, 12.0, 12.0), np.random.default_rng((3, 1)))
+    np.testing.assert_array_equal(nib.load(out / "imagesTr/head_001.nii.gz").get_fdata(dtype=np.float32), expected)
+
+
+def test_write_brats_dataset(tmp_path):
+    out = write_phantom_dataset("brats_mri", tmp_path / "brats", n=2, shape=(16, 16, 12), spacing=(12, 12, 12))
+    description = json.loads((out / "dataset.json").read_text())
+    assert description["modality"] == {"0": "t1", "1": "t1ce", "2": "t2", "3": "flair"}
+    assert set(description["labels"]) == {"0", "1", "2", "4"}
+    first = description["training"][0]
+    case = "BraTS_phantom_00000"
+    assert first["image"] == [f"{case}/{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+    assert first["label"] == f"{case}/{case}_seg.nii.gz"
+    for entry in description["training"]:
+        for path in [*entry["image"], entry["label"]]:
+            loaded = nib.load(out / path)
+            assert loaded.shape == (16, 16, 12)
+            np.testing.assert_allclose(loaded.affine[:3, 3], [-90.0, -90.0, -66.0])
+
+
+def test_cases_do_not_depend_on_n(tmp_path):
+    one = write_phantom_dataset("whole_head_mri", tmp_path / "one", n=1, size=16)
+    two = write_phantom_dataset("whole_head_mri", tmp_path / "two", n=2, size=16)
+    for path in ("imagesTr/head_000.nii.gz", "labelsTr/head_000.nii.gz"):
+        np.testing.assert_array_equal(nib.load(one / path).get_fdata(), nib.load(two / path).get_fdata())
+
+
+def test_write_into_existing_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = write_phantom_dataset("whole_head_mri", tmp_path / "empty", n=1, size=16)
+    assert (out / "dataset.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_existing_non_empty_folder_is_refused_and_untouched(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="data"):
+        write_phantom_dataset("whole_head_mri", out, n=1, size=16)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    calls = []
+
+    def fail_on_third_file(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(phantoms, "atomic_write_nifti", fail_on_third_file)
+    with pytest.raises(OSError, match="disk full"):
+        write_phantom_dataset("whole_head_mri", tmp_path / "data", n=2, size=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_rejects_no_cases(tmp_path):
+    with pytest.raises(ValueError, match="n must be >= 1 case, got 0"):
+        write_phantom_dataset("whole_head_mri", tmp_path / "data", n=0)

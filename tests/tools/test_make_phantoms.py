@@ -1,0 +1,35 @@
+"""Tests of tools/make_phantoms.py, called in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools.make_phantoms import main
+
+
+def test_writes_whole_head_phantoms_and_reports_them(tmp_path, capsys):
+    main("semantic_mri", out=str(tmp_path / "heads"), n=2, size=16, seed=1)
+    printed = capsys.readouterr().out
+    assert "2 'whole_head_mri' phantom case(s) of 16x16x16 voxels (12x12x12 mm)" in printed
+    assert str(tmp_path / "heads") in printed
+    description = json.loads((tmp_path / "heads" / "dataset.json").read_text())
+    assert description["numTraining"] == 2
+    assert all((tmp_path / "heads" / entry["label"]).is_file() for entry in description["training"])
+
+
+@pytest.mark.parametrize("kind", ["semantic_mri_brats", "brats_mri"])
+def test_writes_brats_phantoms(tmp_path, capsys, kind):
+    main(kind, out=str(tmp_path / "brats"), n=1, size=16)
+    assert "16x16x12 voxels" in capsys.readouterr().out
+    case = tmp_path / "brats" / "BraTS_phantom_00000"
+    assert sorted(p.name for p in case.iterdir()) == [
+        f"BraTS_phantom_00000_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")
+    ]
+
+
+def test_unknown_kind_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="kind must be one of"):
+        main("lung_ct", out=str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
