@@ -1,1 +1,31 @@
-"""Shared building blocks of the generative MONAI bundles (referenced from bundle configs as ``common.<module>``)."""
+"""Shared building blocks of the generative MONAI bundles (referenced from bundle configs as ``common.<module>``).
+
+Submodules load on first attribute access, so a config needs only ``$import common`` to use ``common.data``,
+``common.sampling`` and the rest (MONAI's config parser binds ``import a.b`` to the name ``a.b``, not ``a``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = [
+    "bundle",
+    "checkpoint",
+    "data",
+    "handlers",
+    "inferers",
+    "intensity_rules",
+    "io",
+    "metrics",
+    "phantoms",
+    "sampling",
+    "schedulers",
+    "transforms",
+]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,6 +41,9 @@ def atomic_torch_save(obj: object, path: str | Path) -> Path:
     os.close(handle)
     try:
         torch.save(obj, temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600 files; give the usual permissions
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -38,6 +38,7 @@ __all__ = [
     "prepare_dataset",
     "case_id_from_path",
     "write_datalist",
+    "case_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _cases_from_datalist(root: Path, datalist: Path, section: str) -> list[dict[
             )
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         label = str(root / entry["label"])
-        case_id = str(entry.get("case_id", case_id_from_path(label)))
+        case_id = str(entry.get("case_id", re.sub(r"_seg$", "", case_id_from_path(label))))
         cases.append({"case_id": case_id, "image": [str(root / p) for p in images], "label": label})
     return cases
 
@@ -336,3 +337,23 @@ def write_datalist(out_dir: str | Path, cases: list[dict[str, Any]], **fields: A
     temporary.write_text(json.dumps(content, indent=2))
     os.replace(temporary, target)
     return target
+
+
+def case_paths(out_dir: str | Path, case_id: str, modalities: Sequence[str], layout: str) -> tuple[list[Path], Path]:
+    """Where a case is written in ``layout`` (the inverse of :func:`find_cases`): (image paths, label path).
+
+    ``images_labels``: ``imagesTr/<id>.nii.gz`` (one modality) or ``imagesTr/<id>_0000.nii.gz``... (nnU-Net channel
+    files) and ``labelsTr/<id>.nii.gz``; ``brats``: ``<id>/<id>_<modality>.nii.gz`` and ``<id>/<id>_seg.nii.gz``.
+    """
+    root = Path(out_dir)
+    if layout == "images_labels":
+        names = (
+            [f"{case_id}.nii.gz"]
+            if len(modalities) == 1
+            else [f"{case_id}_{c:04d}.nii.gz" for c in range(len(modalities))]
+        )
+        return [root / "imagesTr" / n for n in names], root / "labelsTr" / f"{case_id}.nii.gz"
+    if layout == "brats":
+        folder = root / case_id
+        return [folder / f"{case_id}_{m}.nii.gz" for m in modalities], folder / f"{case_id}_seg.nii.gz"
+    raise ValueError(f"output layout must be 'images_labels' or 'brats', got '{layout}'")

@@ -55,8 +55,9 @@ def _flood_from_frame(background: torch.Tensor, spatial_dims: int) -> torch.Tens
     """Background voxels of (N, *spatial) connected to the outside of the array, through background."""
     interior = (slice(None),) + (slice(1, -1),) * spatial_dims
     # a one-voxel frame of background around the array seeds the flood from every border voxel at once
-    passable = torch.ones([background.shape[0], *(n + 2 for n in background.shape[1:])], dtype=torch.bool,
-                          device=background.device)
+    passable = torch.ones(
+        [background.shape[0], *(n + 2 for n in background.shape[1:])], dtype=torch.bool, device=background.device
+    )
     passable[interior] = background
     reached = torch.ones_like(passable)
     reached[interior] = False

@@ -71,14 +71,42 @@ _WHOLE_HEAD_T1C = {
 # Noise-free signal per tissue and BraTS modality. T1: WM > GM > CSF, tumour hypointense; T1ce: enhancing tumour
 # brightest; T2: CSF brightest, oedema bright; FLAIR: CSF suppressed, oedema brightest.
 _BRATS_SIGNAL = {
-    "t1": {"csf": 0.18, "grey_matter": 0.55, "white_matter": 0.75, "ventricles": 0.16,
-           "oedema": 0.42, "enhancing": 0.48, "necrosis": 0.22},
-    "t1ce": {"csf": 0.16, "grey_matter": 0.50, "white_matter": 0.66, "ventricles": 0.14,
-             "oedema": 0.38, "enhancing": 1.00, "necrosis": 0.20},
-    "t2": {"csf": 1.00, "grey_matter": 0.52, "white_matter": 0.36, "ventricles": 1.00,
-           "oedema": 0.80, "enhancing": 0.58, "necrosis": 0.90},
-    "flair": {"csf": 0.10, "grey_matter": 0.52, "white_matter": 0.40, "ventricles": 0.08,
-              "oedema": 1.00, "enhancing": 0.72, "necrosis": 0.45},
+    "t1": {
+        "csf": 0.18,
+        "grey_matter": 0.55,
+        "white_matter": 0.75,
+        "ventricles": 0.16,
+        "oedema": 0.42,
+        "enhancing": 0.48,
+        "necrosis": 0.22,
+    },
+    "t1ce": {
+        "csf": 0.16,
+        "grey_matter": 0.50,
+        "white_matter": 0.66,
+        "ventricles": 0.14,
+        "oedema": 0.38,
+        "enhancing": 1.00,
+        "necrosis": 0.20,
+    },
+    "t2": {
+        "csf": 1.00,
+        "grey_matter": 0.52,
+        "white_matter": 0.36,
+        "ventricles": 1.00,
+        "oedema": 0.80,
+        "enhancing": 0.58,
+        "necrosis": 0.90,
+    },
+    "flair": {
+        "csf": 0.10,
+        "grey_matter": 0.52,
+        "white_matter": 0.40,
+        "ventricles": 0.08,
+        "oedema": 1.00,
+        "enhancing": 0.72,
+        "necrosis": 0.45,
+    },
 }
 
 _BIAS_AMPLITUDE = 0.10  # multiplicative bias field spans 1 +- this
@@ -305,10 +333,16 @@ def _brain_fractions(frame: np.ndarray, brain: _Brain, voxel_mm: float) -> dict[
     folding = brain.folds(directions)
     intracranial = _ellipsoid_distance(frame, brain.intracranial_axes)
     pial = intracranial + brain.csf_thickness + brain.sulcus_depth * np.exp(-np.square(folding / _SULCUS_WIDTH))
-    grey_white = (intracranial + brain.csf_thickness + brain.cortex_thickness
-                  + brain.sulcus_depth * np.exp(-np.square(folding / _WHITE_MATTER_SULCUS_WIDTH)))
+    grey_white = (
+        intracranial
+        + brain.csf_thickness
+        + brain.cortex_thickness
+        + brain.sulcus_depth * np.exp(-np.square(folding / _WHITE_MATTER_SULCUS_WIDTH))
+    )
 
-    tumour_distance, tumour_directions = _directions(frame - brain.tumour_centre.astype(np.float32)[:, None, None, None])
+    tumour_distance, tumour_directions = _directions(
+        frame - brain.tumour_centre.astype(np.float32)[:, None, None, None]
+    )
     radius = brain.tumour_radius * (1.0 + _TUMOUR_IRREGULARITY * brain.tumour_shape(tumour_directions))
     oedema_radius = radius + brain.oedema_margin * (1.0 + 0.5 * brain.oedema_shape(tumour_directions))
     in_brain = _inside(pial, voxel_mm)
@@ -431,8 +465,9 @@ def whole_head_mri_phantom(shape: Sequence[int], spacing: Sequence[float], rng: 
     label = np.zeros(shape, dtype=np.uint8)
     label[head >= 0.5] = 1
     label[fractions["tumour"] >= 0.5] = 2
-    return PhantomCase({"t1c": image.astype(np.float32)}, label, _tissue_map(layers, WHOLE_HEAD_TISSUES),
-                       WHOLE_HEAD_TISSUES)
+    return PhantomCase(
+        {"t1c": image.astype(np.float32)}, label, _tissue_map(layers, WHOLE_HEAD_TISSUES), WHOLE_HEAD_TISSUES
+    )
 
 
 def whole_head_mri_case(
@@ -549,8 +584,12 @@ PHANTOM_KINDS: dict[str, PhantomKind] = {
         generate=brats_mri_phantom,
         field_of_view_mm=(192.0, 192.0, 144.0),
         modalities=BRATS_MODALITIES,
-        labels={"0": "background", "1": "necrotic tumour core (NCR)", "2": "peritumoral oedema (ED)",
-                "4": "enhancing tumour (ET)"},
+        labels={
+            "0": "background",
+            "1": "necrotic tumour core (NCR)",
+            "2": "peritumoral oedema (ED)",
+            "4": "enhancing tumour (ET)",
+        },
         case_id="BraTS_phantom_{:05d}",
         case_files=_brats_files,
     ),

@@ -215,7 +215,7 @@ class LabelToCondition(Transform):
         channels = [(label[0] == value) for value in self.labels]
         condition = torch.stack(channels).to(torch.float32)
         if isinstance(label, MetaTensor):
-            condition = MetaTensor(condition, affine=label.affine, meta=dict(label.meta))
+            condition = MetaTensor(condition, meta=dict(label.meta))
         return condition
 
 
