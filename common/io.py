@@ -343,16 +343,26 @@ def _preview_row(
     mask: np.ndarray | torch.Tensor | None,
     spatial_dims: int,
     value_range: tuple[float, float] | None,
+    min_cell_size: int = 1,
 ) -> list[np.ndarray]:
-    """RGB uint8 central slices of one volume, windowed here (montage must not window again), outlined if masked."""
+    """RGB uint8 central slices of one volume, windowed here (montage must not window again), outlined if masked.
+
+    Slices are enlarged by an integer nearest-neighbour factor until their longer side reaches ``min_cell_size``
+    (small volumes such as 32^3 phantoms stay readable); the outline is drawn after enlarging, so it stays thin.
+    """
     volume = _spatial(volume, spatial_dims, name)
-    slices = [window_uint8(s, value_range) for s in central_slices(volume)]
+    factor = max(1, -(-min_cell_size // max(volume.shape)))
+
+    def enlarge(image: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+    slices = [enlarge(window_uint8(s, value_range)) for s in central_slices(volume)]
     if mask is None:
         return [gray_to_rgb(s) for s in slices]
     mask = _spatial(mask, spatial_dims, f"mask of {name}").astype(bool)
     if mask.shape != volume.shape:
         raise ValueError(f"mask of {name} must have the volume's spatial shape {volume.shape}, got {mask.shape}.")
-    return [overlay_outline(s, m) for s, m in zip(slices, central_slices(mask))]
+    return [overlay_outline(s, enlarge(m)) for s, m in zip(slices, central_slices(mask))]
 
 
 def save_preview_png(
@@ -362,6 +372,7 @@ def save_preview_png(
     spatial_dims: int = 3,
     value_range: tuple[float, float] | None = None,
     overwrite: bool = False,
+    min_cell_size: int = 160,
 ) -> Path:
     """Write a PNG montage of central slices: one row per volume, columns axial / coronal / sagittal (3D).
 
@@ -374,6 +385,8 @@ def save_preview_png(
         spatial_dims: 3 for volumes, 2 for images (one column).
         value_range: shared intensity window (low, high); None windows every slice by its own min/max.
         overwrite: replace an existing file.
+        min_cell_size: small slices are enlarged (integer nearest-neighbour factor) to at least this many pixels
+            on their longer side.
 
     Returns:
         The path written.
@@ -385,6 +398,9 @@ def save_preview_png(
     masks = [None] * len(volumes) if masks is None else list(masks)
     if len(masks) != len(volumes):
         raise ValueError(f"masks must have one entry per volume ({len(volumes)}), got {len(masks)}.")
-    rows = [_preview_row(name, volume, mask, spatial_dims, value_range) for (name, volume), mask in zip(volumes, masks)]
+    rows = [
+        _preview_row(name, volume, mask, spatial_dims, value_range, min_cell_size)
+        for (name, volume), mask in zip(volumes, masks)
+    ]
     description = "rows: " + ", ".join(name for name, _ in volumes)
     return write_png(path, montage(rows), text={"Description": description}, overwrite=overwrite)

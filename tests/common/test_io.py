@@ -297,7 +297,9 @@ def test_save_preview_png_3d(tmp_path: Path) -> None:
     volume = np.random.default_rng(2).normal(size=(1, 8, 8, 8))
     mask = np.zeros((8, 8, 8), bool)
     mask[2:6, 2:6, 2:6] = True
-    path = save_preview_png(tmp_path / "p.png", [("real", volume), ("fake", torch.as_tensor(volume))], [mask, None])
+    path = save_preview_png(
+        tmp_path / "p.png", [("real", volume), ("fake", torch.as_tensor(volume))], [mask, None], min_cell_size=1
+    )
     pixels, text = decode_png(path.read_bytes())
     assert pixels.shape == (2 * (8 + 2) + 2, 3 * (8 + 2) + 2, 3)
     assert text["Description"] == "rows: real, fake"
@@ -307,7 +309,9 @@ def test_save_preview_png_3d(tmp_path: Path) -> None:
 
 
 def test_save_preview_png_2d(tmp_path: Path) -> None:
-    path = save_preview_png(tmp_path / "p.png", [("a", np.ones((1, 6, 5)))], spatial_dims=2, value_range=(0.0, 1.0))
+    path = save_preview_png(
+        tmp_path / "p.png", [("a", np.ones((1, 6, 5)))], spatial_dims=2, value_range=(0.0, 1.0), min_cell_size=1
+    )
     pixels, _ = decode_png(path.read_bytes())
     assert pixels.shape == (6 + 4, 5 + 4, 3) and np.all(pixels[2:8, 2:7] == 255)
 
@@ -328,3 +332,15 @@ def test_save_preview_png_rejects_bad_input(
     with pytest.raises(ValueError, match=message):
         save_preview_png(tmp_path / "p.png", volumes, masks, spatial_dims=spatial_dims)
     assert listing(tmp_path) == []
+
+
+def test_save_preview_png_enlarges_small_volumes(tmp_path: Path) -> None:
+    volume = np.random.default_rng(3).normal(size=(8, 8, 8))
+    mask = np.zeros((8, 8, 8), bool)
+    mask[2:6, 2:6, 2:6] = True
+    path = save_preview_png(tmp_path / "p.png", [("v", volume)], [mask], min_cell_size=20)
+    pixels, _ = decode_png(path.read_bytes())
+    # factor ceil(20 / 8) = 3: cells of 24 px, outline drawn after enlarging (one pixel wide)
+    assert pixels.shape == (24 + 4, 3 * (24 + 2) + 2, 3)
+    red = (pixels[..., 0] == 255) & (pixels[..., 1] == 0)
+    assert red[2:26, 2:26].sum() == 4 * 12 - 4
