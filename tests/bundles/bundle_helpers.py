@@ -1,0 +1,38 @@
+"""Helpers to run bundle configs in-process (``ConfigWorkflow``) at tiny sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigWorkflow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def config_files(bundle: str, *names: str) -> list[str]:
+    return [str(REPO_ROOT / "bundles" / bundle / "configs" / f"{name}.yaml") for name in names]
+
+
+def make_workflow(bundle: str, names: tuple[str, ...], workflow_type: str | None, **overrides: Any) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        config_file=config_files(bundle, *names), workflow_type=workflow_type, logging_file=False, **overrides
+    )
+    workflow.initialize()
+    return workflow
+
+
+def run_workflow(bundle: str, names: tuple[str, ...], workflow_type: str | None = None, **overrides: Any) -> Any:
+    workflow = make_workflow(bundle, names, workflow_type, **overrides)
+    result = workflow.run()
+    workflow.finalize()
+    return result
+
+
+def error_chain(error: BaseException) -> str:
+    """Messages of ``error`` and every exception it was raised from (config errors wrap the user-facing one)."""
+    messages = []
+    while error is not None:
+        messages.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)

@@ -1,0 +1,309 @@
+"""End-to-end tests of the semantic_mri bundle through its configs (in-process ``monai.bundle`` workflows, tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import REPO_ROOT, config_files, error_chain, make_workflow, run_workflow
+from ignite.engine import Events
+
+from common.io import atomic_write_nifti
+
+BUNDLE = "semantic_mri"
+SHARED = {
+    "spatial_size": [16, 16, 16],
+    "pixdim": [12.0, 12.0, 12.0],
+    "network_def#channels": [32, 32],
+    "network_def#attention_levels": [False, True],
+    "network_def#num_head_channels": 32,
+    "network_def#norm_num_groups": 32,
+    "num_train_timesteps": 10,
+}
+TRAIN = {**SHARED, "num_workers": 0, "phantom#n": 4, "max_epochs": 2, "val_interval": 1, "save_interval": 1}
+
+
+def train(root: Path, names: tuple[str, ...] = ("train",), **overrides) -> object:
+    workflow = make_workflow(BUNDLE, names, "train", bundle_root=str(root), **{**TRAIN, **overrides})
+    workflow.run()
+    return workflow
+
+
+def infer(root: Path, out: Path, masks, names: tuple[str, ...] = ("inference",), **overrides) -> list[dict]:
+    settings = {**SHARED, "bundle_root": str(root), "output_dir": str(out), "masks": masks, **overrides}
+    return run_workflow(BUNDLE, names, None, **settings)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("semantic_mri")
+    train(root)
+    return root
+
+
+def phantom_masks(root: Path, n: int = 2) -> list[str]:
+    return sorted(str(p) for p in (root / "data" / "phantoms_whole_head" / "labelsTr").glob("*.nii.gz"))[:n]
+
+
+def test_training_writes_phantoms_checkpoints_and_tensorboard(trained: Path) -> None:
+    assert len(list((trained / "data" / "phantoms_whole_head" / "imagesTr").glob("*.nii.gz"))) == 4
+    models = trained / "models"
+    assert sorted(p.name for p in models.glob("*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    content = torch.load(models / "model.pt", weights_only=True)
+    assert {"network", "ema", "optimizer", "lr_scheduler", "trainer"} <= set(content)
+    assert content["trainer"]["iteration"] == 2 * content["trainer"]["epoch_length"]
+    assert list((trained / "runs").glob("events.out.tfevents.*"))
+
+
+def test_inference_writes_samples_with_the_mask_affine(trained: Path, tmp_path: Path) -> None:
+    masks = phantom_masks(trained)
+    written = infer(trained, tmp_path, masks, num_samples=2)
+    assert len(written) == 4
+    for case in written:
+        mask_id = Path(case["label"]).name.split("_sample")[0]
+        source = nib.load(str(Path(masks[0]).parent / f"{mask_id}.nii.gz"))
+        image, label = nib.load(case["image"][0]), nib.load(case["label"])
+        assert image.shape == (16, 16, 16) and image.get_data_dtype() == np.float32
+        np.testing.assert_allclose(image.affine, source.affine, atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(label.dataobj), np.asarray(source.dataobj))
+        assert np.isfinite(image.get_fdata()).all()
+    datalist = json.loads((tmp_path / "dataset.json").read_text())
+    assert datalist["numTraining"] == 4
+    assert (tmp_path / "preview_seed0.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_same_seed_same_samples(trained: Path, tmp_path: Path) -> None:
+    masks = phantom_masks(trained, 1)
+    runs = {name: infer(trained, tmp_path / name, masks, seed=seed) for name, seed in (("a", 3), ("b", 3), ("c", 4))}
+    image = {name: nib.load(cases[0]["image"][0]).get_fdata() for name, cases in runs.items()}
+    np.testing.assert_array_equal(image["a"], image["b"])
+    assert not np.allclose(image["a"], image["c"])
+
+
+def test_inference_never_overwrites(trained: Path, tmp_path: Path) -> None:
+    masks = phantom_masks(trained, 1)
+    first = infer(trained, tmp_path, masks)
+    before = Path(first[0]["image"][0]).read_bytes()
+    with pytest.raises(RuntimeError) as error:
+        infer(trained, tmp_path, masks)
+    assert isinstance(error.value.__cause__, FileExistsError) and "never overwritten" in str(error.value.__cause__)
+    assert Path(first[0]["image"][0]).read_bytes() == before
+
+
+@pytest.mark.parametrize("sampler", ["dpm_solver", "ddim", "respaced_ddpm"])
+def test_fast_samplers_use_the_same_weights(trained: Path, tmp_path: Path, sampler: str) -> None:
+    written = infer(trained, tmp_path, phantom_masks(trained, 1), sampler=sampler, num_inference_steps=4)
+    assert np.isfinite(nib.load(written[0]["image"][0]).get_fdata()).all()
+
+
+def test_paper_sampler_refuses_respacing(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as error:
+        infer(trained, tmp_path, phantom_masks(trained, 1), num_inference_steps=4)
+    assert "respaced_ddpm" in str(error.value.__cause__)
+
+
+def test_evaluate_writes_report(trained: Path, tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    infer(trained, samples, phantom_masks(trained, 2), num_samples=2)
+    overrides = {
+        "bundle_root": str(trained),
+        "sample_dir": str(samples),
+        "output_dir": str(tmp_path / "eval"),
+        "spatial_size": [16, 16, 16],
+        "pixdim": [12.0, 12.0, 12.0],
+        "lesion_rule": {"threshold": 0.35, "labels": [2]},
+    }
+    results = run_workflow(BUNDLE, ("evaluate",), None, **overrides)[0]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    for key in (
+        "mse_mean",
+        "mmd",
+        "ms_ssim_to_real_mean",
+        "ms_ssim_diversity_fake",
+        "ms_ssim_diversity_real",
+        "lesion_dice_mean",
+    ):
+        assert key in report and key in results
+    assert report["n_pairs"] == 4 and report["n_real_cases"] == 2
+    assert "| mse_mean |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_resume_after_an_interrupted_run(tmp_path: Path) -> None:
+    train(tmp_path)
+    models = tmp_path / "models"
+    final_before = (models / "model.pt").read_bytes()
+    workflow = make_workflow(BUNDLE, ("train",), "train", bundle_root=str(tmp_path), **{**TRAIN, "max_epochs": 4})
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+
+    def crash(engine) -> None:
+        raise RuntimeError("simulated failure")
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2 * trainer.state.epoch_length + 1), crash)
+    with pytest.raises(RuntimeError) as error:
+        workflow.run()
+    assert "simulated failure" in str(error.value.__cause__)
+    assert (models / "model.pt").read_bytes() == final_before  # a failed run never replaces the final weights
+    saved = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
+
+    resumed = make_workflow(
+        BUNDLE, ("train",), "train", bundle_root=str(tmp_path), **{**TRAIN, "max_epochs": 4, "resume": True}
+    )
+    trainer = resumed.parser.get_parsed_content("train#trainer")
+    started = {}
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=3), lambda e: started.update(iteration=e.state.iteration))
+    network = resumed.parser.get_parsed_content("network")
+    resumed.run()
+    assert started["iteration"] == 2 * trainer.state.epoch_length  # continued after epoch 2, not from scratch
+    assert trainer.state.epoch == 4
+    final = torch.load(models / "model.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 4 * trainer.state.epoch_length
+    name = next(iter(saved["network"]))
+    assert not torch.equal(network.state_dict()[name], saved["network"][name])
+
+
+def test_resume_rejects_a_checkpoint_of_another_network(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "checkpoint_epoch=2.pt").write_bytes(
+        (trained / "models" / "checkpoint_epoch=2.pt").read_bytes()
+    )
+    with pytest.raises(RuntimeError) as error:
+        train(tmp_path, resume=True, **{"network_def#channels": [32, 64]})
+    assert re.search(r"ValueError: checkpoint .* layer '.*' has shape .* in the checkpoint", error_chain(error.value))
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as error:
+        infer(tmp_path, tmp_path / "out", [], ckpt_path=str(tmp_path / "none.pt"))
+    message = str(error.value.__cause__)
+    assert "ckpt_path" in message and "none.pt" in message and "Train first" in message
+
+
+def test_checkpoint_that_does_not_fit_names_the_layer(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as error:
+        infer(trained, tmp_path, phantom_masks(trained, 1), **{"network_def#channels": [32, 64]})
+    assert "does not fit the network: layer" in str(error.value.__cause__)
+
+
+def test_mask_with_unexpected_labels_is_rejected(trained: Path, tmp_path: Path) -> None:
+    source = nib.load(phantom_masks(trained, 1)[0])
+    labels = np.asarray(source.dataobj).copy()
+    labels[0, 0, 0] = 7
+    bad = atomic_write_nifti(labels[None], source.affine, tmp_path / "drawn.nii.gz")
+    with pytest.raises(RuntimeError) as error:
+        infer(trained, tmp_path / "out", [str(bad)])
+    assert re.search(r"drawn\.nii\.gz': label values \[7\] are not allowed", error_chain(error.value))
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_user_dataset_dir_missing_or_empty(tmp_path: Path, kind: str) -> None:
+    data = tmp_path / "data_in"
+    if kind == "empty":
+        data.mkdir()
+    expected = "does not exist" if kind == "missing" else "no usable cases"
+    with pytest.raises(RuntimeError) as error:
+        train(tmp_path / "bundle", dataset_dir=str(data))
+    assert "dataset_dir" in str(error.value.__cause__) and expected in str(error.value.__cause__)
+    assert not data.exists() or not any(data.iterdir())  # never filled with phantoms
+
+
+def test_nan_voxels_are_rejected_naming_the_file(trained: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data_in"
+    for folder in ("imagesTr", "labelsTr"):
+        (data / folder).mkdir(parents=True)
+    phantoms = trained / "data" / "phantoms_whole_head"
+    for case in ("head_000", "head_001"):
+        image = nib.load(str(phantoms / "imagesTr" / f"{case}.nii.gz"))
+        array = image.get_fdata(dtype=np.float32)
+        if case == "head_001":
+            array[3, 3, 3] = np.nan
+        atomic_write_nifti(array[None], image.affine, data / "imagesTr" / f"{case}.nii.gz")
+        (data / "labelsTr" / f"{case}.nii.gz").write_bytes((phantoms / "labelsTr" / f"{case}.nii.gz").read_bytes())
+    with pytest.raises(RuntimeError) as error:
+        train(tmp_path / "bundle", dataset_dir=str(data))
+    assert re.search(r"head_001\.nii\.gz': 1 NaN/inf voxel", error_chain(error.value))
+
+
+def test_brats_variant_end_to_end(tmp_path: Path) -> None:
+    brats = {**TRAIN, "spatial_size": [16, 16, 12], "max_epochs": 1, "save_interval": 0}
+    train(tmp_path, ("train", "brats"), **brats)
+    from tools.condition_maps import write_condition_maps
+
+    maps = write_condition_maps(
+        config_files(BUNDLE, "train", "brats"), str(tmp_path / "conditions"), bundle_root=str(tmp_path), **brats
+    )
+    assert set(np.unique(np.asarray(nib.load(str(maps[0])).dataobj))) <= {0, 1, 2, 3, 4}
+    settings = {**SHARED, "spatial_size": [16, 16, 12]}
+    written = infer(tmp_path, tmp_path / "out", [str(maps[0])], names=("inference", "brats"), **settings)
+    case = written[0]
+    assert [Path(p).name.split("_sample000_")[1] for p in case["image"]] == [
+        f"{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")
+    ]
+    assert all(nib.load(p).shape == (16, 16, 12) for p in case["image"])
+    seg = np.asarray(nib.load(case["label"]).dataobj)
+    assert set(np.unique(seg)) <= {0, 1, 2, 4}  # written back in the BraTS convention (ET = 4, brain = 0)
+
+
+def test_command_line_train_and_sample(tmp_path: Path) -> None:
+    """The contract's commands, as a user types them (one subprocess each)."""
+    tiny = []
+    for key, value in SHARED.items():
+        tiny += [f"--{key}", str(value).replace(" ", "")]  # Python literals, as fire parses them
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    common = ["--bundle_root", str(tmp_path)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config_files(BUNDLE, "train")[0],
+            *common,
+            *tiny,
+            "--num_workers",
+            "0",
+            "--max_epochs",
+            "1",
+            "--phantom#n",
+            "2",
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+    )
+    masks = str(tmp_path / "data" / "phantoms_whole_head" / "labelsTr")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config_files(BUNDLE, "inference")[0],
+            *common,
+            *tiny,
+            "--num_samples",
+            "1",
+            "--seed",
+            "0",
+            "--masks",
+            masks,
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "out" / "imagesTr").glob("*.nii.gz"))) == 2
