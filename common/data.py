@@ -84,15 +84,16 @@ def _cases_from_datalist(root: Path, datalist: Path, section: str) -> list[dict[
 
 def _cases_from_images_labels(root: Path, num_modalities: int) -> list[dict[str, Any]]:
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    labels = {case_id_from_path(p): str(p) for p in _nifti_files(labels_dir)}
     grouped: dict[str, dict[int, str]] = {}
     for path in _nifti_files(images_dir):
         stem = case_id_from_path(path)
-        match = _CHANNEL_SUFFIX.match(stem)
+        # a plain <id>.nii.gz whose id ends in _dddd (patient_0001) is not a channel file when a label has that id
+        match = _CHANNEL_SUFFIX.match(stem) if stem not in labels else None
         case_id, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
         if channel in grouped.setdefault(case_id, {}):
             raise ValueError(f"'{images_dir}': case '{case_id}' has two files for channel {channel}")
         grouped[case_id][channel] = str(path)
-    labels = {case_id_from_path(p): str(p) for p in _nifti_files(labels_dir)}
     _require_same_ids(set(grouped), set(labels), images_dir, labels_dir)
     cases = []
     for case_id in sorted(grouped):
@@ -306,10 +307,13 @@ def prepare_dataset(
     if distributed:
         dist.barrier()
     train = find_cases(root, modalities, layout)
-    has_validation = (root / "dataset.json").is_file() and "validation" in json.loads(
-        (root / "dataset.json").read_text()
+    # only a datalist layout reads dataset.json: another layout may sit next to a foreign or non-JSON one
+    has_validation = (
+        layout in ("auto", "datalist")
+        and (root / "dataset.json").is_file()
+        and "validation" in json.loads((root / "dataset.json").read_text())
     )
-    if has_validation and layout in ("auto", "datalist"):
+    if has_validation:
         val = find_cases(root, modalities, "datalist", section="validation")
     else:
         train, val = split_cases(train, val_fraction, seed)

@@ -159,7 +159,7 @@ class MaskConditionedSampling:
         if existing:
             raise FileExistsError(
                 f"output_dir '{self.output_dir}' already holds {len(existing)} of this run's files (e.g. {existing[:3]}); "
-                "samples are never overwritten: choose another --output_dir or --seed"
+                "samples are never overwritten: choose another --output_dir (sample file names do not depend on the seed)"
             )
 
     def generate(self, condition: torch.Tensor, count: int, generator_seed: int) -> torch.Tensor:

@@ -1,0 +1,201 @@
+"""Tests of common/checkpoint.py: atomic saving, finding the newest checkpoint, fit checks and weight loading."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from common.checkpoint import (
+    atomic_torch_save,
+    check_state_dict_fits,
+    latest_checkpoint,
+    load_network_weights,
+    read_checkpoint,
+    unwrap,
+)
+
+
+def tiny_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def same_weights(a: nn.Module, b: nn.Module | dict) -> bool:
+    b_state = b if isinstance(b, dict) else b.state_dict()
+    return all(torch.equal(v, b_state[k]) for k, v in a.state_dict().items())
+
+
+# -------------------------------------------------------------------------------------------------- atomic saving
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda value: os.umask(value)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_torch_save_writes_with_umask_permissions(
+    tmp_path: Path, umask: Callable[[int], None], mask: int, mode: int
+) -> None:
+    umask(mask)
+    target = atomic_torch_save({"a": torch.arange(3)}, tmp_path / "sub" / "ckpt.pt")
+    assert target == tmp_path / "sub" / "ckpt.pt"
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(3))
+    assert stat.S_IMODE(target.stat().st_mode) == mode
+    assert listing(target.parent) == ["ckpt.pt"]
+
+
+def test_atomic_torch_save_leaves_nothing_when_saving_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.pt"
+    atomic_torch_save({"epoch": 1}, target)
+    before = target.read_bytes()
+
+    def failing_save(obj: object, f: str) -> None:
+        Path(f).write_bytes(b"half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"epoch": 2}, target)
+    assert listing(tmp_path) == ["model.pt"]
+    assert target.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------------- latest
+
+
+def test_latest_checkpoint_uses_the_epoch_number(tmp_path: Path) -> None:
+    for epoch, mtime in [(9, 3_000_000), (10, 1_000_000), (2, 2_000_000)]:
+        path = tmp_path / f"checkpoint_epoch={epoch}.pt"
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    (tmp_path / "model.pt").write_bytes(b"")
+    # epoch=9 is both the newest file and the last name in lexical order
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_epoch=10.pt"
+
+
+def test_latest_checkpoint_reads_iteration_numbers(tmp_path: Path) -> None:
+    for name in ("checkpoint_iteration=99.pt", "checkpoint_iteration=100.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_iteration=100.pt"
+
+
+@pytest.mark.parametrize("files", [None, [], ["model.pt", "notes.txt"]], ids=["missing", "empty", "no match"])
+def test_latest_checkpoint_none(tmp_path: Path, files: list[str] | None) -> None:
+    folder = tmp_path / "models"
+    if files is not None:
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_bytes(b"")
+    assert latest_checkpoint(folder) is None
+
+
+# ----------------------------------------------------------------------------------------------------- fit check
+
+
+def _drop_last_bias(state: dict) -> None:
+    del state["2.bias"]
+
+
+def _add_layer(state: dict) -> None:
+    state["3.weight"] = torch.zeros(1, 1)
+
+
+def _wrong_shapes(state: dict) -> None:
+    state["0.bias"] = torch.zeros(5)
+    state["2.weight"] = torch.zeros(1, 5)
+
+
+FIT_ERRORS: dict[str, tuple[Callable[[dict], None], str]] = {
+    "missing layer": (_drop_last_bias, "checkpoint 'ckpt.pt' does not fit the network: layer '2.bias' is missing"),
+    "extra layer": (_add_layer, "it has layer '3.weight' the network lacks"),
+    "shape mismatch": (_wrong_shapes, "layer '0.bias' has shape (5,) in the checkpoint, (3,) in the network"),
+}
+
+
+@pytest.mark.parametrize("name", list(FIT_ERRORS))
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "data_parallel"])
+def test_check_state_dict_fits_errors(name: str, wrap: bool) -> None:
+    damage, message = FIT_ERRORS[name]
+    net = tiny_net()
+    state = dict(net.state_dict())
+    damage(state)
+    with pytest.raises(ValueError) as info:
+        check_state_dict_fits(nn.DataParallel(net) if wrap else net, state, "ckpt.pt")
+    assert message in str(info.value)
+
+
+def test_check_state_dict_fits_accepts_a_fitting_state() -> None:
+    assert check_state_dict_fits(tiny_net(0), tiny_net(1).state_dict(), "ckpt.pt") is None
+
+
+def test_unwrap() -> None:
+    net = tiny_net()
+    assert unwrap(nn.DataParallel(net)) is net
+    assert unwrap(net) is net
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+
+
+def test_read_checkpoint_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config key 'ckpt_path': checkpoint '.*absent.pt' .* Train first"):
+        read_checkpoint(tmp_path / "absent.pt", hint="Train first.")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"\x00garbage", "cannot read checkpoint"), (None, "holds a Tensor, not a dict")],
+    ids=["corrupt", "not a dict"],
+)
+def test_read_checkpoint_unusable_file(tmp_path: Path, content: bytes | None, match: str) -> None:
+    path = tmp_path / "model.pt"
+    if content is None:
+        torch.save(torch.zeros(2), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"config key 'weights': .*{match}"):
+        read_checkpoint(path, config_key="weights")
+
+
+@pytest.mark.parametrize("key", ["ema", "network", None])
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "data_parallel"])
+def test_load_network_weights(tmp_path: Path, key: str | None, wrap: bool) -> None:
+    raw, ema = tiny_net(1), tiny_net(2)
+    path = tmp_path / "model.pt"
+    entries = {"network": raw.state_dict(), "ema": ema.state_dict(), "optimizer": {}}
+    torch.save(entries if key is not None else ema.state_dict(), path)
+    net = tiny_net(0)
+    target = nn.DataParallel(net) if wrap else net
+    assert load_network_weights(target, path, key=key) is target
+    assert same_weights(net, raw if key == "network" else ema)
+
+
+def test_load_network_weights_missing_entry(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"network": tiny_net().state_dict(), "optimizer": {}}, path)
+    with pytest.raises(KeyError, match=r"has no entry 'ema'; it has \['network', 'optimizer'\]"):
+        load_network_weights(tiny_net(), path, key="ema")
+
+
+def test_load_network_weights_does_not_load_a_misfit(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"ema": nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)).state_dict()}, path)
+    net = tiny_net(0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layer '0.weight' has shape \(4, 2\) in the checkpoint, \(3, 2\)"):
+        load_network_weights(net, path)
+    assert same_weights(net, before)

@@ -1,0 +1,204 @@
+"""Tests of common/handlers.py: interval/final checkpoints with a tiny ignite trainer, and resuming from them."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from common.handlers import ResumeFromLatest, TrainingCheckpointer
+
+EPOCH_LENGTH = 2
+DATA = [torch.ones(1, 2)] * EPOCH_LENGTH
+
+
+class Run:
+    """A tiny network, an SGD optimiser with momentum (so it has state) and a trainer that updates the network."""
+
+    def __init__(self, seed: int = 0, fail_at_iteration: int | None = None, out_features: int = 1) -> None:
+        torch.manual_seed(seed)
+        self.network = nn.Linear(2, out_features)
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=0.1, momentum=0.9)
+        self.epochs: list[int] = []
+        self.started: dict = {}
+
+        def update(engine: Engine, batch: torch.Tensor) -> float:
+            if engine.state.iteration == fail_at_iteration:
+                raise RuntimeError("interrupted")
+            self.optimizer.zero_grad()
+            loss = self.network(batch).square().sum()
+            loss.backward()
+            self.optimizer.step()
+            return loss.item()
+
+        self.trainer = Engine(update)
+        self.trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: self.epochs.append(e.state.epoch))
+
+    def objects(self) -> dict:
+        return {"network": self.network, "optimizer": self.optimizer}
+
+    def record_start(self) -> None:
+        """After the handlers attached before it (the resume loader), note where the run starts."""
+
+        def record(engine: Engine) -> None:
+            self.started = {
+                "epoch": engine.state.epoch,
+                "iteration": engine.state.iteration,
+                "network": {k: v.clone() for k, v in self.network.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            }
+
+        self.trainer.add_event_handler(Events.STARTED, record)
+
+    def run(self, max_epochs: int) -> None:
+        self.trainer.run(DATA, max_epochs=max_epochs)
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpointer
+
+
+@pytest.mark.parametrize(
+    "max_epochs, save_interval, n_saved, kept",
+    [(7, 2, 2, [4, 6]), (11, 1, 2, [10, 11]), (3, 1, 5, [1, 2, 3]), (4, 0, 1, [])],
+)
+def test_checkpointer_keeps_the_last_interval_files_and_writes_the_final_file(
+    tmp_path: Path, max_epochs: int, save_interval: int, n_saved: int, kept: list[int]
+) -> None:
+    run = Run()
+    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=save_interval, n_saved=n_saved).attach(run.trainer)
+    run.run(max_epochs)
+    assert listing(tmp_path) == sorted([f"checkpoint_epoch={e}.pt" for e in kept] + ["model.pt"])
+    final = load(tmp_path / "model.pt")
+    assert sorted(final) == ["network", "optimizer", "trainer"]
+    assert final["trainer"]["iteration"] == max_epochs * EPOCH_LENGTH
+    assert all(torch.equal(v, final["network"][k]) for k, v in run.network.state_dict().items())
+    for epoch in kept:
+        assert load(tmp_path / f"checkpoint_epoch={epoch}.pt")["trainer"]["iteration"] == epoch * EPOCH_LENGTH
+
+
+def test_checkpointer_saves_the_weights_of_that_epoch(tmp_path: Path) -> None:
+    run = Run()
+    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=1, n_saved=3).attach(run.trainer)
+    snapshots: dict[int, dict] = {}
+    run.trainer.add_event_handler(
+        Events.EPOCH_COMPLETED,
+        lambda e: snapshots.update({e.state.epoch: {k: v.clone() for k, v in run.network.state_dict().items()}}),
+    )
+    run.run(3)
+    assert not torch.equal(snapshots[2]["weight"], snapshots[3]["weight"])
+    for epoch in (2, 3):
+        saved = load(tmp_path / f"checkpoint_epoch={epoch}.pt")["network"]
+        assert all(torch.equal(v, saved[k]) for k, v in snapshots[epoch].items())
+
+
+def test_checkpointer_unwraps_data_parallel(tmp_path: Path) -> None:
+    run = Run()
+    TrainingCheckpointer(str(tmp_path), {"network": nn.DataParallel(run.network)}, save_interval=0).attach(run.trainer)
+    run.run(1)
+    assert sorted(load(tmp_path / "model.pt")["network"]) == ["bias", "weight"]
+
+
+def test_checkpointer_writes_no_final_file_when_training_fails(tmp_path: Path) -> None:
+    earlier = tmp_path / "model.pt"
+    torch.save({"network": {"weight": torch.zeros(1, 2)}}, earlier)
+    before = earlier.read_bytes()
+    run = Run(fail_at_iteration=5)
+    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=1, n_saved=5).attach(run.trainer)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run.run(4)
+    assert earlier.read_bytes() == before
+    assert listing(tmp_path) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+
+
+@pytest.mark.parametrize("save_interval, n_saved", [(-1, 2), (1, 0)])
+def test_checkpointer_rejects_arguments(tmp_path: Path, save_interval: int, n_saved: int) -> None:
+    with pytest.raises(ValueError, match=f"got {save_interval} and {n_saved}"):
+        TrainingCheckpointer(str(tmp_path), {}, save_interval=save_interval, n_saved=n_saved)
+
+
+# ------------------------------------------------------------------------------------------------------- resuming
+
+
+def interrupted_run(ckpt_dir: Path) -> None:
+    """Train with a checkpoint every epoch until iteration 7 (epoch 4) fails: epochs 2 and 3 are kept."""
+    run = Run(seed=0, fail_at_iteration=7)
+    TrainingCheckpointer(str(ckpt_dir), run.objects(), save_interval=1, n_saved=2).attach(run.trainer)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run.run(5)
+    assert listing(ckpt_dir) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]
+
+
+def test_resume_continues_from_the_newest_checkpoint(tmp_path: Path) -> None:
+    interrupted_run(tmp_path)
+    saved = load(tmp_path / "checkpoint_epoch=3.pt")
+    run = Run(seed=1)
+    ResumeFromLatest(str(tmp_path), run.objects()).attach(run.trainer)
+    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=1, n_saved=2).attach(run.trainer)
+    run.record_start()
+    run.run(5)
+    assert (run.started["epoch"], run.started["iteration"]) == (3, 3 * EPOCH_LENGTH)
+    assert all(torch.equal(v, saved["network"][k]) for k, v in run.started["network"].items())
+    momentum = run.started["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
+    assert run.epochs == [4, 5]
+    assert run.trainer.state.iteration == 5 * EPOCH_LENGTH
+    assert listing(tmp_path) == ["checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt", "model.pt"]
+
+
+def test_resume_disabled_does_nothing(tmp_path: Path) -> None:
+    interrupted_run(tmp_path)
+    run = Run(seed=1)
+    initial = {k: v.clone() for k, v in run.network.state_dict().items()}
+    ResumeFromLatest(str(tmp_path), run.objects(), enabled=False).attach(run.trainer)
+    run.record_start()
+    run.run(2)
+    assert run.epochs == [1, 2]
+    assert all(torch.equal(v, initial[k]) for k, v in run.started["network"].items())
+
+
+@pytest.mark.parametrize("make_folder", [False, True], ids=["missing folder", "empty folder"])
+def test_resume_without_checkpoint_trains_from_scratch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, make_folder: bool
+) -> None:
+    folder = tmp_path / "models"
+    if make_folder:
+        folder.mkdir()
+    caplog.set_level(logging.INFO, logger="common.handlers")
+    run = Run()
+    ResumeFromLatest(str(folder), run.objects()).attach(run.trainer)
+    run.run(2)
+    assert run.epochs == [1, 2]
+    assert any("training from scratch" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_rejects_a_checkpoint_of_another_network_before_loading(tmp_path: Path) -> None:
+    interrupted_run(tmp_path)
+    run = Run(seed=1, out_features=3)
+    initial = {k: v.clone() for k, v in run.network.state_dict().items()}
+    handler = ResumeFromLatest(str(tmp_path), {"optimizer": run.optimizer, "network": run.network})
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=3.pt \[network\].*layer 'weight' has shape \(1, 2\)"):
+        handler.attach(run.trainer)
+    assert all(torch.equal(v, initial[k]) for k, v in run.network.state_dict().items())
+    assert run.optimizer.state_dict()["state"] == {}
+    assert run.trainer.state.epoch == 0
+
+
+def test_resume_rejects_a_checkpoint_lacking_an_entry(tmp_path: Path) -> None:
+    interrupted_run(tmp_path)
+    run = Run(seed=1)
+    ema = nn.Linear(2, 1)
+    with pytest.raises(KeyError, match=r"lacks \['ema'\]; it has \['network', 'optimizer', 'trainer'\]"):
+        ResumeFromLatest(str(tmp_path), {**run.objects(), "ema": ema}).attach(run.trainer)
