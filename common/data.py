@@ -29,6 +29,8 @@ import nibabel as nib
 import numpy as np
 import torch.distributed as dist
 
+from common.io import atomic_write_text
+
 __all__ = [
     "LAYOUTS",
     "NIFTI_SUFFIXES",
@@ -336,11 +338,7 @@ def write_datalist(out_dir: str | Path, cases: list[dict[str, Any]], **fields: A
         for c in cases
     ]
     content = {**fields, "numTraining": len(training), "training": training}
-    target = root / "dataset.json"
-    temporary = root / f".dataset.json.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(content, indent=2))
-    os.replace(temporary, target)
-    return target
+    return atomic_write_text(root / "dataset.json", json.dumps(content, indent=2), overwrite=True)
 
 
 def case_paths(out_dir: str | Path, case_id: str, modalities: Sequence[str], layout: str) -> tuple[list[Path], Path]:

@@ -83,6 +83,7 @@ class SampleEvaluation:
             (s, reals[mask_id_of_sample(s["case_id"])]) for s in samples if mask_id_of_sample(s["case_id"]) in reals
         ]
         unpaired = len(samples) - len(paired)
+        paired = paired[: self.max_samples] if self.max_samples else paired
         if unpaired:
             logger.warning(
                 f"{unpaired} sample(s) in '{self.sample_dir}' come from masks that are not cases of '{self.real_dir}'"
@@ -92,7 +93,7 @@ class SampleEvaluation:
                 f"sample_dir '{self.sample_dir}': {len(paired)} sample(s) pair with a real case of '{self.real_dir}' "
                 "(sample '<id>_sampleNNN' pairs with real case '<id>'); at least 2 are needed"
             )
-        return paired[: self.max_samples] if self.max_samples else paired
+        return paired
 
     def lesion_dice(self, image: torch.Tensor, label: torch.Tensor) -> float:
         rule = self.lesion_rule or {}

@@ -307,3 +307,23 @@ def test_command_line_train_and_sample(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "out" / "imagesTr").glob("*.nii.gz"))) == 2
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
+    """multi_gpu_train.yaml: DDP with gloo on CPU, DistributedSampler, rank-0 checkpoints."""
+    args = ["--bundle_root", str(tmp_path), "--num_workers", "0", "--max_epochs", "2", "--phantom#n", "4"]
+    for key, value in SHARED.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    files = "[" + ",".join(f"'{f}'" for f in config_files(BUNDLE, "train", "multi_gpu_train")) + "]"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    result = subprocess.run(
+        [*torchrun, "-m", "monai.bundle", "run", "--config_file", files, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    content = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert content["trainer"]["iteration"] == 2 * content["trainer"]["epoch_length"]
+    assert content["trainer"]["epoch_length"] == 2  # 3 training cases split over 2 ranks (padded to 2 each)

@@ -1,0 +1,96 @@
+"""tools.verify_bundles: every bundle passes the contract checks, and each kind of breakage is reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tools.verify_bundles import main, verify_bundle
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
+BUNDLES = sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    if not SCHEMA_PATH.is_file():
+        pytest.skip(f"model-zoo schema not found at {SCHEMA_PATH} (../shared beside the repository)")
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_every_bundle_meets_the_contract(bundle: str, schema: dict) -> None:
+    assert verify_bundle(REPO_ROOT / "bundles" / bundle, schema) == []
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    target = tmp_path / "semantic_mri"
+    shutil.copytree(
+        REPO_ROOT / "bundles" / "semantic_mri",
+        target,
+        ignore=shutil.ignore_patterns("data", "models", "runs", "samples", "eval"),
+    )
+    (target / "models").mkdir()
+    (target / "models" / ".gitkeep").touch()
+    return target
+
+
+def _edit_yaml(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda b: (b / "LICENSE").unlink(), "missing file LICENSE"),
+        (lambda b: (b / "docs" / "README.md").unlink(), "missing file docs/README.md"),
+        (
+            lambda b: _edit_yaml(b / "configs" / "metadata.json", '"task"', '"task_renamed"'),
+            "'task' is a required property",
+        ),
+        (
+            lambda b: _edit_yaml(b / "configs" / "metadata.json", '"version": "', '"version": "9'),
+            "has no changelog entry",
+        ),
+        (
+            lambda b: _edit_yaml(b / "configs" / "train.yaml", "val_interval: 10", "val_every: 10"),
+            "missing config key 'val_interval'",
+        ),
+        (
+            lambda b: _edit_yaml(b / "configs" / "inference.yaml", "num_samples: 1", "n_samples: 1"),
+            "missing config key 'num_samples'",
+        ),
+        (
+            lambda b: _edit_yaml(b / "configs" / "inference.yaml", "norm_num_groups: 32", "norm_num_groups: 7"),
+            "'network_def' does not instantiate",
+        ),
+        (
+            lambda b: (b / "large_files.yml").write_text("large_files:\n  - path: models/x.pt\n"),
+            "missing ['url', 'hash_val', 'hash_type']",
+        ),
+    ],
+)
+def test_breakage_is_reported(broken: Path, schema: dict, breakage, expected: str) -> None:
+    breakage(broken)
+    problems = verify_bundle(broken, schema)
+    assert any(expected in p for p in problems), problems
+
+
+def test_command_line_exit_status(broken: Path, capsys) -> None:
+    if not SCHEMA_PATH.is_file():
+        pytest.skip("model-zoo schema not available")
+    main("semantic_mri", schema=str(SCHEMA_PATH), bundles_dir=str(broken.parent))
+    assert "semantic_mri: ok" in capsys.readouterr().out
+    (broken / "LICENSE").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main("semantic_mri", schema=str(SCHEMA_PATH), bundles_dir=str(broken.parent))
+    assert exit_info.value.code == 1
+    with pytest.raises(FileNotFoundError, match="--schema"):
+        main(schema=str(broken / "no_schema.json"))
