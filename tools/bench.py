@@ -3,7 +3,7 @@
 Usage::
 
     python -m tools.bench semantic_mri                      # writes benchmarks/results/semantic_mri.md
-    python -m tools.bench semantic_mri --train_minutes 1 --eval_masks 2 --out /tmp/quick.md   # a smoke run
+    python -m tools.bench semantic_mri --train_epochs 1 --eval_masks 2 --out /tmp/quick.md   # a smoke run
 
 ``semantic_mri`` (Med-DDPM) on 32^3 whole-head phantoms, CPU:
 
@@ -138,25 +138,23 @@ def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def _train_for(work: Path, minutes: float, n_cases: int) -> tuple[Path, dict[str, Any]]:
-    overrides = {"bundle_root": str(work / "quality"), "max_epochs": 10**6, "save_interval": 0, "val_interval": 10**6}
-    overrides["phantom#n"] = n_cases
+def _train(work: Path, epochs: int | None) -> tuple[Path, dict[str, Any]]:
+    """Train through the demo overlay as a user would (its epochs, learning-rate drop at half, EMA)."""
+    overrides = {"bundle_root": str(work / "quality"), "save_interval": 0}
+    if epochs is not None:
+        overrides["max_epochs"] = epochs
     workflow = _workflow(_configs("semantic_mri", "train", "demo"), "train", **overrides)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     start = time.perf_counter()
-
-    def stop_when_spent(engine: Any) -> None:
-        if time.perf_counter() - start > minutes * 60:
-            engine.terminate()
-
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_when_spent)
     trainer.run()
     seconds = time.perf_counter() - start
     ckpt = Path(workflow.parser.get_parsed_content("ckpt_dir")) / "model.pt"
+    batch = workflow.parser.get_parsed_content("batch_size")
     return ckpt, {
         "train_seconds": seconds,
         "train_iterations": trainer.state.iteration,
         "train_epochs": trainer.state.epoch,
+        "batch_size": batch,
     }
 
 
@@ -167,14 +165,14 @@ def _tumour_dice(image_path: str, label_path: str) -> float:
 
 
 def _sample(work: Path, ckpt: Path, masks: Path, name: str, sampler: str, steps: int) -> dict[str, Any]:
+    """Sample one image per mask through the inference config (batch 1, as a user would) and score it."""
     overrides = {
         "bundle_root": str(work / "quality"),
         "ckpt_path": str(ckpt),
         "masks": str(masks),
-        "output_dir": str(work / f"samples_{name}"),
+        "output_dir": str(work / f"samples_{sampler}_{steps}"),
         "sampler": sampler,
         "num_inference_steps": steps,
-        "sample_batch_size": 4,
     }
     workflow = _workflow(_configs("semantic_mri", "inference", "demo"), None, **overrides)
     sampling = workflow.parser.get_parsed_content("sampling")
@@ -217,8 +215,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def bench_semantic_mri(
-    train_minutes: float = 5.0,
-    train_cases: int = 16,
+    train_epochs: int | None = None,
     eval_masks: int = 8,
     fast_steps: int = 25,
     overhead_rounds: int = 2,
@@ -230,7 +227,7 @@ def bench_semantic_mri(
     with tempfile.TemporaryDirectory(prefix="bench_semantic_mri_") as tmp:
         work = Path(workdir or tmp)
         overhead = _measure_overhead(work, overhead_rounds, overhead_epochs)
-        ckpt, training = _train_for(work, train_minutes, train_cases)
+        ckpt, training = _train(work, train_epochs)
         eval_dir = write_phantom_dataset(
             "whole_head_mri",
             work / "heldout" / "phantoms",
@@ -241,9 +238,11 @@ def bench_semantic_mri(
         )
         masks = eval_dir / "labelsTr"
         samplers = [
-            _sample(work, ckpt, masks, "ddpm (paper)", "ddpm", 250),
-            _sample(work, ckpt, masks, "dpm_solver++ 2M", "dpm_solver", fast_steps),
-            _sample(work, ckpt, masks, "ddim (eta 0, clipped)", "ddim", fast_steps),
+            _sample(work, ckpt, masks, "ddpm, paper (ancestral, sigma^2 = beta)", "ddpm", 250),
+            _sample(work, ckpt, masks, "respaced_ddpm (ancestral, posterior variance)", "respaced_ddpm", fast_steps),
+            _sample(work, ckpt, masks, "respaced_ddpm (ancestral, posterior variance)", "respaced_ddpm", 10),
+            _sample(work, ckpt, masks, "dpm_solver (DPM-Solver++ 2M)", "dpm_solver", fast_steps),
+            _sample(work, ckpt, masks, "ddim (eta 0, clipped x0)", "ddim", fast_steps),
         ]
         ceiling = _real_ceiling(eval_dir)
     paper = samplers[0]
@@ -262,8 +261,8 @@ def bench_semantic_mri(
     markdown = "\n\n".join(
         [
             "# semantic_mri benchmark (Med-DDPM, 32^3 whole-head phantoms, CPU)",
-            f"Command: `python -m tools.bench semantic_mri --train_minutes {train_minutes:g} --train_cases {train_cases} "
-            f"--eval_masks {eval_masks} --fast_steps {fast_steps}`  \n"
+            f"Command: `python -m tools.bench semantic_mri --eval_masks {eval_masks} --fast_steps {fast_steps}"
+            f"{f' --train_epochs {train_epochs}' if train_epochs else ''}`  \n"
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
             f"network and sizes from `configs/demo.yaml`.",
             "## Training throughput (same network, data and batch; median of per-iteration times, alternating rounds)",
@@ -279,7 +278,8 @@ def bench_semantic_mri(
                 ["bundle it/s", "bare loop it/s", "bundle overhead", "iterations timed (bundle / bare)"],
             ),
             f"## Samplers after {training['train_seconds'] / 60:.1f} CPU minutes of training "
-            f"({training['train_iterations']} iterations, batch 1, EMA weights)",
+            f"(demo overlay: {training['train_epochs']} epochs, {training['train_iterations']} iterations of batch "
+            f"{training['batch_size']}; EMA weights)",
             f"Dice: tumour label of each held-out conditioning mask ({eval_masks} masks, unseen in training) vs the tumour "
             f"read back from the sample (threshold {WHOLE_HEAD_TUMOUR_THRESHOLD} on the [-1, 1] image, holes filled). "
             f"The same rule on the real phantom images scores {ceiling:.3f}.",
