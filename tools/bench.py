@@ -4,6 +4,7 @@ Usage::
 
     python -m tools.bench semantic_mri                      # writes benchmarks/results/semantic_mri.md
     python -m tools.bench semantic_mri --train_epochs 1 --eval_masks 2 --out /tmp/quick.md   # a smoke run
+    python -m tools.bench paired_petct                      # writes benchmarks/results/paired_petct.md
 
 ``semantic_mri`` (Med-DDPM) on 32^3 whole-head phantoms, CPU:
 
@@ -139,7 +140,7 @@ def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
 
 
 def _train(work: Path, epochs: int | None) -> tuple[Path, dict[str, Any]]:
-    """Train through the demo overlay as a user would (its epochs, learning-rate drop at half, EMA)."""
+    """Train through the demo overlay as a user would (its epochs, learning-rate schedule and EMA)."""
     overrides = {"bundle_root": str(work / "quality"), "save_interval": 0}
     if epochs is not None:
         overrides["max_epochs"] = epochs
@@ -291,7 +292,16 @@ def bench_semantic_mri(
     return markdown + "\n", results
 
 
-BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {"semantic_mri": bench_semantic_mri}
+def _bench_paired_petct(**options: Any) -> tuple[str, dict[str, Any]]:
+    from tools.bench_paired_petct import bench_paired_petct  # it imports this module's helpers
+
+    return bench_paired_petct(**options)
+
+
+BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
+    "semantic_mri": bench_semantic_mri,
+    "paired_petct": _bench_paired_petct,
+}
 
 
 def main(bundle: str, out: str | None = None, **options: Any) -> None:
