@@ -51,6 +51,7 @@ __all__ = [
     "TimestepLowPass",
     "low_pass_gain",
     "normalised_radial_frequency",
+    "paired_networks",
 ]
 
 
@@ -419,3 +420,18 @@ class PairedDenoiser(DiffusionModelUNet):
             residuals, skips = skips[-count:], skips[:-count]
             h = block(hidden_states=h, res_hidden_states_list=residuals, temb=emb, context=None)
         return self.out(h)
+
+
+def paired_networks(modalities: Sequence[str], spatial_dims: int = 2, **denoiser_args) -> nn.ModuleDict:
+    """One :class:`PairedDenoiser` per modality in an ``nn.ModuleDict`` (what the paired bundle configs build).
+
+    Each network has ``num_conditions = len(modalities) - 1`` (all the other modalities); ``denoiser_args`` go to
+    every ``PairedDenoiser`` (``in_channels`` and ``out_channels`` default to 1).
+    """
+    modalities = list(modalities)
+    if len(modalities) < 2 or len(set(modalities)) != len(modalities):
+        raise ValueError(f"modalities must be two or more distinct names, got {modalities}")
+    denoiser_args = {"in_channels": 1, "out_channels": 1, **denoiser_args}
+    return nn.ModuleDict(
+        {m: PairedDenoiser(spatial_dims, num_conditions=len(modalities) - 1, **denoiser_args) for m in modalities}
+    )

@@ -36,12 +36,35 @@ from tqdm import tqdm
 from common.noise import offset_noise
 
 __all__ = [
+    "distributed_networks",
+    "paired_optimizers",
     "PairedDiffusionEvaluator",
     "PairedDiffusionInferer",
     "PairedDiffusionTrainer",
     "predict_original",
     "stack_conditions",
 ]
+
+
+def paired_optimizers(
+    network: nn.ModuleDict, optimizer: type[torch.optim.Optimizer] | str = "Adam", **options: Any
+) -> dict[str, torch.optim.Optimizer]:
+    """One optimiser per network of ``network`` (a ``torch.optim`` class or its name; ``options`` such as ``lr``)."""
+    if isinstance(optimizer, str):
+        if not hasattr(torch.optim, optimizer):
+            raise ValueError(f"optimizer must name a torch.optim class, got {optimizer!r}")
+        optimizer = getattr(torch.optim, optimizer)
+    return {name: optimizer(module.parameters(), **options) for name, module in network.items()}
+
+
+def distributed_networks(network: nn.ModuleDict, device: torch.device | str) -> nn.ModuleDict:
+    """Each network of ``network`` wrapped in its own ``DistributedDataParallel`` (the modules are shared, so
+    checkpoints and EMA can keep using the unwrapped ``network``)."""
+    device = torch.device(device)
+    ids = [device] if device.type == "cuda" else None
+    return nn.ModuleDict(
+        {name: nn.parallel.DistributedDataParallel(module, device_ids=ids) for name, module in network.items()}
+    )
 
 
 def stack_conditions(images: Mapping[str, torch.Tensor], modalities: Sequence[str], target: str) -> torch.Tensor:
@@ -246,8 +269,8 @@ class PairedDiffusionEvaluator(Evaluator):
         seed: base seed of the validation noise. Default 0.
         Other arguments as MONAI's ``Evaluator``.
 
-    ``engine.state.output`` holds ``val_loss`` (a (1,) tensor per batch, for ignite metrics such as ``Average``) and
-    ``val_loss_<modality>``.
+    ``engine.state.output`` holds ``val_loss`` (the batch's summed noise loss, a float for ignite metrics such as
+    ``Average``) and ``val_loss_<modality>``.
     """
 
     def __init__(
@@ -311,7 +334,7 @@ class PairedDiffusionEvaluator(Evaluator):
             }
         total = sum(losses.values())
         output = {f"val_loss_{m}": float(value) for m, value in losses.items()}
-        output["val_loss"] = total.detach().reshape(1)
+        output["val_loss"] = float(total)
         engine.state.output = output
         return output
 
@@ -369,7 +392,7 @@ class PairedDiffusionInferer(Inferer):
             network: ``nn.ModuleDict`` of denoisers keyed by modality.
             scheduler: sampler with ``timesteps`` set (``RespacedDDPMScheduler``, ``DPMSolverMultistepScheduler``,
                 ...); default the inferer's scheduler. Each modality steps with its own deep copy.
-            generator: CPU random generator of the start noise and of the stochastic steps.
+            generator: random generator (on ``device``) of the start noise and of the stochastic steps.
             reference: noise seeding: real images per modality, each of ``shape``, scaled like the training data.
             seed_fraction: noise seeding: start at the largest kept timestep <= ``seed_fraction * (T - 1)`` from the
                 reference noised to it (the paper: 0.8-0.9). Both or neither of ``reference``/``seed_fraction``.
@@ -386,7 +409,7 @@ class PairedDiffusionInferer(Inferer):
         schedulers = {m: copy.deepcopy(scheduler) for m in self.modalities}
         timesteps = scheduler.timesteps
         shape = tuple(int(s) for s in shape)
-        states = {m: torch.randn(shape, generator=generator).to(device) for m in self.modalities}
+        states = {m: torch.randn(shape, generator=generator, device=device) for m in self.modalities}
         if reference is not None:
             start = self.seed_timestep(scheduler, float(seed_fraction))
             timesteps = timesteps[timesteps <= start]

@@ -23,6 +23,7 @@ without the weights, :class:`SmallConvFeatures` is a tiny seeded random extracto
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
@@ -32,6 +33,8 @@ from monai.utils import StrEnum
 from torch import nn
 
 from common.checkpoint import check_state_dict_fits, read_checkpoint
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -71,10 +74,13 @@ class PerceptualNetwork(StrEnum):
 
     vgg16: :class:`VGG16Features` with ImageNet weights from a local file (the paper's choice).
     small: :class:`SmallConvFeatures`, random and seeded, no file (tests, CPU demos).
+    auto: vgg16 when its weights file exists, otherwise small with a logged warning (so a bundle runs out of the box
+        on phantoms; set vgg16 to make the file mandatory).
     """
 
     VGG16 = "vgg16"
     SMALL = "small"
+    AUTO = "auto"
 
 
 class PerceptualReduction(StrEnum):
@@ -422,9 +428,9 @@ def build_perceptual_network(
     """The feature extractor a bundle config asks for (wrap it in :class:`FeaturePerceptualLoss`).
 
     Args:
-        name: ``"vgg16"`` (ImageNet VGG-16 from the local file ``weights``) or ``"small"`` (:class:`SmallConvFeatures`,
-            no file).
-        weights: path of the VGG-16 weights file; required for ``"vgg16"``, must be None for ``"small"``.
+        name: ``"vgg16"`` (ImageNet VGG-16 from the local file ``weights``), ``"small"`` (:class:`SmallConvFeatures`,
+            no file) or ``"auto"`` (vgg16 if ``weights`` exists, else small with a warning).
+        weights: path of the VGG-16 weights file; required for ``"vgg16"``, unused by ``"small"``.
         layers: ReLU indices to tap; None: the extractor's default (the LPIPS taps for VGG-16, every stage for small).
         input_range: (low, high) range of the input images; default (-1, 1).
         seed: seed of the ``"small"`` network's weights (unused by ``"vgg16"``).
@@ -442,12 +448,20 @@ def build_perceptual_network(
     choices = tuple(str(m) for m in PerceptualNetwork)
     if name not in choices:
         raise ValueError(f"`name` of the perceptual network must be one of {choices}, got {name!r}")
-    if name == PerceptualNetwork.SMALL:
-        if weights is not None:
-            raise ValueError(
-                f"config key '{config_key}': the 'small' perceptual network is random and takes no weights file, "
-                f"got {str(weights)!r}; set it to null"
+    if name == PerceptualNetwork.AUTO:
+        if weights is not None and Path(weights).is_file():
+            name = PerceptualNetwork.VGG16
+        else:
+            logger.warning(
+                f"perceptual network 'auto': the VGG-16 weights file {str(weights)!r} (config key '{config_key}', "
+                f"large_files.yml entry '{large_files_entry}') is not there, so a small RANDOM feature extractor is "
+                "used instead of the paper's ImageNet VGG-16; get the file with `python -m monai.bundle "
+                "download_large_files --bundle_dir <bundle>` or set the network to 'vgg16' to require it"
             )
+            name, weights = PerceptualNetwork.SMALL, None
+    if name == PerceptualNetwork.SMALL:
+        if weights is not None:  # a config's default weights path stays set when only the name is overridden
+            logger.info(f"perceptual network 'small' is random: config key '{config_key}' ({str(weights)!r}) unused")
         return SmallConvFeatures(layers=layers, input_range=input_range, seed=seed)
     if weights is None:
         raise ValueError(

@@ -11,6 +11,10 @@ Usage::
     python -m tools.export --config_file "['bundles/semantic_mri/configs/inference.yaml','bundles/semantic_mri/configs/demo.yaml']" \\
         --out models/model.pt2 --format export
     # the exported module is called as model(x, timesteps): x (B, C_in, *spatial) float32, timesteps (B,) int64
+    python -m tools.export --config_file bundles/paired_petct/configs/inference.yaml --out models/petct.ts
+    # a bundle with one network per modality (a ModuleDict, e.g. paired_petct) writes one file per modality,
+    # models/petct_ct.ts, models/petct_pet.ts, ... (or only --modality ct); each is called as
+    # model(x, timesteps, conditions): conditions (B, n * C, *spatial), the other modalities in config order
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
-__all__ = ["FORMATS", "DenoiserSignature", "example_inputs", "export_network", "main"]
+__all__ = ["FORMATS", "ConditionedDenoiserSignature", "DenoiserSignature", "example_inputs", "export_network", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +47,43 @@ class DenoiserSignature(torch.nn.Module):
         return self.network(x, timesteps)
 
 
-def example_inputs(parser: ConfigParser, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, timesteps) of the model's input shape: ``network_def#in_channels`` channels on the ``spatial_size`` grid."""
-    channels = parser.get_parsed_content("network_def#in_channels")
-    spatial = parser.get_parsed_content("spatial_size")
-    x = torch.randn(batch_size, channels, *spatial, generator=torch.Generator().manual_seed(0))
+class ConditionedDenoiserSignature(torch.nn.Module):
+    """Fixes the call signature to ``(x, timesteps, conditions)`` (``common.paired.PairedDenoiser``)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        return self.network(x, timesteps, conditions)
+
+
+def _spatial_size(parser: ConfigParser) -> list[int]:
+    for key in ("spatial_size", "roi_size"):
+        if key in parser:
+            return list(parser.get_parsed_content(key))
+    raise KeyError("the config has neither 'spatial_size' nor 'roi_size': cannot build an example input")
+
+
+def example_inputs(
+    parser: ConfigParser, batch_size: int = 1, network: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Example inputs of the model's shape: (x, timesteps), plus conditions for a conditioned (paired) denoiser.
+
+    x has the network's ``in_channels`` (default ``network_def#in_channels``) on the ``spatial_size`` (or
+    ``roi_size``) grid; a network with ``num_conditions`` also gets conditions of ``num_conditions *
+    condition_channels`` channels.
+    """
+    generator = torch.Generator().manual_seed(0)
+    channels = getattr(network, "in_channels", None) or parser.get_parsed_content("network_def#in_channels")
+    spatial = _spatial_size(parser)
+    x = torch.randn(batch_size, channels, *spatial, generator=generator)
     timesteps = torch.full(
         (batch_size,), max(parser.get_parsed_content("num_train_timesteps") // 2, 0), dtype=torch.long
     )
+    if network is not None and hasattr(network, "num_conditions"):
+        count = network.num_conditions * network.condition_channels
+        return x, timesteps, torch.randn(batch_size, count, *spatial, generator=generator)
     return x, timesteps
 
 
@@ -82,34 +115,50 @@ def export_network(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got '{format}'")
-    target = Path(out)
-    if target.exists():
-        raise FileExistsError(f"--out '{target}' exists; exports never overwrite, choose another name")
+    modality = overrides.pop("modality", None)
     parser = ConfigParser()
     parser.read_config(config_file)
     parser.update(overrides)
-    network = DenoiserSignature(parser.get_parsed_content("network")).cpu().eval()
-    x, timesteps = example_inputs(parser)
+    network = parser.get_parsed_content("network")
+    if isinstance(network, torch.nn.ModuleDict):
+        if modality is not None and modality not in network:
+            raise ValueError(f"--modality must be one of {list(network.keys())}, got {modality!r}")
+        names = [modality] if modality is not None else list(network.keys())
+        base = Path(out)
+        targets = {name: base.with_name(f"{base.stem}_{name}{base.suffix}") for name in names}
+        existing = [str(t) for t in targets.values() if t.exists()]
+        if existing:
+            raise FileExistsError(f"--out: {existing} exist; exports never overwrite, choose another name")
+        for name, target in targets.items():
+            _export_one(network[name], parser, target, format, atol)
+        return targets[names[0]]
+    target = Path(out)
+    if target.exists():
+        raise FileExistsError(f"--out '{target}' exists; exports never overwrite, choose another name")
+    return _export_one(network, parser, target, format, atol)
+
+
+def _export_one(network: torch.nn.Module, parser: ConfigParser, target: Path, fmt: str, atol: float) -> Path:
+    inputs = example_inputs(parser, network=network)
+    wrapper = DenoiserSignature if len(inputs) == 2 else ConditionedDenoiserSignature
+    module_in = wrapper(network).cpu().eval()
     with torch.no_grad():
-        expected = network(x, timesteps)
-        module = (
-            torch.jit.trace(network, (x, timesteps))
-            if format == "torchscript"
-            else torch.export.export(network, (x, timesteps))
-        )
-    _save(module, target, format)
+        expected = module_in(*inputs)
+        module = torch.jit.trace(module_in, inputs) if fmt == "torchscript" else torch.export.export(module_in, inputs)
+    _save(module, target, fmt)
     with torch.no_grad():
-        found = _load(target, format)(x, timesteps)
+        found = _load(target, fmt)(*inputs)
     error = float((found - expected).abs().max())
     if error > atol:
         target.unlink()
         raise ValueError(f"exported module differs from the network by {error:.2e} (> atol {atol}); nothing written")
-    logger.info(f"exported '{target}' ({format}); max difference to the eager network {error:.1e}")
+    logger.info(f"exported '{target}' ({fmt}); max difference to the eager network {error:.1e}")
     return target
 
 
 def main(config_file: str | list[str], out: str, format: str = "torchscript", **overrides: Any) -> None:
-    """Command line: ``python -m tools.export --config_file C --out F [--format torchscript|export] [--key value]``."""
+    """Command line: ``python -m tools.export --config_file C --out F [--format torchscript|export] [--modality M]
+    [--key value]``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"exported to {export_network(config_file, out, format, **overrides)}")
 

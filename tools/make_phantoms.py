@@ -4,10 +4,16 @@ Usage::
 
     python -m tools.make_phantoms semantic_mri --out data/semantic_mri_phantoms --n 8 --size 64
     python -m tools.make_phantoms semantic_mri_brats --out data/brats_phantoms --n 4 --size 96 --seed 1
+    python -m tools.make_phantoms paired_petct --out data/petct_phantoms --n 4 --size 64
 
-``kind`` is a registered phantom kind (``whole_head_mri``, ``brats_mri``) or a bundle alias (``semantic_mri``,
-``semantic_mri_brats``); see ``common.phantoms.PHANTOM_KINDS``. ``--size`` is the number of voxels along the first
-axis (the field of view stays fixed, so a larger size is a finer grid). ``--out`` must not exist or be empty.
+``kind`` is a registered phantom kind (``whole_head_mri``, ``brats_mri``, ``head_neck_petct``) or a bundle alias
+(``semantic_mri``, ``semantic_mri_brats``, ``paired_petct``); see ``common.phantoms.PHANTOM_KINDS``. ``--size`` is the
+number of voxels along the first axis (the field of view stays fixed, so a larger size is a finer grid). ``--out``
+must not exist or be empty.
+
+``head_neck_petct`` writes HECKTOR 2022-style files (``imagesTr/HN_phantom_000__CT.nii.gz``, ``__PT.nii.gz``,
+``labelsTr/HN_phantom_000.nii.gz``); the grid printed is the CT and label grid, the PET has its own coarser grid
+(its affine is in its file), so a loader resamples it onto the CT.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ def main(kind: str, out: str, n: int = 8, size: int = 64, seed: int = 0) -> None
     """Write ``n`` cases of phantom ``kind`` on a ``size``-voxel grid into ``out`` and print where they went.
 
     Args:
-        kind: phantom kind or bundle alias, e.g. ``semantic_mri``.
+        kind: phantom kind or bundle alias, e.g. ``semantic_mri`` or ``paired_petct``.
         out: output folder; must not exist or be empty.
         n: number of cases. Default 8.
-        size: voxels along the first axis. Default 64.
+        size: voxels along the first axis (of the label grid). Default 64.
         seed: case ``i`` is drawn from the random stream ``(seed, i)``. Default 0.
     """
     phantom = get_phantom_kind(kind)

@@ -369,6 +369,8 @@ def test_build_small() -> None:
     network = build_perceptual_network("small", None, seed=5, input_range=(0, 1))
     assert isinstance(network, SmallConvFeatures) and network.input_range == (0.0, 1.0)
     assert torch.equal(network.features[0].weight, SmallConvFeatures(seed=5).features[0].weight)
+    # a weights path left in the config is unused by the random network
+    assert isinstance(build_perceptual_network("small", "unused.pth"), SmallConvFeatures)
 
 
 def test_build_vgg16_missing_file(tmp_path: Path) -> None:
@@ -379,12 +381,25 @@ def test_build_vgg16_missing_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "weights", "message"),
     [
-        ("resnet50", None, r"`name` of the perceptual network must be one of \('vgg16', 'small'\), got 'resnet50'"),
+        (
+            "resnet50",
+            None,
+            r"`name` of the perceptual network must be one of \('vgg16', 'small', 'auto'\), got 'resnet50'",
+        ),
         ("vgg16", None, r"config key 'perceptual#weights' is null: the 'vgg16' perceptual network needs"),
-        ("small", "vgg16.pth", r"the 'small' perceptual network is random and takes no weights file"),
     ],
-    ids=["unknown", "vgg16 without weights", "small with weights"],
+    ids=["unknown", "vgg16 without weights"],
 )
 def test_build_rejects_settings(name: str, weights: str | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_perceptual_network(name, weights)
+
+
+def test_build_auto_falls_back_to_small_with_a_warning(tmp_path, caplog):
+    missing = tmp_path / "vgg16.pth"
+    with caplog.at_level("WARNING", logger="common.perceptual"):
+        network = build_perceptual_network("auto", missing, config_key="perceptual_weights")
+    assert isinstance(network, SmallConvFeatures)
+    assert "RANDOM" in caplog.text and "perceptual_weights" in caplog.text
+    torch.save(VGG16Features().state_dict(), missing)
+    assert isinstance(build_perceptual_network("auto", missing), VGG16Features)

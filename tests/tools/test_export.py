@@ -59,3 +59,34 @@ def test_export_refuses_to_overwrite_and_bad_format(tmp_path: Path, checkpoint: 
     assert target.read_bytes() == b"keep"
     with pytest.raises(ValueError, match="format must be one of"):
         export_network(INFERENCE, str(tmp_path / "m.onnx"), format="onnx", ckpt_path=str(checkpoint), **TINY)
+
+
+PAIRED = str(REPO_ROOT / "bundles" / "paired_petct" / "configs" / "inference.yaml")
+PAIRED_TINY = {
+    "roi_size": [16, 16],
+    "unet_channels": [16, 16],
+    "unet_attention_levels": [False, False],
+    "unet_num_res_blocks": 1,
+    "unet_num_head_channels": 16,
+    "unet_norm_num_groups": 8,
+    "num_train_timesteps": 10,
+}
+
+
+def test_paired_networks_export_one_file_per_modality(tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(PAIRED)
+    parser.update(PAIRED_TINY)
+    state = parser.get_parsed_content("network_def").state_dict()
+    ckpt = atomic_torch_save({"ema": state, "network": state}, tmp_path / "model.pt")
+    export_network(PAIRED, str(tmp_path / "petct.ts"), ckpt_path=str(ckpt), **PAIRED_TINY)
+    for modality in ("ct", "pet", "mask"):
+        module = torch.jit.load(str(tmp_path / f"petct_{modality}.ts"))
+        out = module(torch.randn(2, 1, 16, 16), torch.tensor([1, 5]), torch.randn(2, 2, 16, 16))
+        assert out.shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="--modality must be one of"):
+        export_network(PAIRED, str(tmp_path / "x.ts"), ckpt_path=str(ckpt), modality="dose", **PAIRED_TINY)
+    with pytest.raises(FileExistsError, match="never overwrite"):
+        export_network(PAIRED, str(tmp_path / "petct.ts"), ckpt_path=str(ckpt), modality="ct", **PAIRED_TINY)

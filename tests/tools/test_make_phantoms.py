@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from tools.make_phantoms import main
@@ -27,6 +29,23 @@ def test_writes_brats_phantoms(tmp_path, capsys, kind):
     assert sorted(p.name for p in case.iterdir()) == [
         f"BraTS_phantom_00000_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")
     ]
+
+
+@pytest.mark.parametrize("kind", ["paired_petct", "head_neck_petct"])
+def test_writes_head_neck_petct_phantoms_in_hecktor_layout(tmp_path, capsys, kind):
+    main(kind, out=str(tmp_path / "petct"), n=1, size=16)
+    assert "1 'head_neck_petct' phantom case(s) of 16x16x13 voxels" in capsys.readouterr().out
+    out = tmp_path / "petct"
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
+        "HN_phantom_000__CT.nii.gz",
+        "HN_phantom_000__PT.nii.gz",
+    ]
+    assert [p.name for p in (out / "labelsTr").iterdir()] == ["HN_phantom_000.nii.gz"]
+    description = json.loads((out / "dataset.json").read_text())
+    assert description["modality"] == {"0": "CT", "1": "PT"}
+    ct, pt = (nib.load(out / path) for path in description["training"][0]["image"])
+    assert ct.shape == (16, 16, 13) and pt.shape[0] < ct.shape[0]
+    assert not np.allclose(pt.affine, ct.affine)
 
 
 def test_unknown_kind_is_an_error(tmp_path):

@@ -1,0 +1,232 @@
+"""End-to-end tests of the paired_petct bundle through its configs (in-process ``monai.bundle`` workflows, tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import REPO_ROOT, config_files, error_chain, make_workflow, run_workflow
+
+from common.io import atomic_write_nifti
+
+BUNDLE = "paired_petct"
+SHARED = {
+    "pixdim": [8.0, 8.0, 8.0],
+    "roi_size": [16, 16],
+    "unet_channels": [16, 16],
+    "unet_attention_levels": [False, False],
+    "unet_num_res_blocks": 1,
+    "unet_num_head_channels": 16,
+    "unet_norm_num_groups": 8,
+    "num_train_timesteps": 20,
+}
+TRAIN = {
+    **SHARED,
+    "num_workers": 0,
+    "phantom_cases": 4,
+    "phantom_size": 32,
+    "batch_size": 4,
+    "max_epochs": 2,
+    "val_interval": 1,
+    "save_interval": 1,
+    "perceptual_start_epoch": 2,
+    "perceptual_network_name": "small",
+}
+
+
+def train(root: Path, names: tuple[str, ...] = ("train",), **overrides) -> object:
+    workflow = make_workflow(BUNDLE, names, "train", bundle_root=str(root), **{**TRAIN, **overrides})
+    workflow.run()
+    return workflow
+
+
+def infer(root: Path, out: Path, names: tuple[str, ...] = ("inference",), **overrides) -> list[dict]:
+    settings = {**SHARED, "bundle_root": str(root), "output_dir": str(out), "num_samples": 2, **overrides}
+    return run_workflow(BUNDLE, names, None, **settings)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("paired_petct")
+    workflow = train(root)
+    return root, workflow
+
+
+def test_training_writes_phantoms_checkpoints_and_tensorboard(trained) -> None:
+    root, workflow = trained
+    phantoms = root / "data" / "phantoms_head_neck"
+    assert len(list((phantoms / "imagesTr").glob("*__PT.nii.gz"))) == 4
+    models = root / "models"
+    assert sorted(p.name for p in models.glob("*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    content = torch.load(models / "model.pt", weights_only=True)
+    assert {"network", "ema", "optimizer_ct", "optimizer_pet", "optimizer_mask", "trainer"} <= set(content)
+    assert {key.split(".")[0] for key in content["network"]} == {"ct", "pet", "mask"}
+    assert list((root / "runs").glob("events.out.tfevents.*"))
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.output["perceptual_loss"] > 0  # switched on at epoch 2
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.metrics["val_noise_mse"] > 0
+
+
+def test_inference_writes_triples_sharing_an_affine(trained, tmp_path: Path) -> None:
+    root, _ = trained
+    written = infer(root, tmp_path)
+    assert len(written) == 2
+    for entry in written:
+        ct, pet = (nib.load(p) for p in entry["image"])
+        mask = nib.load(entry["label"])
+        for image in (ct, pet, mask):
+            assert image.shape == (16, 16, 1)
+            np.testing.assert_allclose(image.affine, ct.affine)
+        np.testing.assert_allclose(np.diag(ct.affine)[:3], [8.0, 8.0, 8.0])
+        ct_hu, pet_suv = ct.get_fdata(), pet.get_fdata()
+        assert ct_hu.min() >= -1000 and ct_hu.max() <= 1000 and pet_suv.min() >= 0 and pet_suv.max() <= 10
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1} and mask.get_data_dtype() == np.uint8
+        assert entry["image"][0].endswith("__CT.nii.gz") and entry["image"][1].endswith("__PT.nii.gz")
+    datalist = json.loads((tmp_path / "dataset.json").read_text())
+    assert datalist["numTraining"] == 2 and datalist["modality"] == {"0": "CT", "1": "PT"}
+    assert (tmp_path / "preview_seed0.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_same_seed_same_samples_and_never_overwrite(trained, tmp_path: Path) -> None:
+    root, _ = trained
+    fast = {"sampler": "dpm_solver", "num_inference_steps": 5}
+    first = infer(root, tmp_path / "a", **fast)
+    second = infer(root, tmp_path / "b", **fast)
+    other = infer(root, tmp_path / "c", seed=1, **fast)
+    for a, b, c in zip(first, second, other):
+        np.testing.assert_array_equal(nib.load(a["image"][1]).get_fdata(), nib.load(b["image"][1]).get_fdata())
+        assert not np.array_equal(nib.load(a["image"][1]).get_fdata(), nib.load(c["image"][1]).get_fdata())
+    with pytest.raises(Exception) as error:
+        infer(root, tmp_path / "a", **fast)
+    assert "never overwritten" in error_chain(error.value)
+
+
+def test_seeded_inference_and_evaluation(trained, tmp_path: Path) -> None:
+    root, _ = trained
+    written = infer(root, tmp_path / "samples", names=("inference", "seeded"), num_inference_steps=5, seed_split="val")
+    assert all(
+        "seeded_from" in entry for entry in json.loads((tmp_path / "samples" / "dataset.json").read_text())["training"]
+    )
+    assert len(written) == 2
+    settings = {
+        **SHARED,
+        "bundle_root": str(root),
+        "sample_dir": str(tmp_path / "samples"),
+        "eval_dir": str(tmp_path / "eval"),
+        "real_split": "val",
+    }
+    results = run_workflow(BUNDLE, ("evaluate",), None, **settings)[0]
+    assert results["n_seeded"] == 2
+    assert {"ct", "pet", "mask", "pairing_samples", "pairing_real"} <= set(results)
+    assert 0.0 <= results["pairing_real"]["pairing_dice_mean"] <= 1.0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert "mask_in_body" in report["pairing_samples"]
+    assert (tmp_path / "eval" / "report.md").is_file()
+
+
+def test_resume_continues_from_the_newest_checkpoint(trained, tmp_path: Path) -> None:
+    root, _ = trained
+    copy = tmp_path / "run"
+    (copy / "models").mkdir(parents=True)
+    (copy / "data").symlink_to(root / "data", target_is_directory=True)
+    checkpoint = torch.load(root / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    torch.save(checkpoint, copy / "models" / "checkpoint_epoch=1.pt")
+    workflow = train(copy, max_epochs=2, resume=True)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    assert trainer.state.iteration == 2 * trainer.state.epoch_length  # epoch 1 was not repeated
+
+
+@pytest.mark.parametrize("overlay", ["severed", "no_perceptual"])
+def test_overlays_train(tmp_path: Path, trained, overlay: str) -> None:
+    root, _ = trained
+    (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
+    workflow = train(tmp_path, names=("train", overlay), max_epochs=1, save_interval=0)
+    network = workflow.parser.get_parsed_content("network")
+    if overlay == "severed":
+        assert all(len(network[m].condition_encoders) == 0 for m in ("ct", "pet", "mask"))
+    else:
+        assert workflow.parser.get_parsed_content("train#trainer").perceptual_weight == 0.0
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(Exception) as error:
+        infer(tmp_path, tmp_path / "out")
+    chain = error_chain(error.value)
+    assert "ckpt_path" in chain and "model.pt" in chain and "train.yaml" in chain
+
+
+def test_checkpoint_that_does_not_fit_names_the_layer(trained, tmp_path: Path) -> None:
+    root, _ = trained
+    with pytest.raises(Exception) as error:
+        infer(root, tmp_path, unet_channels=[16, 32])
+    assert "ct." in error_chain(error.value)
+
+
+def test_user_dataset_dir_missing(tmp_path: Path) -> None:
+    with pytest.raises(Exception) as error:
+        train(tmp_path, dataset_dir=str(tmp_path / "nowhere"))
+    assert "does not exist" in error_chain(error.value) or "nowhere" in error_chain(error.value)
+
+
+def test_mask_labels_and_pet_units_are_checked(trained, tmp_path: Path) -> None:
+    root, _ = trained
+    source = root / "data" / "phantoms_head_neck"
+    data = tmp_path / "data"
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+        for path in sorted((source / sub).glob("*.nii.gz")):
+            (data / sub / path.name).write_bytes(path.read_bytes())
+    label = sorted((data / "labelsTr").glob("*.nii.gz"))[0]
+    image = nib.load(str(label))
+    values = np.asarray(image.dataobj).copy()
+    values[values == 1] = 3
+    label.unlink()
+    atomic_write_nifti(values[None], image.affine, label, dtype="uint8")
+    with pytest.raises(Exception) as error:
+        train(tmp_path, dataset_dir=str(data))
+    chain = error_chain(error.value)
+    assert label.name in chain and "3" in chain
+
+    values[values == 3] = 1
+    label.unlink()
+    atomic_write_nifti(values[None], image.affine, label, dtype="uint8")
+    pet_path = sorted((data / "imagesTr").glob("*__PT.nii.gz"))[0]
+    pet = nib.load(str(pet_path))
+    bq = np.asarray(pet.get_fdata(), dtype=np.float32) * 5000.0
+    pet_path.unlink()
+    atomic_write_nifti(bq[None], pet.affine, pet_path, dtype="float32")
+    with pytest.raises(Exception) as error:
+        train(tmp_path, dataset_dir=str(data))
+    chain = error_chain(error.value)
+    assert pet_path.name in chain and "SUV" in chain
+
+
+def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
+    """multi_gpu_train.yaml: each modality's network in DDP (gloo on CPU), rank-0 checkpoints."""
+    root, _ = trained
+    (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
+    overrides = {**TRAIN, "max_epochs": 1, "save_interval": 0, "batch_size": 2}
+    args = ["--bundle_root", str(tmp_path)]
+    for key, value in overrides.items():
+        args += [f"--{key}", "None" if value is None else str(value).replace(" ", "")]
+    files = "[" + ",".join(f"'{f}'" for f in config_files(BUNDLE, "train", "multi_gpu_train")) + "]"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
+    result = subprocess.run(
+        [*torchrun, "-m", "monai.bundle", "run", "--config_file", files, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    content = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(".module." in key for key in content["network"])  # unwrapped, loadable by inference
+    assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"]  # one epoch
