@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.networks.schedulers import DDPMScheduler, Scheduler
+from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from common.io import atomic_write_nifti, atomic_write_text, montage, overlay_outline, window_uint8, write_png
 from common.paired_engine import PairedDiffusionInferer
+from common.sampling import check_sampler_steps
 
 __all__ = ["PairedSampling", "from_unit_range", "slice_affine", "to_unit_range"]
 
@@ -111,11 +112,7 @@ class PairedSampling:
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-        if isinstance(scheduler, DDPMScheduler) and num_inference_steps != scheduler.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps}: MONAI's DDPMScheduler is only correct with all "
-                f"{scheduler.num_train_timesteps} steps; use sampler 'respaced_ddpm', 'ddim' or 'dpm_solver' for fewer"
-            )
+        check_sampler_steps(scheduler, num_inference_steps)
         if seed_fraction is not None and not reference_data:
             raise ValueError(
                 "config key 'seed_fraction': noise seeding needs real reference triples ('reference_data'), got none"

@@ -24,7 +24,7 @@ from common.data import NIFTI_SUFFIXES, case_id_from_path, case_paths, find_case
 from common.inferers import ConditionalDiffusionInferer
 from common.io import atomic_write_nifti, save_preview_png
 
-__all__ = ["list_masks", "select_sampler", "MaskConditionedSampling"]
+__all__ = ["check_sampler_steps", "list_masks", "select_sampler", "MaskConditionedSampling"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,15 @@ def select_sampler(samplers: Mapping[str, Scheduler], name: str, config_key: str
     if name not in samplers:
         raise ValueError(f"config key '{config_key}': unknown sampler '{name}'; choose one of {sorted(samplers)}")
     return samplers[name]
+
+
+def check_sampler_steps(scheduler: Scheduler, num_inference_steps: int) -> None:
+    """Refuse MONAI's ``DDPMScheduler`` with fewer steps than it was trained with (its respaced step is wrong)."""
+    if isinstance(scheduler, DDPMScheduler) and num_inference_steps != scheduler.num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps={num_inference_steps}: MONAI's DDPMScheduler is only correct with all "
+            f"{scheduler.num_train_timesteps} steps; use sampler 'respaced_ddpm', 'ddim' or 'dpm_solver' for fewer"
+        )
 
 
 def _seed_for(seed: int, mask_index: int, first_sample: int) -> int:
@@ -115,11 +124,7 @@ class MaskConditionedSampling:
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-        if isinstance(scheduler, DDPMScheduler) and num_inference_steps != scheduler.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps}: MONAI's DDPMScheduler is only correct with all "
-                f"{scheduler.num_train_timesteps} steps; use sampler 'respaced_ddpm', 'ddim' or 'dpm_solver' for fewer"
-            )
+        check_sampler_steps(scheduler, num_inference_steps)
         self.network = network
         self.inferer = inferer
         self.scheduler = scheduler
