@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import torch
 from monai.networks.blocks import Convolution
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.nets.diffusion_model_unet import get_down_block, get_timestep_embedding
+from monai.networks.nets.diffusion_model_unet import get_down_block, get_timestep_embedding, zero_module
 from torch import nn
 
 __all__ = [
@@ -278,6 +278,17 @@ class ConditionEncoder(nn.Module):
             self.attentions.append(CrossEncoderAttention(spatial_dims, width, norm_num_groups, norm_eps))
             previous = width
 
+    def start(self, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """TLP (if any) and the input convolution: the features that enter level 0."""
+        if self.low_pass is not None:
+            condition = self.low_pass(condition, timesteps)
+        return self.conv_in(condition)
+
+    def level(self, index: int, h: torch.Tensor, temb: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """Level ``index``: its down block, then the cross-encoder attention with the denoiser's ``anchor``."""
+        h, _ = self.down_blocks[index](hidden_states=h, temb=temb, context=None)
+        return self.attentions[index](h, anchor)
+
     def forward(
         self,
         condition: torch.Tensor,
@@ -285,12 +296,9 @@ class ConditionEncoder(nn.Module):
         temb: torch.Tensor,
         denoiser_features: Sequence[torch.Tensor],
     ) -> torch.Tensor:
-        if self.low_pass is not None:
-            condition = self.low_pass(condition, timesteps)
-        h = self.conv_in(condition)
-        for block, attention, anchor in zip(self.down_blocks, self.attentions, denoiser_features):
-            h, _ = block(hidden_states=h, temb=temb, context=None)
-            h = attention(h, anchor)
+        h = self.start(condition, timesteps)
+        for index, anchor in enumerate(denoiser_features):
+            h = self.level(index, h, temb, anchor)
         return h
 
 
@@ -298,8 +306,10 @@ class PairedDenoiser(DiffusionModelUNet):
     """Denoiser of one modality conditioned on ``num_conditions`` other (noisy) modalities.
 
     A MONAI ``DiffusionModelUNet`` (same arguments, no cross-attention conditioning) plus one ``ConditionEncoder``
-    per condition; at the bottleneck ``cat(h, c_1, ..., c_n)`` goes through ``TimestepCBAM`` and a 1x1 convolution
-    back to ``channels[-1]`` before MONAI's middle block.
+    per condition, run level by level alongside the denoiser's encoder (cross-encoder attention at every level, and
+    with ``feedback`` a zero-initialised projection of the conditional features added back to the denoiser's); at
+    the bottleneck ``cat(h, c_1, ..., c_n)`` goes through ``TimestepCBAM`` and a 1x1 convolution back to
+    ``channels[-1]`` before MONAI's middle block.
 
     Args:
         spatial_dims: 2 or 3.
@@ -310,6 +320,9 @@ class PairedDenoiser(DiffusionModelUNet):
         severed: build no conditional pathway (the paper's ablation): conditions are accepted and ignored.
         low_pass: use TLP in front of each conditional encoder. Default True.
         timestep_cbam: fuse with ``TimestepCBAM``; False concatenates and projects only. Default True.
+        feedback: after each level add the conditional encoders' features (1x1 convolution, zero-initialised) to the
+            denoiser's features and skip connection, so conditions reach the decoder at full resolution, not only
+            through the bottleneck (MedSegDiff-style anchoring). Default True.
         channels, num_res_blocks, attention_levels, norm_num_groups, norm_eps, num_head_channels,
         resblock_updown: as ``DiffusionModelUNet``.
 
@@ -328,6 +341,7 @@ class PairedDenoiser(DiffusionModelUNet):
         severed: bool = False,
         low_pass: bool = True,
         timestep_cbam: bool = True,
+        feedback: bool = True,
         channels: Sequence[int] = (64, 128, 256),
         num_res_blocks: Sequence[int] | int = 2,
         attention_levels: Sequence[bool] = (False, False, True),
@@ -360,6 +374,7 @@ class PairedDenoiser(DiffusionModelUNet):
         self.condition_encoders = nn.ModuleList()
         self.fusion_cbam: TimestepCBAM | None = None
         self.fusion_project: nn.Module | None = None
+        self.feedback: nn.ModuleList | None = None
         if not self.severed:
             for _ in range(self.num_conditions):
                 self.condition_encoders.append(
@@ -378,6 +393,13 @@ class PairedDenoiser(DiffusionModelUNet):
             if timestep_cbam:
                 self.fusion_cbam = TimestepCBAM(spatial_dims, fused, temb_channels)
             self.fusion_project = Convolution(spatial_dims, fused, channels[-1], kernel_size=1, conv_only=True)
+            if feedback:
+                self.feedback = nn.ModuleList(
+                    zero_module(
+                        Convolution(spatial_dims, width * self.num_conditions, width, kernel_size=1, conv_only=True)
+                    )
+                    for width in channels
+                )
 
     def _check_conditions(self, x: torch.Tensor, conditions: torch.Tensor | None) -> None:
         expected = self.num_conditions * self.condition_channels
@@ -399,18 +421,25 @@ class PairedDenoiser(DiffusionModelUNet):
         emb = self.time_embed(get_timestep_embedding(timesteps, self.block_out_channels[0]).to(dtype=x.dtype))
         h = self.conv_in(x)
         skips: list[torch.Tensor] = [h]
-        level_outputs: list[torch.Tensor] = []
-        for block in self.down_blocks:
-            h, residuals = block(hidden_states=h, temb=emb, context=None)
-            skips.extend(residuals)
-            level_outputs.append(h)
+        encoded: list[torch.Tensor] = []
         if not self.severed:
             self._check_conditions(x, conditions)
-            features = [h]
-            for index, encoder in enumerate(self.condition_encoders):
-                part = conditions[:, index * self.condition_channels : (index + 1) * self.condition_channels]
-                features.append(encoder(part, timesteps, emb, level_outputs))
-            h = torch.cat(features, dim=1)
+            width = self.condition_channels
+            encoded = [
+                encoder.start(conditions[:, i * width : (i + 1) * width], timesteps)
+                for i, encoder in enumerate(self.condition_encoders)
+            ]
+        for index, block in enumerate(self.down_blocks):
+            h, residuals = block(hidden_states=h, temb=emb, context=None)
+            skips.extend(residuals)
+            if encoded:
+                encoded = [encoder.level(index, c, emb, h) for encoder, c in zip(self.condition_encoders, encoded)]
+                if self.feedback is not None:
+                    # the block's last output is h itself (MONAI down blocks): the skip carries the feedback too
+                    h = h + self.feedback[index](torch.cat(encoded, dim=1))
+                    skips[-1] = h
+        if encoded:
+            h = torch.cat([h, *encoded], dim=1)
             if self.fusion_cbam is not None:
                 h = self.fusion_cbam(h, emb)
             h = self.fusion_project(h)

@@ -227,3 +227,19 @@ def test_paired_denoiser_options_and_errors():
         net(x, t, torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="num_conditions must be >= 0"):
         PairedDenoiser(2, 1, 1, num_conditions=-1, **SMALL)
+
+
+def test_feedback_starts_at_zero_and_learns():
+    torch.manual_seed(0)
+    with_feedback = PairedDenoiser(2, 1, 1, num_conditions=2, **SMALL)
+    without = PairedDenoiser(2, 1, 1, num_conditions=2, feedback=False, **SMALL)
+    assert without.feedback is None and len(with_feedback.feedback) == len(SMALL["channels"])
+    without.load_state_dict({k: v for k, v in with_feedback.state_dict().items() if not k.startswith("feedback.")})
+    _randomise(with_feedback.out)
+    _randomise(without.out)
+    x, t, conditions = torch.randn(2, 1, 8, 8), torch.tensor([3, 40]), torch.randn(2, 2, 8, 8)
+    torch.testing.assert_close(with_feedback(x, t, conditions), without(x, t, conditions))  # zero-initialised
+    (with_feedback(x, t, conditions) - 1.0).square().mean().backward()
+    assert all(conv.conv.weight.grad.abs().sum() > 0 for conv in with_feedback.feedback)
+    _randomise(with_feedback.feedback, seed=3)
+    assert not torch.allclose(with_feedback(x, t, conditions), without(x, t, conditions))
