@@ -100,8 +100,8 @@ def _bare_loop_intervals(
     return clock.intervals
 
 
-def _bundle_intervals(workflow: ConfigWorkflow, epochs: int) -> list[float]:
-    trainer = workflow.parser.get_parsed_content("train#trainer")
+def _bundle_intervals(trainer: Any, epochs: int) -> list[float]:
+    """Intervals between iterations of ``epochs`` epochs of a bundle's trainer (an ignite engine)."""
     clock = _IterationClock()
     handles = [
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: clock.epoch_started()),
@@ -128,7 +128,7 @@ def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
     timesteps = workflow.parser.get_parsed_content("num_train_timesteps")
     bundle, bare = [], []
     for _ in range(rounds):
-        bundle += _bundle_intervals(workflow, epochs)
+        bundle += _bundle_intervals(workflow.parser.get_parsed_content("train#trainer"), epochs)
         bare += _bare_loop_intervals(network_def, loader, epochs * len(loader), lr, timesteps)
     bundle_s, bare_s = statistics.median(bundle), statistics.median(bare)
     return {

@@ -28,7 +28,7 @@ from common.noise import offset_noise
 from common.paired_engine import stack_conditions
 from common.paired_evaluation import pairing_metrics
 from common.paired_sampling import from_unit_range
-from tools.bench import _configs, _IterationClock, _table, _workflow
+from tools.bench import _bundle_intervals, _configs, _IterationClock, _table, _workflow
 
 __all__ = ["bench_paired_petct"]
 
@@ -67,19 +67,6 @@ def _bare_loop_intervals(
             done += 1
             if done >= iterations:
                 break
-    return clock.intervals
-
-
-def _bundle_intervals(trainer: Any, epochs: int) -> list[float]:
-    clock = _IterationClock()
-    handles = [
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: clock.epoch_started()),
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: clock.tick()),
-    ]
-    trainer.state.max_epochs = (trainer.state.epoch or 0) + epochs
-    trainer.run()
-    for handle in handles:
-        handle.remove()
     return clock.intervals
 
 
