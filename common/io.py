@@ -337,6 +337,16 @@ def _spatial(array: np.ndarray | torch.Tensor, spatial_dims: int, name: str) -> 
     return array
 
 
+def enlargement_factor(shape: Sequence[int], min_cell_size: int) -> int:
+    """Smallest integer factor (>= 1) that makes the longest side of ``shape`` at least ``min_cell_size`` pixels."""
+    return max(1, -(-int(min_cell_size) // max(shape)))
+
+
+def enlarge_nearest(image: np.ndarray, factor: int) -> np.ndarray:
+    """Repeat every pixel of a 2D (or (H, W, C)) image ``factor`` times along both image axes."""
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def _preview_row(
     name: str,
     volume: np.ndarray | torch.Tensor,
@@ -351,10 +361,10 @@ def _preview_row(
     (small volumes such as 32^3 phantoms stay readable); the outline is drawn after enlarging, so it stays thin.
     """
     volume = _spatial(volume, spatial_dims, name)
-    factor = max(1, -(-min_cell_size // max(volume.shape)))
+    factor = enlargement_factor(volume.shape, min_cell_size)
 
     def enlarge(image: np.ndarray) -> np.ndarray:
-        return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        return enlarge_nearest(image, factor)
 
     slices = [enlarge(window_uint8(s, value_range)) for s in central_slices(volume)]
     if mask is None:

@@ -25,7 +25,16 @@ import torch
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from common.io import atomic_write_nifti, atomic_write_text, montage, overlay_outline, window_uint8, write_png
+from common.io import (
+    atomic_write_nifti,
+    atomic_write_text,
+    enlarge_nearest,
+    enlargement_factor,
+    montage,
+    overlay_outline,
+    window_uint8,
+    write_png,
+)
 from common.paired_engine import PairedDiffusionInferer
 from common.sampling import check_sampler_steps
 
@@ -242,10 +251,10 @@ class PairedSampling:
         mask = np.rot90(triple["mask"][0].numpy().astype(bool))
         ct = window_uint8(np.rot90(triple["ct"][0].numpy()), self.windows["ct"])
         pet = window_uint8(np.rot90(triple["pet"][0].numpy()), self.windows["pet"])
-        factor = max(1, -(-160 // max(mask.shape)))
+        factor = enlargement_factor(mask.shape, 160)
 
         def enlarge(image: np.ndarray) -> np.ndarray:
-            return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+            return enlarge_nearest(image, factor)
 
         outlined = [overlay_outline(enlarge(image), enlarge(mask)) for image in (ct, pet)]
         mask_cell = enlarge(mask.astype(np.uint8) * 255)

@@ -344,3 +344,11 @@ def test_save_preview_png_enlarges_small_volumes(tmp_path: Path) -> None:
     assert pixels.shape == (24 + 4, 3 * (24 + 2) + 2, 3)
     red = (pixels[..., 0] == 255) & (pixels[..., 1] == 0)
     assert red[2:26, 2:26].sum() == 4 * 12 - 4
+
+
+def test_enlargement_helpers():
+    from common.io import enlarge_nearest, enlargement_factor
+
+    assert enlargement_factor((32, 20), 160) == 5 and enlargement_factor((200, 10), 160) == 1
+    image = np.arange(4).reshape(2, 2)
+    np.testing.assert_array_equal(enlarge_nearest(image, 2), [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
