@@ -32,6 +32,7 @@ import torch.distributed as dist
 from common.io import atomic_write_text
 
 __all__ = [
+    "ensure_phantom_dataset",
     "LAYOUTS",
     "NIFTI_SUFFIXES",
     "find_cases",
@@ -276,6 +277,19 @@ def _write_phantoms(phantom: dict) -> None:
     write_phantom_dataset(phantom["kind"], folder, **options)
 
 
+def ensure_phantom_dataset(dataset_dir: str | Path, phantom: dict | None) -> None:
+    """Write the bundle's phantom dataset when ``dataset_dir`` is its (missing or empty) phantom folder.
+
+    Only rank 0 writes under ``torchrun``; every rank waits for it. Any other folder is left alone (a missing or
+    empty user folder is reported by the case finder that runs next).
+    """
+    root = Path(dataset_dir)
+    if _is_main_process() and _needs_phantoms(root, phantom):
+        _write_phantoms(phantom)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def prepare_dataset(
     dataset_dir: str,
     modalities: Sequence[str],
@@ -303,11 +317,7 @@ def prepare_dataset(
         ``{"train": [...], "val": [...]}`` lists of cases.
     """
     root = Path(dataset_dir)
-    distributed = dist.is_available() and dist.is_initialized()
-    if _is_main_process() and _needs_phantoms(root, phantom):
-        _write_phantoms(phantom)
-    if distributed:
-        dist.barrier()
+    ensure_phantom_dataset(root, phantom)
     train = find_cases(root, modalities, layout)
     # only a datalist layout reads dataset.json: another layout may sit next to a foreign or non-JSON one
     has_validation = (

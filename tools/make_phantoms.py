@@ -5,15 +5,20 @@ Usage::
     python -m tools.make_phantoms semantic_mri --out data/semantic_mri_phantoms --n 8 --size 64
     python -m tools.make_phantoms semantic_mri_brats --out data/brats_phantoms --n 4 --size 96 --seed 1
     python -m tools.make_phantoms paired_petct --out data/petct_phantoms --n 4 --size 64
+    python -m tools.make_phantoms latent_ct --out data/lung_phantoms --n 4 --size 64
 
-``kind`` is a registered phantom kind (``whole_head_mri``, ``brats_mri``, ``head_neck_petct``) or a bundle alias
-(``semantic_mri``, ``semantic_mri_brats``, ``paired_petct``); see ``common.phantoms.PHANTOM_KINDS``. ``--size`` is the
-number of voxels along the first axis (the field of view stays fixed, so a larger size is a finer grid). ``--out``
-must not exist or be empty.
+``kind`` is a registered phantom kind (``whole_head_mri``, ``brats_mri``, ``head_neck_petct``, ``thorax_ct``) or a
+bundle alias (``semantic_mri``, ``semantic_mri_brats``, ``paired_petct``, ``latent_ct``); see
+``common.phantoms.PHANTOM_KINDS``. ``--size`` is the number of voxels along the first axis (the field of view stays
+fixed, so a larger size is a finer grid). ``--out`` must not exist or be empty.
 
 ``head_neck_petct`` writes HECKTOR 2022-style files (``imagesTr/HN_phantom_000__CT.nii.gz``, ``__PT.nii.gz``,
 ``labelsTr/HN_phantom_000.nii.gz``); the grid printed is the CT and label grid, the PET has its own coarser grid
 (its affine is in its file), so a loader resamples it onto the CT.
+
+``thorax_ct`` writes one folder per case, ``LUNG_phantom_000/ct.nii.gz`` (HU) and
+``LUNG_phantom_000/masks/<structure>.nii.gz`` (GTV-1, GTV-2 and GTV-3 when present, Lung-Left, Lung-Right, Heart,
+Esophagus, Spinal-Cord), listed in ``dataset.json`` as ``{"case_id", "image", "masks": {structure: path}}``.
 """
 
 from __future__ import annotations

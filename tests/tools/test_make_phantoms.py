@@ -52,3 +52,16 @@ def test_unknown_kind_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="kind must be one of"):
         main("lung_ct", out=str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kind", ["latent_ct", "thorax_ct"])
+def test_writes_thorax_ct_phantoms_with_one_mask_per_structure(tmp_path, capsys, kind):
+    main(kind, out=str(tmp_path / "lung"), n=1, size=16)
+    assert "1 'thorax_ct' phantom case(s) of 16x16x14 voxels" in capsys.readouterr().out
+    case = tmp_path / "lung" / "LUNG_phantom_000"
+    assert sorted(p.name for p in case.iterdir()) == ["ct.nii.gz", "masks"]
+    masks = sorted(p.name for p in (case / "masks").iterdir())
+    assert {"GTV-1.nii.gz", "Lung-Left.nii.gz", "Lung-Right.nii.gz", "Heart.nii.gz"} <= set(masks)
+    entry = json.loads((tmp_path / "lung" / "dataset.json").read_text())["training"][0]
+    assert entry["case_id"] == "LUNG_phantom_000" and entry["image"] == "LUNG_phantom_000/ct.nii.gz"
+    assert sorted(f"{name}.nii.gz" for name in entry["masks"]) == masks

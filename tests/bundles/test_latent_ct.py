@@ -1,0 +1,234 @@
+"""End-to-end tests of the latent_ct bundle: both training stages, inference, evaluation and the errors (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import REPO_ROOT, config_files, error_chain, make_workflow, run_workflow
+
+from common.io import atomic_write_nifti
+
+BUNDLE = "latent_ct"
+MODEL = {
+    "spatial_size": [16, 16, 16],
+    "ae_channels": [8, 8],
+    "ae_attention_levels": [False, True],
+    "ae_num_res_blocks": 1,
+    "ae_norm_num_groups": 4,
+}
+UNET = {
+    "unet_channels": [8, 8, 8],
+    "unet_num_head_channels": [0, 8, 8],
+    "unet_norm_num_groups": 4,
+    "unet_num_res_blocks": 1,
+    "num_train_timesteps": 20,
+}
+TRAIN = {
+    **MODEL,
+    "phantom_size": 24,
+    "phantom_cases": 4,
+    "disc_channels": 4,
+    "disc_num_layers": 2,
+    "num_workers": 0,
+    "max_epochs": 2,
+    "val_interval": 1,
+    "save_interval": 1,
+    "perceptual_network_name": "small",
+    "batch_size": 2,
+}
+AUTOENCODER = ("train_autoencoder",)
+DIFFUSION = ("train_autoencoder", "train_diffusion")
+
+
+def train(root: Path, names: tuple[str, ...] = AUTOENCODER, **overrides) -> object:
+    settings = {**TRAIN, **(UNET if "train_diffusion" in names else {}), **overrides}
+    workflow = make_workflow(BUNDLE, names, "train", bundle_root=str(root), **settings)
+    workflow.run()
+    return workflow
+
+
+def infer(root: Path, out: Path, **overrides) -> list[dict]:
+    settings = {**MODEL, **UNET, "bundle_root": str(root), "output_dir": str(out), "num_samples": 2, **overrides}
+    return run_workflow(BUNDLE, ("inference",), None, **settings)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, object, object]:
+    root = tmp_path_factory.mktemp("latent_ct")
+    autoencoder = train(root)
+    diffusion = train(root, DIFFUSION)
+    return root, autoencoder, diffusion
+
+
+def test_stage_one_writes_phantoms_checkpoints_and_tensorboard(trained) -> None:
+    root, workflow, _ = trained
+    phantoms = root / "data" / "phantoms_thorax"
+    entries = json.loads((phantoms / "dataset.json").read_text())["training"]
+    assert len(entries) == 4 and "GTV-1" in entries[0]["masks"]
+    models = sorted(p.name for p in (root / "models").glob("autoencoder*.pt"))
+    assert models == ["autoencoder.pt", "autoencoder_checkpoint_epoch=1.pt", "autoencoder_checkpoint_epoch=2.pt"]
+    content = torch.load(root / "models" / "autoencoder.pt", weights_only=True)  # plain state dicts only
+    assert {"autoencoder", "discriminator", "g_optimizer", "d_optimizer", "trainer"} <= set(content)
+    assert content["trainer"]["iteration"] == 2 * content["trainer"]["epoch_length"]
+    assert list((root / "runs" / "autoencoder").glob("events.out.tfevents.*"))
+    output = workflow.parser.get_parsed_content("train#trainer").state.output
+    assert float(output["reconstruction_loss"]) > 0 and float(output["discriminator_loss"]) > 0
+    terms = workflow.parser.get_parsed_content("recon_loss").last_terms
+    assert set(terms) == {"l1", "kl", "perceptual"}
+    metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert metrics["val_recon_l1"] > 0 and np.isfinite(metrics["val_psnr"])
+
+
+def test_stage_two_stores_the_scale_factor_and_the_training_grid(trained) -> None:
+    root, _, workflow = trained
+    content = torch.load(root / "models" / "diffusion.pt", weights_only=True)
+    assert {"network", "optimizer", "stats", "trainer"} <= set(content)
+    stats = content["stats"]
+    assert bool(stats["computed"]) and float(stats["scale_factor"]) > 0
+    # 1 / std of latents drawn the way training draws them
+    dataset = workflow.parser.get_parsed_content("train#dataset")
+    latents = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))])
+    assert float(latents.std()) == pytest.approx(1.0, rel=0.25)
+    # 24 phantom voxels over 350 x 350 x 300 mm (24, 24, 21) resized to 16^3
+    np.testing.assert_allclose(stats["pixdim"].numpy(), [350 / 16, 350 / 16, 300 / 16], rtol=0.02)
+    assert list((root / "runs" / "diffusion").glob("events.out.tfevents.*"))
+
+
+def test_diffusion_stage_without_autoencoder_names_the_file_and_the_command(tmp_path: Path) -> None:
+    with pytest.raises(Exception) as error:
+        train(tmp_path, DIFFUSION, max_epochs=1)
+    chain = error_chain(error.value)
+    assert "autoencoder.pt" in chain and "autoencoder_ckpt" in chain and "train_autoencoder.yaml" in chain
+
+
+def test_inference_writes_hu_volumes_with_the_training_grid(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    written = infer(root, tmp_path / "out", sampler="dpm_solver", num_inference_steps=5)
+    assert [w["case_id"] for w in written] == ["synthetic_seed0_0000", "synthetic_seed0_0001"]
+    stats = torch.load(root / "models" / "diffusion.pt", weights_only=True)["stats"]
+    image = nib.load(written[0]["image"])
+    assert image.shape == (16, 16, 16)
+    np.testing.assert_allclose(image.header.get_zooms(), stats["pixdim"].numpy(), rtol=1e-4)
+    values = np.asarray(image.dataobj)
+    assert values.min() >= -1000 and values.max() <= 1000 and values.std() > 0
+    datalist = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert [e["image"] for e in datalist["training"]] == [f"{w['case_id']}/ct.nii.gz" for w in written]
+    assert (tmp_path / "out" / "preview_seed0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_samples_never_overwrite_and_tiled_decoding_agrees(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    fast = {"sampler": "respaced_ddpm", "num_inference_steps": 5, "num_samples": 1}
+    first = infer(root, tmp_path / "a", **fast)
+    again = infer(root, tmp_path / "b", **fast)
+    tiled = infer(root, tmp_path / "c", tiled_decode=True, decode_roi_size=16, **fast)
+    a, b, c = (np.asarray(nib.load(w[0]["image"]).dataobj, dtype=np.float32) for w in (first, again, tiled))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() <= 1  # tiled decoding: the same volume (int16 HU rounding)
+    with pytest.raises(Exception) as error:
+        infer(root, tmp_path / "a", **fast)
+    assert "never overwritten" in error_chain(error.value)
+
+
+def test_evaluation_writes_the_report_and_the_tsne_map(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    samples = tmp_path / "samples"
+    infer(root, samples, sampler="dpm_solver", num_inference_steps=5, num_samples=3)
+    out = tmp_path / "eval"
+    settings = {**MODEL, "bundle_root": str(root), "dataset_dir": str(root / "data" / "phantoms_thorax")}
+    results = run_workflow(
+        BUNDLE, ("evaluate",), None, sample_dir=str(samples), output_dir=str(out), fid_pool=2, **settings
+    )[0]
+    reconstruction, sampled = results["reconstruction"], results["samples"]
+    assert reconstruction["mse_hu2"] > 0 and reconstruction["kl"] > 0 and -1 <= reconstruction["ssim"] <= 1
+    assert np.isfinite(sampled["fid_2d_latent"]) and sampled["samples"] == 3
+    assert "diversity_ms_ssim_synthetic" in sampled and "diversity_ssim_real" in sampled
+    assert json.loads((out / "report.json").read_text())["samples"]["samples"] == 3
+    assert (out / "report.md").is_file() and (out / "tsne_latents.png").is_file()
+
+
+def test_resume_continues_from_the_newest_checkpoint(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
+    checkpoint = torch.load(root / "models" / "autoencoder_checkpoint_epoch=1.pt", weights_only=True)
+    torch.save(checkpoint, tmp_path / "models" / "autoencoder_checkpoint_epoch=1.pt")
+    workflow = train(tmp_path, max_epochs=2, resume=True)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    assert trainer.state.iteration == 2 * trainer.state.epoch_length  # epoch 1 was not repeated
+
+
+def test_vae_128_is_an_override(tmp_path: Path) -> None:
+    settings = {**TRAIN, **UNET, "bundle_root": str(tmp_path), "latent_channels": 128}
+    workflow = make_workflow(BUNDLE, DIFFUSION, "train", **{k: v for k, v in settings.items() if k != "phantom_cases"})
+    autoencoder = workflow.parser.get_parsed_content("autoencoder_def", instantiate=True)
+    unet = workflow.parser.get_parsed_content("network_def", instantiate=True)
+    assert autoencoder.latent_channels == 128
+    assert unet.in_channels == unet.out_channels == 128
+
+
+def test_checkpoint_that_does_not_fit_names_the_layer(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    with pytest.raises(Exception) as error:
+        infer(root, tmp_path, ae_channels=[16, 16], ae_norm_num_groups=8)
+    assert "encoder.blocks.0" in error_chain(error.value)
+
+
+def test_missing_or_empty_dataset_dir(tmp_path: Path) -> None:
+    with pytest.raises(Exception) as error:
+        train(tmp_path, dataset_dir=str(tmp_path / "absent"))
+    assert "absent" in error_chain(error.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception) as error:
+        train(tmp_path, dataset_dir=str(tmp_path / "empty"))
+    assert "empty" in error_chain(error.value)
+
+
+def test_normalised_data_passed_as_hu_is_refused(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    source = root / "data" / "phantoms_thorax"
+    data = tmp_path / "data"
+    entries = json.loads((source / "dataset.json").read_text())["training"][:2]
+    for entry in entries:
+        ct = nib.load(source / entry["image"])
+        scaled = np.clip(np.asarray(ct.dataobj, dtype=np.float32) / 1000.0, -1, 1)  # already in [-1, 1]
+        atomic_write_nifti(scaled[None], ct.affine, data / entry["image"], dtype="float32")
+        for path in entry["masks"].values():
+            (data / path).parent.mkdir(parents=True, exist_ok=True)
+            (data / path).symlink_to(source / path)
+    (data / "dataset.json").write_text(json.dumps({"training": entries}))
+    with pytest.raises(Exception) as error:
+        train(tmp_path, dataset_dir=str(data))
+    chain = error_chain(error.value)
+    assert "ct.nii.gz" in chain and "normalised" in chain
+
+
+def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
+    """multi_gpu_train.yaml on stage 1: autoencoder and discriminator in DDP (gloo on CPU), rank-0 checkpoints."""
+    root, _, _ = trained
+    (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
+    overrides = {**TRAIN, "max_epochs": 1, "save_interval": 0, "batch_size": 1}
+    args = ["--bundle_root", str(tmp_path)]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    files = "[" + ",".join(f"'{f}'" for f in config_files(BUNDLE, "train_autoencoder", "multi_gpu_train")) + "]"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547"]
+    result = subprocess.run(
+        [*torchrun, "-m", "monai.bundle", "run", "--config_file", files, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    content = torch.load(tmp_path / "models" / "autoencoder.pt", weights_only=True)
+    assert not any(".module." in key or key.startswith("module.") for key in content["autoencoder"])
+    assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"]
