@@ -5,6 +5,7 @@ Usage::
     python -m tools.bench semantic_mri                      # writes benchmarks/results/semantic_mri.md
     python -m tools.bench semantic_mri --train_epochs 1 --eval_masks 2 --out /tmp/quick.md   # a smoke run
     python -m tools.bench paired_petct                      # writes benchmarks/results/paired_petct.md
+    python -m tools.bench latent_ct                         # writes benchmarks/results/latent_ct.md
 
 ``semantic_mri`` (Med-DDPM) on 32^3 whole-head phantoms, CPU:
 
@@ -298,9 +299,16 @@ def _bench_paired_petct(**options: Any) -> tuple[str, dict[str, Any]]:
     return bench_paired_petct(**options)
 
 
+def _bench_latent_ct(**options: Any) -> tuple[str, dict[str, Any]]:
+    from tools.bench_latent_ct import bench_latent_ct  # it imports this module's helpers
+
+    return bench_latent_ct(**options)
+
+
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri": bench_semantic_mri,
     "paired_petct": _bench_paired_petct,
+    "latent_ct": _bench_latent_ct,
 }
 
 

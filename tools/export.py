@@ -15,6 +15,11 @@ Usage::
     # a bundle with one network per modality (a ModuleDict, e.g. paired_petct) writes one file per modality,
     # models/petct_ct.ts, models/petct_pet.ts, ... (or only --modality ct); each is called as
     # model(x, timesteps, conditions): conditions (B, n * C, *spatial), the other modalities in config order
+    python -m tools.export --config_file bundles/latent_ct/configs/inference.yaml --out models/latent_unet.ts
+    python -m tools.export --config_file bundles/latent_ct/configs/inference.yaml --network_key autoencoder \\
+        --out models/decoder.ts
+    # a latent bundle: the denoiser runs on the latent grid (``latent_size``); the autoencoder exports as its decoder,
+    # called as decoder(z) with z (B, latent_channels, *latent_size)
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
-__all__ = ["FORMATS", "ConditionedDenoiserSignature", "DenoiserSignature", "example_inputs", "export_network", "main"]
+__all__ = [
+    "FORMATS",
+    "ConditionedDenoiserSignature",
+    "DecoderSignature",
+    "DenoiserSignature",
+    "example_inputs",
+    "export_network",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +71,19 @@ class ConditionedDenoiserSignature(torch.nn.Module):
         return self.network(x, timesteps, conditions)
 
 
+class DecoderSignature(torch.nn.Module):
+    """The decoder of an ``AutoencoderKL`` as ``(z) -> image`` (latent diffusion bundles export it beside the denoiser)."""
+
+    def __init__(self, autoencoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(z)
+
+
 def _spatial_size(parser: ConfigParser) -> list[int]:
-    for key in ("spatial_size", "roi_size"):
+    for key in ("latent_size", "spatial_size", "roi_size"):  # a latent denoiser runs on the latent grid
         if key in parser:
             return list(parser.get_parsed_content(key))
     raise KeyError("the config has neither 'spatial_size' nor 'roi_size': cannot build an example input")
@@ -116,10 +140,20 @@ def export_network(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got '{format}'")
     modality = overrides.pop("modality", None)
+    network_key = overrides.pop("network_key", "network")
     parser = ConfigParser()
     parser.read_config(config_file)
     parser.update(overrides)
-    network = parser.get_parsed_content("network")
+    if network_key not in parser:
+        raise KeyError(f"--network_key: the config has no '{network_key}' entry")
+    network = parser.get_parsed_content(network_key)
+    if hasattr(network, "decode") and hasattr(network, "latent_channels"):  # an AutoencoderKL: export its decoder
+        target = Path(out)
+        if target.exists():
+            raise FileExistsError(f"--out '{target}' exists; exports never overwrite, choose another name")
+        generator = torch.Generator().manual_seed(0)
+        z = torch.randn(1, *parser.get_parsed_content("latent_shape"), generator=generator)
+        return _export_module(DecoderSignature(network), (z,), target, format, atol)
     if isinstance(network, torch.nn.ModuleDict):
         if modality is not None and modality not in network:
             raise ValueError(f"--modality must be one of {list(network.keys())}, got {modality!r}")
@@ -141,7 +175,13 @@ def export_network(
 def _export_one(network: torch.nn.Module, parser: ConfigParser, target: Path, fmt: str, atol: float) -> Path:
     inputs = example_inputs(parser, network=network)
     wrapper = DenoiserSignature if len(inputs) == 2 else ConditionedDenoiserSignature
-    module_in = wrapper(network).cpu().eval()
+    return _export_module(wrapper(network), inputs, target, fmt, atol)
+
+
+def _export_module(
+    module_in: torch.nn.Module, inputs: tuple[torch.Tensor, ...], target: Path, fmt: str, atol: float
+) -> Path:
+    module_in = module_in.cpu().eval()
     with torch.no_grad():
         expected = module_in(*inputs)
         module = torch.jit.trace(module_in, inputs) if fmt == "torchscript" else torch.export.export(module_in, inputs)
@@ -158,7 +198,7 @@ def _export_one(network: torch.nn.Module, parser: ConfigParser, target: Path, fm
 
 def main(config_file: str | list[str], out: str, format: str = "torchscript", **overrides: Any) -> None:
     """Command line: ``python -m tools.export --config_file C --out F [--format torchscript|export] [--modality M]
-    [--key value]``."""
+    [--network_key K] [--key value]`` (``--network_key autoencoder``: the decoder of a latent bundle's autoencoder)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"exported to {export_network(config_file, out, format, **overrides)}")
 

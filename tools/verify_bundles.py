@@ -77,6 +77,12 @@ def _overlays(configs: Path) -> list[Path]:
     return found
 
 
+def _stage_overlays(configs: Path) -> list[Path]:
+    """Overlays that are a later training stage (``train_<stage>.yaml`` without ``run``, e.g. train_diffusion.yaml):
+    they apply to the stand-alone training configs only."""
+    return [p for p in _overlays(configs) if p.name.startswith("train")]
+
+
 def _parser(files: list[Path], bundle_root: Path) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
@@ -130,16 +136,22 @@ def _check_large_files(root: Path) -> Iterator[str]:
 def _config_sets(configs: Path) -> list[tuple[str, list[Path]]]:
     """(label, files) for every stand-alone config alone and with each overlay."""
     main = [p for p in sorted(configs.glob("*.yaml")) if p not in _overlays(configs) and p.name != MULTI_GPU]
+    stages = _stage_overlays(configs)
+    variants = [o for o in _overlays(configs) if o not in stages]
     sets = []
     for config in main:
         sets.append((config.name, [config]))
-        sets += [(f"{config.name} + {o.name}", [config, o]) for o in _overlays(configs)]
+        sets += [(f"{config.name} + {o.name}", [config, o]) for o in variants]
+        if config.name.startswith("train"):
+            for stage in stages:
+                sets.append((f"{config.name} + {stage.name}", [config, stage]))
+                sets += [(f"{config.name} + {stage.name} + {o.name}", [config, stage, o]) for o in variants]
     return sets
 
 
 def _check_configs(root: Path) -> Iterator[str]:
     configs = root / "configs"
-    trains = {p.name for p in _train_configs(configs)}
+    trains = {p.name for p in _train_configs(configs)} - {p.name for p in _stage_overlays(configs)}
     for label, files in _config_sets(configs):
         try:
             parser = _parser(files, root)
@@ -159,10 +171,12 @@ def _check_configs(root: Path) -> Iterator[str]:
                 yield f"{label}: '{key}' does not instantiate: {str(e).splitlines()[0]} ({e.__cause__ or ''})"
     if (configs / MULTI_GPU).is_file():
         for train in sorted(trains):
-            try:
-                _parser([configs / train, configs / MULTI_GPU], root)
-            except Exception as e:
-                yield f"{train} + {MULTI_GPU}: cannot be read ({e})"
+            for stage in [None, *_stage_overlays(configs)]:
+                files = [configs / train, *([stage] if stage else []), configs / MULTI_GPU]
+                try:
+                    _parser(files, root)
+                except Exception as e:
+                    yield f"{' + '.join(f.name for f in files)}: cannot be read ({e})"
 
 
 def verify_bundle(root: str | Path, schema: dict) -> list[str]:

@@ -232,3 +232,15 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
     content = torch.load(tmp_path / "models" / "autoencoder.pt", weights_only=True)
     assert not any(".module." in key or key.startswith("module.") for key in content["autoencoder"])
     assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"]
+
+
+def test_denoiser_and_decoder_export(trained, tmp_path: Path) -> None:
+    from tools.export import export_network
+
+    root, _, _ = trained
+    config = config_files(BUNDLE, "inference")
+    settings = {**MODEL, **UNET, "bundle_root": str(root)}
+    unet = torch.jit.load(str(export_network(config, str(tmp_path / "unet.ts"), **settings)))
+    assert unet(torch.randn(1, 3, 8, 8, 8), torch.tensor([3])).shape == (1, 3, 8, 8, 8)  # the latent grid
+    decoder = export_network(config, str(tmp_path / "decoder.ts"), network_key="autoencoder", **settings)
+    assert torch.jit.load(str(decoder))(torch.randn(1, 3, 8, 8, 8)).shape == (1, 1, 16, 16, 16)

@@ -94,3 +94,22 @@ def test_command_line_exit_status(broken: Path, capsys) -> None:
     assert exit_info.value.code == 1
     with pytest.raises(FileNotFoundError, match="--schema"):
         main(schema=str(broken / "no_schema.json"))
+
+
+def test_stage_overlays_apply_to_the_first_stage_only(tmp_path: Path, schema: dict) -> None:
+    """latent_ct: train_diffusion.yaml is checked on top of train_autoencoder.yaml, not on inference.yaml."""
+    target = tmp_path / "latent_ct"
+    shutil.copytree(
+        REPO_ROOT / "bundles" / "latent_ct",
+        target,
+        ignore=shutil.ignore_patterns("data", "models", "runs", "samples", "eval"),
+    )
+    (target / "models").mkdir()
+    (target / "models" / ".gitkeep").touch()
+    assert verify_bundle(target, schema) == []
+    _edit_yaml(target / "configs" / "train_diffusion.yaml", "unet_norm_num_groups: 32", "unet_norm_num_groups: 7")
+    problems = verify_bundle(target, schema)
+    assert any(p.startswith("train_autoencoder.yaml + train_diffusion.yaml: 'network_def'") for p in problems)
+    assert not any(
+        p.startswith(("inference.yaml + train_diffusion", "evaluate.yaml + train_diffusion")) for p in problems
+    )
