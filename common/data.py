@@ -33,6 +33,7 @@ from common.io import atomic_write_text
 
 __all__ = [
     "ensure_phantom_dataset",
+    "nifti_header",
     "LAYOUTS",
     "NIFTI_SUFFIXES",
     "find_cases",
@@ -196,7 +197,8 @@ def find_cases(
     return cases
 
 
-def _header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
+def nifti_header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """(3D shape, affine) of a NIfTI file from its header, with clear errors for a missing, non-NIfTI or bad file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"file '{path}' listed in the dataset does not exist")
     if not path.endswith(NIFTI_SUFFIXES):
@@ -220,11 +222,11 @@ def check_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float = 1
     """
     paths = [*case["image"], case["label"]]
     reference_path = case["image"][0]
-    reference_shape, reference_affine = _header(reference_path)
+    reference_shape, reference_affine = nifti_header(reference_path)
     if len(reference_shape) != 3:
         raise ValueError(f"'{reference_path}': expected a 3D volume, found shape {reference_shape}")
     for path in paths[1:]:
-        shape, affine = _header(path)
+        shape, affine = nifti_header(path)
         if shape != reference_shape:
             raise ValueError(
                 f"case '{case['case_id']}': shape {shape} of '{path}' does not match shape {reference_shape} of "

@@ -17,19 +17,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from common.data import ensure_phantom_dataset, split_cases
+from common.data import ensure_phantom_dataset, nifti_header, split_cases
 
 __all__ = ["check_ct_case_headers", "field_of_view_mm", "prepare_ct_dataset", "training_pixdim"]
 
 logger = logging.getLogger(__name__)
-
-
-def _header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
-    try:
-        image = nib.load(path)
-    except Exception as error:  # nibabel raises several types for unreadable files
-        raise ValueError(f"cannot read NIfTI file '{path}': {error}") from error
-    return tuple(int(s) for s in image.shape[:3]), np.asarray(image.affine, dtype=np.float64)
 
 
 def check_ct_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float = 1e-2) -> None:
@@ -38,9 +30,9 @@ def check_ct_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float 
     Raises:
         ValueError: naming the mask file, with both shapes or affines.
     """
-    shape, affine = _header(case["image"])
+    shape, affine = nifti_header(case["image"])
     for name, path in sorted(case.get("masks", {}).items()):
-        mask_shape, mask_affine = _header(path)
+        mask_shape, mask_affine = nifti_header(path)
         if mask_shape != shape:
             raise ValueError(
                 f"case '{case['case_id']}': mask '{name}' ({path}) has shape {mask_shape}, the CT ({case['image']}) "
@@ -55,7 +47,7 @@ def check_ct_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float 
 
 def field_of_view_mm(path: str) -> np.ndarray:
     """Extent (mm) of a NIfTI image along the RAS axes (x: left-right, y: posterior-anterior, z: inferior-superior)."""
-    shape, affine = _header(path)
+    shape, affine = nifti_header(path)
     orientation = nib.orientations.io_orientation(affine)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     extent = np.zeros(3)

@@ -52,12 +52,12 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
 from common.data import (
-    _header,
     _is_main_process,
     _needs_phantoms,
     _nifti_files,
     _write_phantoms,
     case_id_from_path,
+    nifti_header,
 )
 from common.transforms import SafeLoadImaged, ValidateCase
 
@@ -372,7 +372,7 @@ def check_petct_headers(case: Mapping[str, str], min_overlap: float = 0.5) -> No
     """
     boxes = {}
     for role in ("ct", "pet", "label"):
-        shape, affine = _header(case[role])
+        shape, affine = nifti_header(case[role])
         if len(shape) != 3:
             raise ValueError(
                 f"case '{case['case_id']}': {_ROLES[role]} '{case[role]}' must be a 3D volume, found {shape}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +38,16 @@ def error_chain(error: BaseException) -> str:
         messages.append(f"{type(error).__name__}: {error}")
         error = error.__cause__ or error.__context__
     return "\n".join(messages)
+
+
+def run_torchrun(bundle: str, names: tuple[str, ...], args: list[str], port: int) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m monai.bundle run`` of ``names`` (CPU, gloo) from the repository root."""
+    files = "[" + ",".join(f"'{f}'" for f in config_files(bundle, *names)) + "]"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    return subprocess.run(
+        [*torchrun, "-m", "monai.bundle", "run", "--config_file", files, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

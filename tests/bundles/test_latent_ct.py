@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO_ROOT, config_files, error_chain, make_workflow, run_workflow
+from bundle_helpers import config_files, error_chain, make_workflow, run_torchrun, run_workflow
 
 from common.io import atomic_write_nifti
 
@@ -219,15 +217,7 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
     args = ["--bundle_root", str(tmp_path)]
     for key, value in overrides.items():
         args += [f"--{key}", str(value).replace(" ", "")]
-    files = "[" + ",".join(f"'{f}'" for f in config_files(BUNDLE, "train_autoencoder", "multi_gpu_train")) + "]"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547"]
-    result = subprocess.run(
-        [*torchrun, "-m", "monai.bundle", "run", "--config_file", files, *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_torchrun(BUNDLE, ("train_autoencoder", "multi_gpu_train"), args, port=29547)
     assert result.returncode == 0, result.stderr[-3000:]
     content = torch.load(tmp_path / "models" / "autoencoder.pt", weights_only=True)
     assert not any(".module." in key or key.startswith("module.") for key in content["autoencoder"])

@@ -48,7 +48,7 @@ def test_masks_off_the_ct_grid_are_named(tmp_path: Path) -> None:
         check_ct_case_headers(_case(tmp_path, "affine", mask_affine=np.diag([2.0, 3.0, 2.5, 1.0])))
     broken = _case(tmp_path, "corrupt")
     Path(broken["masks"]["GTV-1"]).write_bytes(b"not a nifti")
-    with pytest.raises(ValueError, match="cannot read NIfTI file"):
+    with pytest.raises(ValueError, match="cannot read NIfTI header"):
         check_ct_case_headers(broken)
 
 
