@@ -234,3 +234,24 @@ def test_denoiser_and_decoder_export(trained, tmp_path: Path) -> None:
     assert unet(torch.randn(1, 3, 8, 8, 8), torch.tensor([3])).shape == (1, 3, 8, 8, 8)  # the latent grid
     decoder = export_network(config, str(tmp_path / "decoder.ts"), network_key="autoencoder", **settings)
     assert torch.jit.load(str(decoder))(torch.randn(1, 3, 8, 8, 8)).shape == (1, 1, 16, 16, 16)
+
+
+def test_torchrun_stage_two_on_cpu(trained, tmp_path: Path) -> None:
+    """multi_gpu_train.yaml on stage 2: the denoiser in DDP, one scale factor for both ranks (rank 0's)."""
+    root, _, _ = trained
+    (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "autoencoder.pt").symlink_to(root / "models" / "autoencoder.pt")
+    overrides = {**TRAIN, **UNET, "max_epochs": 1, "save_interval": 0, "batch_size": 1}
+    args = ["--bundle_root", str(tmp_path)]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    result = run_torchrun(BUNDLE, ("train_autoencoder", "train_diffusion", "multi_gpu_train"), args, port=29549)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    factors = {line.rsplit(":", 1)[-1].strip() for line in lines if "latent scale factor" in line}
+    assert sum("latent scale factor" in line for line in lines) == 2
+    assert len(factors) == 1  # both ranks logged the same (broadcast) value
+    content = torch.load(tmp_path / "models" / "diffusion.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in content["network"])
+    assert float(content["stats"]["scale_factor"]) == pytest.approx(float(next(iter(factors))), rel=1e-3)
