@@ -55,6 +55,7 @@ __all__ = [
     "decode",
     "decoder_receptive_radius",
     "decode_tiled_tail",
+    "seamless_overlap",
     "split_decoder",
     "tail_receptive_radius",
     "latent_scale_factor",
@@ -841,6 +842,11 @@ def split_decoder(autoencoder: torch.nn.Module) -> tuple[torch.nn.Sequential, to
     head = torch.nn.Sequential(autoencoder.post_quant_conv, *blocks[: last + 1])
     tail = torch.nn.Sequential(*blocks[last + 1 :])
     return head, tail
+
+
+def seamless_overlap(roi: int, margin: int) -> float:
+    """The least overlap fraction of ``roi``-voxel tiles that leaves ``2 * margin`` voxels shared (capped at 0.99)."""
+    return min(0.99, (2 * int(margin) + 0.5) / int(roi))
 
 
 def tail_receptive_radius(autoencoder: torch.nn.Module, spatial_dims: int = 3, probe_size: int = 16) -> int:

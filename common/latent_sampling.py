@@ -25,7 +25,7 @@ from torch import nn
 
 from common.inferers import ConditionalDiffusionInferer
 from common.io import atomic_write_nifti, atomic_write_text, save_preview_png
-from common.latent import decode, decode_tiled_tail, tail_receptive_radius
+from common.latent import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
 from common.latent_engine import LatentStats
 from common.phantoms import phantom_affine
 from common.sampling import check_sampler_steps
@@ -167,7 +167,7 @@ class LatentSampling:
                     f"config key 'decode_roi_size': tiles of {roi} latent voxels leave no trusted core with the "
                     f"decoder's receptive radius {self._margin}; use more than {2 * self._margin}"
                 )
-        least = [min(0.99, (2 * self._margin + 0.5) / roi) for roi in rois]
+        least = [seamless_overlap(roi, self._margin) for roi in rois]
         overlap = least if self.decode_overlap is None else [max(self.decode_overlap, m) for m in least]
         return rois, overlap, self._margin
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from common.latent import decode, decode_tiled_tail, measure_peak_rss, tail_receptive_radius
+from common.latent import decode, decode_tiled_tail, measure_peak_rss, seamless_overlap, tail_receptive_radius
 from common.latent_engine import kl_divergence
 from common.metrics import fid_2d_slices
 from tools.bench import _bundle_intervals, _configs, _IterationClock, _table, _workflow
@@ -171,14 +171,14 @@ def _decode_tiled(
 ) -> float:
     torch.manual_seed(seed)
     z = torch.randn(1, autoencoder.latent_channels, *([latent_size] * 3))
-    overlap = min(0.99, (2 * margin + 0.5) / roi)
+    overlap = seamless_overlap(roi, margin)
     return float(decode_tiled_tail(autoencoder, z, roi, overlap, margin=margin, group_norm=group_norm).abs().mean())
 
 
 def _decode_difference(autoencoder: torch.nn.Module, latent_size: int, roi: int, margin: int, group_norm: str) -> float:
     torch.manual_seed(0)
     z = torch.randn(1, autoencoder.latent_channels, *([latent_size] * 3))
-    overlap = min(0.99, (2 * margin + 0.5) / roi)
+    overlap = seamless_overlap(roi, margin)
     whole = decode(autoencoder, z)
     tiled = decode_tiled_tail(autoencoder, z, roi, overlap, margin=margin, group_norm=group_norm)
     return float((whole - tiled).abs().max())

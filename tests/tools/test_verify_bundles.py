@@ -27,17 +27,22 @@ def test_every_bundle_meets_the_contract(bundle: str, schema: dict) -> None:
     assert verify_bundle(REPO_ROOT / "bundles" / bundle, schema) == []
 
 
-@pytest.fixture
-def broken(tmp_path: Path) -> Path:
-    target = tmp_path / "semantic_mri"
+def _copy_bundle(name: str, tmp_path: Path) -> Path:
+    """A copy of bundle ``name`` without its generated folders (data, checkpoints, runs, samples, reports)."""
+    target = tmp_path / name
     shutil.copytree(
-        REPO_ROOT / "bundles" / "semantic_mri",
+        REPO_ROOT / "bundles" / name,
         target,
         ignore=shutil.ignore_patterns("data", "models", "runs", "samples", "eval"),
     )
     (target / "models").mkdir()
     (target / "models" / ".gitkeep").touch()
     return target
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    return _copy_bundle("semantic_mri", tmp_path)
 
 
 def _edit_yaml(path: Path, old: str, new: str) -> None:
@@ -98,14 +103,7 @@ def test_command_line_exit_status(broken: Path, capsys) -> None:
 
 def test_stage_overlays_apply_to_the_first_stage_only(tmp_path: Path, schema: dict) -> None:
     """latent_ct: train_diffusion.yaml is checked on top of train_autoencoder.yaml, not on inference.yaml."""
-    target = tmp_path / "latent_ct"
-    shutil.copytree(
-        REPO_ROOT / "bundles" / "latent_ct",
-        target,
-        ignore=shutil.ignore_patterns("data", "models", "runs", "samples", "eval"),
-    )
-    (target / "models").mkdir()
-    (target / "models" / ".gitkeep").touch()
+    target = _copy_bundle("latent_ct", tmp_path)
     assert verify_bundle(target, schema) == []
     _edit_yaml(target / "configs" / "train_diffusion.yaml", "unet_norm_num_groups: 32", "unet_norm_num_groups: 7")
     problems = verify_bundle(target, schema)
