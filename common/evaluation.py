@@ -46,9 +46,10 @@ class SampleEvaluation:
             to [-1, 1] like the training data.
         sample_preprocessing: transform of a sample case dict to ``{"image": ..., "label": ...}`` (samples are already
             on the model grid and scale).
-        lesion_rule: optional ``{"threshold": float, "labels": [int, ...], "channel": int}``: the lesion read back
-            from the sample by :func:`common.intensity_rules.segment_enhancing_lesion` is scored (Dice) against the
-            sample's mask voxels with those labels.
+        lesion_rule: optional ``{"threshold": float, "labels": [int, ...], "channel": int, "largest": bool}``: the
+            lesion read back from the sample by :func:`common.intensity_rules.segment_enhancing_lesion` (with
+            ``largest``, only the largest connected bright region) is scored (Dice) against the sample's mask voxels
+            with those labels.
         max_samples: evaluate at most this many samples (None: all).
         title: heading of the markdown report.
     """
@@ -97,7 +98,12 @@ class SampleEvaluation:
 
     def lesion_dice(self, image: torch.Tensor, label: torch.Tensor) -> float:
         rule = self.lesion_rule or {}
-        lesion = segment_enhancing_lesion(image[rule.get("channel", 0)], rule["threshold"], spatial_dims=image.ndim - 1)
+        lesion = segment_enhancing_lesion(
+            image[rule.get("channel", 0)],
+            rule["threshold"],
+            spatial_dims=image.ndim - 1,
+            largest=bool(rule.get("largest", False)),
+        )
         target = torch.isin(label[0], torch.tensor(rule["labels"]))
         return dice(lesion, target)
 

@@ -12,7 +12,7 @@ import torch
 
 from common.metrics import dice as batch_dice
 
-__all__ = ["WHOLE_HEAD_TUMOUR_THRESHOLD", "dice", "fill_holes", "segment_enhancing_lesion"]
+__all__ = ["WHOLE_HEAD_TUMOUR_THRESHOLD", "dice", "fill_holes", "largest_component", "segment_enhancing_lesion"]
 
 WHOLE_HEAD_TUMOUR_THRESHOLD = 0.35
 """Threshold for ``segment_enhancing_lesion`` on whole-head T1c images scaled per volume to [-1, 1] (0th and 99.9th
@@ -93,22 +93,74 @@ def fill_holes(mask: torch.Tensor, spatial_dims: int = 3) -> torch.Tensor:
     return filled.reshape(mask.shape)
 
 
-def segment_enhancing_lesion(image: torch.Tensor, threshold: float, spatial_dims: int = 3) -> torch.Tensor:
+def largest_component(mask: torch.Tensor, spatial_dims: int = 3) -> torch.Tensor:
+    """The largest connected component of a binary mask (4-connectivity in 2D, 6 in 3D), per image.
+
+    Connected-component labelling by label propagation: every foreground voxel starts with its own index and takes
+    the largest index among its cross-shaped neighbours inside the foreground until nothing changes, so each
+    component ends with one label. Ties between equally large components go to the one holding the voxel that comes
+    last in memory order. (MONAI's ``KeepLargestConnectedComponent`` needs scikit-image or cuCIM, which are not
+    dependencies of this project.)
+
+    Args:
+        mask: bool (or 0/1) tensor, shape (*batch, *spatial); every leading dimension is a separate image.
+        spatial_dims: 2 or 3, the number of trailing spatial dimensions. Default 3.
+
+    Returns:
+        bool tensor of the same shape; an empty image stays empty.
+    """
+    _check_spatial_dims(spatial_dims, mask.shape)
+    images = mask.bool().reshape(-1, *mask.shape[mask.ndim - spatial_dims :])
+    kept = torch.zeros_like(images)
+    for index, image in enumerate(images):
+        if not image.any():
+            continue
+        box = _bounding_box(image[None])[1:]
+        foreground = image[box]
+        labels = torch.arange(1, foreground.numel() + 1, device=image.device).reshape(foreground.shape)
+        labels = labels * foreground
+        while True:
+            previous = labels
+            for _ in range(_FLOOD_STEPS_PER_CHECK):
+                grown = labels.clone()
+                for axis in range(spatial_dims):
+                    length = labels.shape[axis] - 1
+                    ahead, behind = grown.narrow(axis, 1, length), grown.narrow(axis, 0, length)
+                    torch.maximum(ahead, labels.narrow(axis, 0, length), out=ahead)
+                    torch.maximum(behind, labels.narrow(axis, 1, length), out=behind)
+                labels = grown * foreground
+            if torch.equal(labels, previous):
+                break
+        sizes = torch.bincount(labels.flatten())
+        sizes[0] = 0
+        kept[index][box] = labels == int(sizes.argmax())
+    return kept.reshape(mask.shape)
+
+
+def segment_enhancing_lesion(
+    image: torch.Tensor, threshold: float, spatial_dims: int = 3, largest: bool = False
+) -> torch.Tensor:
     """Read a ring-enhancing lesion back from an image: voxels brighter than ``threshold``, holes filled.
 
     This is the rule the ``semantic_mri`` benchmark uses to read the tumour back from a generated whole-head T1c
     image (with ``WHOLE_HEAD_TUMOUR_THRESHOLD`` on images scaled to [-1, 1]): the enhancing rim passes the
     threshold, and filling the holes adds the necrotic core it encloses, which matches the tumour label (rim + core).
+    With ``largest``, only the largest connected bright region is kept before filling: the lesion is one connected
+    region, and scattered bright voxels elsewhere (e.g. scalp fat of a generated image) are not read as lesion.
 
     Args:
         image: float tensor, shape (*batch, *spatial) as for ``fill_holes``.
         threshold: intensity in the units of ``image``; voxels strictly above it are the lesion's enhancing part.
         spatial_dims: 2 or 3. Default 3.
+        largest: keep only the largest connected component (per image) of the voxels above ``threshold``.
 
     Returns:
         bool tensor of ``image``'s shape.
     """
-    return fill_holes(image > threshold, spatial_dims=spatial_dims)
+    bright = image > threshold
+    if largest:
+        bright = largest_component(bright, spatial_dims=spatial_dims)
+    return fill_holes(bright, spatial_dims=spatial_dims)
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:

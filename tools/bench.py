@@ -14,8 +14,9 @@ Usage::
 2. a fixed training budget through the bundle's demo overlay, then samples for held-out phantom masks with the
    paper's sampler (ancestral DDPM, all 250 steps) and the fast samplers (DPM-Solver++ and DDIM, few steps):
    seconds per sample, network evaluations, and the Dice between the conditioning tumour label and the tumour read
-   back from the sample by a fixed intensity rule (``common.intensity_rules.segment_enhancing_lesion``); the same
-   rule on the real phantom images gives the ceiling.
+   back from the sample by a fixed intensity rule (``common.intensity_rules.segment_enhancing_lesion``: voxels above
+   a threshold, the largest connected region, holes filled; the threshold-only reading is reported next to it); the
+   same rules on the real phantom images give the ceiling.
 """
 
 from __future__ import annotations
@@ -160,10 +161,18 @@ def _train(work: Path, epochs: int | None) -> tuple[Path, dict[str, Any]]:
     }
 
 
-def _tumour_dice(image_path: str, label_path: str) -> float:
+def _tumour_dice(image: torch.Tensor, tumour: torch.Tensor) -> tuple[float, float]:
+    """Dice of the tumour read back from ``image`` (largest bright region, then threshold only) against ``tumour``."""
+    return tuple(
+        dice(segment_enhancing_lesion(image, WHOLE_HEAD_TUMOUR_THRESHOLD, largest=largest), tumour)
+        for largest in (True, False)
+    )
+
+
+def _sample_dice(image_path: str, label_path: str) -> tuple[float, float]:
     image = torch.as_tensor(nib.load(image_path).get_fdata(dtype=np.float32))
     label = torch.as_tensor(np.asarray(nib.load(label_path).dataobj))
-    return dice(segment_enhancing_lesion(image, WHOLE_HEAD_TUMOUR_THRESHOLD), label == 2)
+    return _tumour_dice(image, label == 2)
 
 
 def _sample(work: Path, ckpt: Path, masks: Path, name: str, sampler: str, steps: int) -> dict[str, Any]:
@@ -182,18 +191,20 @@ def _sample(work: Path, ckpt: Path, masks: Path, name: str, sampler: str, steps:
     start = time.perf_counter()
     written = sampling.run()
     seconds = (time.perf_counter() - start) / len(written)
-    scores = [_tumour_dice(case["image"][0], case["label"]) for case in written]
+    scores = np.array([_sample_dice(case["image"][0], case["label"]) for case in written])
     return {
         "sampler": name,
         "steps": steps,
         "s_per_sample": seconds,
-        "dice_mean": float(np.mean(scores)),
-        "dice_min": float(np.min(scores)),
+        "dice_mean": float(scores[:, 0].mean()),
+        "dice_min": float(scores[:, 0].min()),
+        "threshold_dice_mean": float(scores[:, 1].mean()),
+        "threshold_dice_min": float(scores[:, 1].min()),
         "n": len(scores),
     }
 
 
-def _real_ceiling(eval_dir: Path) -> float:
+def _real_ceiling(eval_dir: Path) -> tuple[float, float]:
     workflow = _workflow(
         _configs("semantic_mri", "train", "demo"),
         "train",
@@ -205,10 +216,9 @@ def _real_ceiling(eval_dir: Path) -> float:
     scores = []
     for case in workflow.parser.get_parsed_content("datalist")["train"]:
         data = transform(dict(case))
-        scores.append(
-            dice(segment_enhancing_lesion(data["image"][0], WHOLE_HEAD_TUMOUR_THRESHOLD), data["label"][0] == 2)
-        )
-    return float(np.mean(scores))
+        scores.append(_tumour_dice(data["image"][0], data["label"][0] == 2))
+    largest, threshold_only = np.mean(scores, axis=0)
+    return float(largest), float(threshold_only)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -257,6 +267,7 @@ def bench_semantic_mri(
             f"{paper['s_per_sample'] / s['s_per_sample']:.1f}x",
             f"{s['dice_mean']:.3f} (min {s['dice_min']:.3f})",
             f"{s['dice_mean'] - paper['dice_mean']:+.3f}",
+            f"{s['threshold_dice_mean']:.3f} (min {s['threshold_dice_min']:.3f})",
         ]
         for s in samplers
     ]
@@ -283,10 +294,21 @@ def bench_semantic_mri(
             f"(demo overlay: {training['train_epochs']} epochs, {training['train_iterations']} iterations of batch "
             f"{training['batch_size']}; EMA weights)",
             f"Dice: tumour label of each held-out conditioning mask ({eval_masks} masks, unseen in training) vs the tumour "
-            f"read back from the sample (threshold {WHOLE_HEAD_TUMOUR_THRESHOLD} on the [-1, 1] image, holes filled). "
-            f"The same rule on the real phantom images scores {ceiling:.3f}.",
+            f"read back from the sample: voxels above {WHOLE_HEAD_TUMOUR_THRESHOLD} on the [-1, 1] image, the largest "
+            f"connected region of them, holes filled. The last column reads the threshold alone (every bright voxel, "
+            f"wherever it is in the head). The same rules on the real phantom images score {ceiling[0]:.3f} and "
+            f"{ceiling[1]:.3f}.",
             _table(
-                rows, ["sampler", "network evaluations", "s / sample", "speed-up", "tumour Dice", "vs paper sampler"]
+                rows,
+                [
+                    "sampler",
+                    "network evaluations",
+                    "s / sample",
+                    "speed-up",
+                    "tumour Dice",
+                    "vs paper sampler",
+                    "tumour Dice, threshold only",
+                ],
             ),
         ]
     )

@@ -48,13 +48,16 @@ def write_case(root: Path, case_id: str, image: np.ndarray) -> dict:
     return {"case_id": case_id, "image": [str(images[0])], "label": str(label)}
 
 
-def make_folders(root: Path, sample_ids: list[str]) -> tuple[Path, Path]:
-    """Real cases r0..r2 (noise) and samples that are +1 inside the tumour (label 2) and -1 elsewhere."""
+def make_folders(root: Path, sample_ids: list[str], speck: bool = False) -> tuple[Path, Path]:
+    """Real cases r0..r2 (noise) and samples that are +1 inside the tumour (label 2) and -1 elsewhere (with
+    ``speck``, also +1 in a 2x2x2 block of the head away from the tumour)."""
     real_dir, sample_dir = root / "real", root / "samples"
     rng = np.random.default_rng(0)
     for index in range(3):
         write_case(real_dir, f"r{index}", rng.uniform(-1, 1, size=(1, *SHAPE)))
     bright_tumour = np.where(tumour_label() == 2, 1.0, -1.0)
+    if speck:
+        bright_tumour[0, 1:3, 9:11, 1:3] = 1.0
     samples = [write_case(sample_dir, i, bright_tumour + 0.01 * n) for n, i in enumerate(sample_ids)]
     write_datalist(sample_dir, samples, name="synthetic")
     return sample_dir, real_dir
@@ -148,3 +151,13 @@ def test_lesion_rule_adds_lesion_dice(tmp_path: Path, threshold: float, expected
     assert results["lesion_dice_mean"] == pytest.approx(expected)
     assert results["lesion_dice_std"] == pytest.approx(0.0)
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["lesion_dice_mean"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("largest, expected", [(False, 2 * 80 / (80 + 88)), (True, 1.0)])
+def test_lesion_rule_largest_ignores_a_bright_speck_away_from_the_tumour(
+    tmp_path: Path, largest: bool, expected: float
+) -> None:
+    sample_dir, real_dir = make_folders(tmp_path, SAMPLE_IDS, speck=True)  # tumour 4x5x4 = 80 voxels, speck 8
+    rule = {"threshold": 0.5, "labels": [2], "largest": largest}
+    results = evaluation(sample_dir, real_dir, tmp_path / "eval", lesion_rule=rule).run()
+    assert results["lesion_dice_mean"] == pytest.approx(expected)

@@ -7,7 +7,13 @@ import pytest
 import torch
 from monai.transforms import ScaleIntensityRangePercentiles
 
-from common.intensity_rules import WHOLE_HEAD_TUMOUR_THRESHOLD, dice, fill_holes, segment_enhancing_lesion
+from common.intensity_rules import (
+    WHOLE_HEAD_TUMOUR_THRESHOLD,
+    dice,
+    fill_holes,
+    largest_component,
+    segment_enhancing_lesion,
+)
 from common.phantoms import phantom_grid, whole_head_mri_phantom
 
 
@@ -90,6 +96,72 @@ def test_segment_enhancing_lesion_includes_the_enclosed_core():
     assert lesion.dtype == torch.bool and int(lesion.sum()) == 6**3
     lesion_2d = segment_enhancing_lesion(image[None, None, :, :, 4], threshold=0.35, spatial_dims=2)
     assert lesion_2d.shape == (1, 1, 10, 10) and int(lesion_2d.sum()) == 36
+
+
+def _components_by_search(mask: np.ndarray) -> list[set[tuple[int, ...]]]:
+    """Reference labelling: breadth-first search over face neighbours, one set of voxel indices per component."""
+    seen, components = np.zeros_like(mask, dtype=bool), []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start], queue, component = True, [start], set()
+        while queue:
+            voxel = queue.pop()
+            component.add(voxel)
+            for axis in range(mask.ndim):
+                for step in (-1, 1):
+                    neighbour = list(voxel)
+                    neighbour[axis] += step
+                    neighbour = tuple(neighbour)
+                    if 0 <= neighbour[axis] < mask.shape[axis] and mask[neighbour] and not seen[neighbour]:
+                        seen[neighbour] = True
+                        queue.append(neighbour)
+        components.append(component)
+    return components
+
+
+def test_largest_component_2d_uses_4_connectivity():
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[0, 0] = mask[1, 1] = mask[2, 2] = True  # a diagonal line: three components of one pixel
+    mask[4:6, 4:6] = True  # a 2x2 block: the largest
+    kept = largest_component(mask, spatial_dims=2)
+    assert kept.dtype == torch.bool and kept.shape == mask.shape
+    assert kept.nonzero().tolist() == [[4, 4], [4, 5], [5, 4], [5, 5]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_largest_component_matches_a_breadth_first_search_in_3d(seed):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.rand(12, 11, 10, generator=generator) > 0.62  # many components of many sizes, some winding
+    components = sorted(_components_by_search(mask.numpy()), key=len, reverse=True)
+    assert len(components) > 5 and len(components[0]) > len(components[1])  # a unique largest one
+    kept = largest_component(mask)
+    assert {tuple(v) for v in kept.nonzero().tolist()} == components[0]
+
+
+def test_largest_component_treats_leading_dimensions_as_separate_images():
+    mask = torch.zeros(3, 1, 5, 5, 5, dtype=torch.bool)
+    mask[0, 0, 0, 0, 0] = True
+    mask[0, 0, 2:5, 2:5, 2:5] = True
+    mask[1, 0, 0:2, 0, 0] = True  # only a small component here: it is this image's largest
+    kept = largest_component(mask)
+    assert int(kept[0].sum()) == 27 and not kept[0, 0, 0, 0, 0]
+    assert int(kept[1].sum()) == 2
+    assert not kept[2].any()  # an empty image stays empty
+
+
+def test_largest_component_rejects_bad_spatial_dims():
+    with pytest.raises(ValueError, match="spatial_dims"):
+        largest_component(torch.ones(4, 4, dtype=torch.bool), spatial_dims=4)
+
+
+def test_segment_enhancing_lesion_largest_drops_scattered_bright_voxels():
+    image = torch.full((12, 12, 12), -0.5)
+    image[:10, :10, :10][_hollow_cube()] = 0.9  # the lesion: rim + dark core, 6^3 once filled
+    image[11, 11, 0] = image[11, 0, 11] = image[0, 11, 11] = 0.8  # bright specks elsewhere (e.g. scalp fat)
+    assert int(segment_enhancing_lesion(image, threshold=0.35).sum()) == 6**3 + 3
+    lesion = segment_enhancing_lesion(image, threshold=0.35, largest=True)
+    assert int(lesion.sum()) == 6**3 and not lesion[11, 11, 0]
 
 
 @pytest.mark.parametrize(
