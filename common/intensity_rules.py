@@ -98,8 +98,8 @@ def largest_component(mask: torch.Tensor, spatial_dims: int = 3) -> torch.Tensor
 
     Connected-component labelling by label propagation: every foreground voxel starts with its own index and takes
     the largest index among its cross-shaped neighbours inside the foreground until nothing changes, so each
-    component ends with one label. Ties between equally large components go to the one holding the voxel that comes
-    last in memory order. (MONAI's ``KeepLargestConnectedComponent`` needs scikit-image or cuCIM, which are not
+    component ends with one label (its last voxel's index in memory order). Ties between equally large components go
+    to the one whose last voxel comes first. (MONAI's ``KeepLargestConnectedComponent`` needs scikit-image or cuCIM, which are not
     dependencies of this project.)
 
     Args:

@@ -127,6 +127,9 @@ def test_largest_component_2d_uses_4_connectivity():
     kept = largest_component(mask, spatial_dims=2)
     assert kept.dtype == torch.bool and kept.shape == mask.shape
     assert kept.nonzero().tolist() == [[4, 4], [4, 5], [5, 4], [5, 5]]
+    tie = torch.zeros(3, 5, dtype=torch.bool)
+    tie[0, 3:5] = tie[2, 0:2] = True  # two components of two pixels: the one whose last pixel comes first wins
+    assert largest_component(tie, spatial_dims=2).nonzero().tolist() == [[0, 3], [0, 4]]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
