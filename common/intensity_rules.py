@@ -30,15 +30,17 @@ def _check_spatial_dims(spatial_dims: int, shape: torch.Size) -> None:
 
 
 def _dilate_cross(reached: torch.Tensor, spatial_dims: int) -> torch.Tensor:
-    """One dilation step with the cross-shaped element (4-/6-connectivity) over the trailing ``spatial_dims`` axes.
+    """One dilation step with the cross-shaped element (4-/6-connectivity) over the trailing ``spatial_dims`` axes:
+    each voxel takes the maximum of itself and its face neighbours (OR for bool masks, the largest label for labels).
 
-    Done with shifted ORs rather than ``max_pool``: the same result, several times faster on CPU.
+    Done with shifted maxima rather than ``max_pool``: the same result, several times faster on CPU, any dtype.
     """
     grown = reached.clone()
     for axis in range(reached.ndim - spatial_dims, reached.ndim):
         length = reached.shape[axis] - 1
-        grown.narrow(axis, 1, length).logical_or_(reached.narrow(axis, 0, length))
-        grown.narrow(axis, 0, length).logical_or_(reached.narrow(axis, 1, length))
+        ahead, behind = grown.narrow(axis, 1, length), grown.narrow(axis, 0, length)
+        torch.maximum(ahead, reached.narrow(axis, 0, length), out=ahead)
+        torch.maximum(behind, reached.narrow(axis, 1, length), out=behind)
     return grown
 
 
@@ -99,8 +101,8 @@ def largest_component(mask: torch.Tensor, spatial_dims: int = 3) -> torch.Tensor
     Connected-component labelling by label propagation: every foreground voxel starts with its own index and takes
     the largest index among its cross-shaped neighbours inside the foreground until nothing changes, so each
     component ends with one label (its last voxel's index in memory order). Ties between equally large components go
-    to the one whose last voxel comes first. (MONAI's ``KeepLargestConnectedComponent`` needs scikit-image or cuCIM, which are not
-    dependencies of this project.)
+    to the one whose last voxel comes first. (MONAI's ``KeepLargestConnectedComponent`` needs scikit-image or cuCIM,
+    which are not dependencies of this project.)
 
     Args:
         mask: bool (or 0/1) tensor, shape (*batch, *spatial); every leading dimension is a separate image.
@@ -122,13 +124,7 @@ def largest_component(mask: torch.Tensor, spatial_dims: int = 3) -> torch.Tensor
         while True:
             previous = labels
             for _ in range(_FLOOD_STEPS_PER_CHECK):
-                grown = labels.clone()
-                for axis in range(spatial_dims):
-                    length = labels.shape[axis] - 1
-                    ahead, behind = grown.narrow(axis, 1, length), grown.narrow(axis, 0, length)
-                    torch.maximum(ahead, labels.narrow(axis, 0, length), out=ahead)
-                    torch.maximum(behind, labels.narrow(axis, 1, length), out=behind)
-                labels = grown * foreground
+                labels = _dilate_cross(labels, spatial_dims) * foreground
             if torch.equal(labels, previous):
                 break
         sizes = torch.bincount(labels.flatten())
