@@ -1,19 +1,24 @@
 """Benchmark of the paired_petct bundle (run through ``python -m tools.bench paired_petct``).
 
-On 64 x 64 head-and-neck phantom slices (the bundle's ``demo.yaml`` overlay), CPU, side by side in one process:
+On 64 x 64 head-and-neck phantom slices at 2 mm (the bundle's ``demo.yaml`` overlay), CPU, side by side in one
+process:
 
 1. training iterations/s of the paired trainer through the bundle (``monai.bundle`` workflow: PairedDiffusionTrainer,
    EMA, TensorBoard, progress bar) against a bare PyTorch loop doing the same step with the same three networks,
    data and batch, alternating rounds;
-2. a fixed CPU training budget through the demo overlay, then ``num_samples`` triples with the full ancestral sampler
-   (all T = 1000 steps) and two fast samplers (ancestral respaced to few steps, and DPM-Solver++ 2M), each without
-   and with noise seeding (held-out real triples noised to 80 % of the schedule): seconds per triple, network evaluations and the pairing Dice
-   (generated mask vs the generated PET's hot spot, ``common.paired_evaluation.pairing_metrics``); the same figure on
-   the held-out real slices is the reference.
+2. a fixed training budget through the demo overlay, counted in epochs (wall minutes differ threefold between hosts;
+   the default is about 10 minutes on a host doing 1 paired iteration per second), then triples from the full
+   ancestral sampler (all T = 1000 steps; ``full_samples`` of them, it is the expensive one) and from two fast
+   samplers (ancestral respaced to few steps, and DPM-Solver++ 2M; ``num_samples`` each), each without and with noise
+   seeding (held-out real triples noised to ``seed_fraction`` of the schedule): seconds per triple, network
+   evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,
+   ``common.paired_evaluation.pairing_metrics``) with its standard error, and the difference to the full sampler with
+   the standard error of that difference. The same figure on the held-out real slices is the reference.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -24,13 +29,14 @@ import torch
 from ignite.engine import Events
 from monai.networks.schedulers import DDPMScheduler
 
+from common.latent import measure_peak_rss
 from common.noise import offset_noise
 from common.paired_engine import stack_conditions
 from common.paired_evaluation import pairing_metrics
 from common.paired_sampling import from_unit_range
 from tools.bench import _bundle_intervals, _configs, _IterationClock, _table, _workflow
 
-__all__ = ["bench_paired_petct"]
+__all__ = ["bench_paired_petct", "compare_to_reference", "mean_standard_error", "target_verdict"]
 
 BUNDLE = "paired_petct"
 MODALITIES = ("ct", "pet", "mask")
@@ -38,6 +44,7 @@ FAST_SAMPLERS = {
     "respaced_ddpm": "respaced_ddpm (ancestral, posterior variance)",
     "dpm_solver": "dpm_solver (DPM-Solver++ 2M)",
 }
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # compare pipelines, not glibc's heap growth (common.latent)
 
 
 def _bare_loop_intervals(
@@ -99,19 +106,15 @@ def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def _train(work: Path, minutes: float) -> tuple[Path, dict[str, Any]]:
-    """Train through the demo overlay until the CPU budget is spent (checked at epoch ends), then save model.pt."""
+def _train(work: Path, epochs: int) -> tuple[Path, dict[str, Any]]:
+    """Train ``epochs`` epochs through the demo overlay (EMA weights saved as model.pt) and time it."""
+    if int(epochs) < 1:
+        raise ValueError(f"train_epochs must be a positive number of epochs, got {epochs}")
     workflow = _workflow(
-        _configs(BUNDLE, "train", "demo"), "train", bundle_root=str(work), save_interval=0, max_epochs=10**4
+        _configs(BUNDLE, "train", "demo"), "train", bundle_root=str(work), save_interval=0, max_epochs=int(epochs)
     )
     trainer = workflow.parser.get_parsed_content("train#trainer")
     start = time.perf_counter()
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _stop_when_spent(engine) -> None:
-        if time.perf_counter() - start >= 60.0 * minutes:
-            engine.terminate()  # COMPLETED still fires: the checkpointer writes model.pt
-
     trainer.run()
     seconds = time.perf_counter() - start
     ckpt = Path(workflow.parser.get_parsed_content("ckpt_dir")) / "model.pt"
@@ -124,25 +127,37 @@ def _train(work: Path, minutes: float) -> tuple[Path, dict[str, Any]]:
     }
 
 
-def _sample(
-    work: Path,
-    ckpt: Path,
-    name: str,
-    sampler: str,
-    steps: int,
-    seed_fraction: float | None,
-    num_samples: int,
-    hot_spot_suv: float,
-) -> dict[str, Any]:
+def mean_standard_error(metrics: dict[str, Any], num_triples: int) -> tuple[int, float]:
+    """(triples scored, standard error of the mean pairing Dice) from ``pairing_metrics`` of ``num_triples`` triples.
+
+    Triples whose mask and hot spot are both empty carry no pairing Dice and are not counted; the standard error is
+    the sample standard deviation over sqrt(count), NaN under two scored triples.
+    """
+    scored = num_triples - int(metrics["pairing_both_empty"])
+    if scored < 2:
+        return scored, float("nan")
+    return scored, float(metrics["pairing_dice_std"]) / math.sqrt(scored)
+
+
+def compare_to_reference(sampler: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float]:
+    """(mean pairing Dice difference to ``reference``, its standard error): independent samples, errors add in quadrature."""
+    difference = sampler["pairing_dice_mean"] - reference["pairing_dice_mean"]
+    return difference, math.hypot(sampler["pairing_dice_se"], reference["pairing_dice_se"])
+
+
+def _sampling(
+    work: Path, ckpt: Path, out: str, sampler: str, steps: int, seed_fraction: float | None, batch: int
+) -> tuple[Any, int]:
+    """The inference workflow's sampling object for one sampler, and its network evaluations per triple."""
     overrides = {
         "bundle_root": str(work),
         "ckpt_path": str(ckpt),
-        "output_dir": str(work / f"samples_{sampler}_{steps}_{seed_fraction}"),
+        "output_dir": out,
         "sampler": sampler,
         "num_inference_steps": steps,
         "seed_fraction": seed_fraction,
-        "num_samples": num_samples,
-        "sample_batch_size": num_samples,
+        "num_samples": batch,
+        "sample_batch_size": batch,
     }
     workflow = _workflow(_configs(BUNDLE, "inference", "demo"), None, **overrides)
     sampling = workflow.parser.get_parsed_content("sampling")
@@ -153,6 +168,21 @@ def _sample(
     if seed_fraction is not None:
         start_t = sampling.inferer.seed_timestep(scheduler, seed_fraction)
         evaluations = int((scheduler.timesteps <= start_t).sum())
+    return sampling, evaluations
+
+
+def _sample(
+    work: Path,
+    ckpt: Path,
+    name: str,
+    sampler: str,
+    steps: int,
+    seed_fraction: float | None,
+    num_samples: int,
+    hot_spot_suv: float,
+) -> dict[str, Any]:
+    out = str(work / f"samples_{sampler}_{steps}_{seed_fraction}")
+    sampling, evaluations = _sampling(work, ckpt, out, sampler, steps, seed_fraction, num_samples)
     start = time.perf_counter()
     samples = {m: [] for m in MODALITIES}
     for first in range(0, num_samples, sampling.batch_size):
@@ -163,7 +193,77 @@ def _sample(
     seconds = (time.perf_counter() - start) / num_samples
     values = sampling.to_output_units({m: torch.cat(v) for m, v in samples.items()})
     pairing = pairing_metrics(values["ct"], values["pet"], values["mask"].float(), hot_spot_suv, -500.0)
-    return {"sampler": name, "evaluations_per_network": evaluations, "s_per_triple": seconds, **pairing}
+    scored, standard_error = mean_standard_error(pairing, num_samples)
+    return {
+        "sampler": name,
+        "num_triples": num_samples,
+        "seed_fraction": seed_fraction,
+        "evaluations_per_network": evaluations,
+        "s_per_triple": seconds,
+        "triples_scored": scored,
+        "pairing_dice_se": standard_error,
+        **pairing,
+    }
+
+
+def _peak_training(work: str, bundle: bool, iterations: int, perceptual: bool = False) -> None:
+    """Run ``iterations`` training iterations (bundle trainer, with or without the perceptual loss, or the bare loop,
+    noise loss only); in a fresh process, for :func:`common.latent.measure_peak_rss`."""
+    overrides = {
+        "bundle_root": work,
+        "val_interval": 10**6,
+        "save_interval": 0,
+        "max_epochs": 1,
+        "perceptual_start_epoch": 1 if perceptual else 10**6,
+    }
+    workflow = _workflow(_configs(BUNDLE, "train", "demo"), "train", **overrides)
+    if bundle:
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+
+        @trainer.on(Events.ITERATION_COMPLETED(once=iterations))
+        def _stop(engine) -> None:
+            engine.terminate()
+
+        trainer.run()
+        return
+    parser = workflow.parser
+    _bare_loop_intervals(
+        parser.get_parsed_content("network_def", instantiate=True),
+        parser.get_parsed_content("train#dataloader"),
+        iterations,
+        parser.get_parsed_content("learning_rate"),
+        parser.get_parsed_content("num_train_timesteps"),
+        parser.get_parsed_content("offset_noise_scale"),
+    )
+
+
+def _peak_sampling(work: str, ckpt: str, sampler: str, steps: int, seed_fraction: float | None) -> None:
+    """Generate one triple with one sampler; in a fresh process, for :func:`common.latent.measure_peak_rss`."""
+    sampling, _ = _sampling(Path(work), Path(ckpt), work + "/peak_samples", sampler, steps, seed_fraction, 1)
+    sampling.generate(0, 1)
+
+
+def _memory(
+    overhead_dir: Path, quality: Path, ckpt: Path, configs: list[tuple[str, str, int, float | None]], iterations: int
+) -> dict[str, Any]:
+    """Peak resident memory (MiB above a fresh process's baseline): training (bundle and bare loop on the noise loss,
+    and the bundle with the perceptual loss on) and one triple per sampler."""
+    train = {
+        label: measure_peak_rss(
+            _peak_training, str(overhead_dir), bundle, iterations, perceptual, keep_result=False, env=ALLOCATOR
+        )[1]
+        for label, bundle, perceptual in (("bundle", True, False), ("bare", False, False), ("perceptual", True, True))
+    }
+    sampling = [
+        {
+            "sampler": name,
+            "mib": measure_peak_rss(
+                _peak_sampling, str(quality), str(ckpt), sampler, steps, fraction, keep_result=False, env=ALLOCATOR
+            )[1],
+        }
+        for name, sampler, steps, fraction in configs
+    ]
+    return {"train_iterations": iterations, "train_mib": train, "sampling_mib": sampling}
 
 
 def _real_reference(work: Path, hot_spot_suv: float) -> dict[str, Any]:
@@ -178,56 +278,94 @@ def _real_reference(work: Path, hot_spot_suv: float) -> dict[str, Any]:
     return {"n_slices": len(items), **pairing_metrics(ct, pet, mask, hot_spot_suv, -500.0)}
 
 
+def _sampler_rows(samplers: list[dict[str, Any]], full: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for s in samplers:
+        difference, difference_se = compare_to_reference(s, full)
+        versus = "reference" if s is full else f"{difference:+.3f} +- {difference_se:.3f}"
+        rows.append(
+            [
+                s["sampler"],
+                str(s["evaluations_per_network"]),
+                f"{full['evaluations_per_network'] / s['evaluations_per_network']:.0f}x",
+                f"{s['s_per_triple']:.2f}",
+                f"{full['s_per_triple'] / s['s_per_triple']:.1f}x",
+                f"{s['triples_scored']} / {s['num_triples']}",
+                f"{s['pairing_dice_mean']:.3f} +- {s['pairing_dice_se']:.3f}",
+                versus,
+                f"{s['mask_in_body']:.3f}",
+                f"{s['empty_mask_fraction']:.2f}",
+            ]
+        )
+    return rows
+
+
+def target_verdict(samplers: list[dict[str, Any]], full: dict[str, Any], min_reduction: float = 20.0) -> str:
+    """One sentence per seeded fast sampler: the issue's target (>= ``min_reduction`` x fewer evaluations than the full
+    sampler, pairing Dice no worse than the full sampler's mean), with the difference in standard errors."""
+    lines = []
+    for s in samplers:
+        if s is full or s.get("seed_fraction") is None:
+            continue
+        reduction = full["evaluations_per_network"] / s["evaluations_per_network"]
+        difference, difference_se = compare_to_reference(s, full)
+        met = reduction >= min_reduction and difference >= 0.0
+        lines.append(
+            f"- {s['sampler']}: {reduction:.0f}x fewer evaluations, pairing Dice {difference:+.3f} "
+            f"({difference / difference_se:+.1f} standard errors) vs the full sampler: target "
+            f"{'met' if met else 'not met'}."
+        )
+    return "\n".join(lines)
+
+
 def bench_paired_petct(
-    train_minutes: float = 10.0,
-    num_samples: int = 8,
+    train_epochs: int = 40,
+    num_samples: int = 32,
+    full_samples: int = 16,
     fast_steps: int = 25,
     seed_fraction: float = 0.8,
     hot_spot_suv: float = 4.0,
     overhead_rounds: int = 2,
     overhead_epochs: int = 1,
+    memory_iterations: int = 3,
     workdir: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Run the paired_petct benchmark; returns (markdown, raw numbers)."""
+    """Run the paired_petct benchmark; returns (markdown, raw numbers).
+
+    ``num_samples`` triples per fast sampler, ``full_samples`` from the full ancestral sampler (1000 steps of three
+    networks: the cost of the run). ``workdir`` keeps the trained model and the samples.
+    """
     import platform
 
+    for name, value in (("num_samples", num_samples), ("full_samples", full_samples)):
+        if int(value) < 2:
+            raise ValueError(f"{name} must be at least 2 (a standard error needs two triples), got {value}")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="bench_paired_petct_") as tmp:
         work = Path(workdir or tmp)
         overhead = _measure_overhead(work / "overhead", overhead_rounds, overhead_epochs)
         quality = work / "quality"
-        ckpt, training = _train(quality, train_minutes)
-        args = (num_samples, hot_spot_suv)
-        samplers = [_sample(quality, ckpt, "ddpm, full ancestral", "ddpm", 1000, None, *args)]
+        ckpt, training = _train(quality, train_epochs)
+        configs = [("ddpm, full ancestral", "ddpm", 1000, None)]
         for name, label in FAST_SAMPLERS.items():
-            samplers.append(_sample(quality, ckpt, label, name, fast_steps, None, *args))
-            samplers.append(
-                _sample(quality, ckpt, f"{label}, seeded at {seed_fraction:g}", name, fast_steps, seed_fraction, *args)
-            )
-        reference = _real_reference(quality, hot_spot_suv)
-    full = samplers[0]
-    results = {"overhead": overhead, "training": training, "samplers": samplers, "real": reference}
-    rows = [
-        [
-            s["sampler"],
-            str(s["evaluations_per_network"]),
-            f"{full['evaluations_per_network'] / s['evaluations_per_network']:.0f}x",
-            f"{s['s_per_triple']:.2f}",
-            f"{full['s_per_triple'] / s['s_per_triple']:.1f}x",
-            f"{s['pairing_dice_mean']:.3f}",
-            f"{s['pairing_dice_mean'] - full['pairing_dice_mean']:+.3f}",
-            f"{s['mask_in_body']:.3f}",
-            f"{s['empty_mask_fraction']:.2f}",
+            configs.append((label, name, fast_steps, None))
+            configs.append((f"{label}, seeded at {seed_fraction:g}", name, fast_steps, seed_fraction))
+        samplers = [
+            _sample(quality, ckpt, *config, num_samples if config[1] != "ddpm" else full_samples, hot_spot_suv)
+            for config in configs
         ]
-        for s in samplers
-    ]
+        reference = _real_reference(quality, hot_spot_suv)
+        memory = _memory(work / "overhead", quality, ckpt, configs, memory_iterations)
+    full = samplers[0]
+    results = {"overhead": overhead, "training": training, "samplers": samplers, "real": reference, "memory": memory}
     command = (
-        f"python -m tools.bench paired_petct --train_minutes {train_minutes:g} --num_samples {num_samples} "
-        f"--fast_steps {fast_steps} --seed_fraction {seed_fraction:g}"
+        f"python -m tools.bench paired_petct --train_epochs {train_epochs} --num_samples {num_samples} "
+        f"--full_samples {full_samples} --fast_steps {fast_steps} --seed_fraction {seed_fraction:g}"
     )
     markdown = "\n\n".join(
         [
-            "# paired_petct benchmark (paired CT / PET / mask diffusion, 64 x 64 head-and-neck phantom slices, CPU)",
+            "# paired_petct benchmark (paired CT / PET / mask diffusion, 64 x 64 head-and-neck phantom slices at 2 mm, "
+            "CPU)",
             f"Command: `{command}`  \n"
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
             f"{torch.__version__}; networks and sizes from `configs/demo.yaml`.",
@@ -245,26 +383,51 @@ def bench_paired_petct(
                 ],
                 ["bundle it/s", "bare loop it/s", "bundle overhead", "batch", "iterations timed (bundle / bare)"],
             ),
-            f"## Samplers after {training['train_seconds'] / 60:.1f} CPU minutes of training "
-            f"(demo overlay: {training['train_epochs']} epochs, {training['train_iterations']} iterations of batch "
-            f"{training['batch_size']}, perceptual loss from epoch {training['perceptual_start_epoch']}; EMA weights)",
-            f"{num_samples} triples per sampler. Pairing Dice: generated mask vs the generated PET's hot spot (SUV > "
-            f"{hot_spot_suv:g}), mean over triples where either is non-empty. The held-out real slices score "
-            f"{reference['pairing_dice_mean']:.3f} ({reference['n_slices']} slices; mask in body "
+            f"## Samplers after {training['train_epochs']} epochs of training ({training['train_iterations']} "
+            f"iterations of batch {training['batch_size']}, {training['train_seconds'] / 60:.1f} CPU minutes here; "
+            f"demo overlay, perceptual loss from epoch {training['perceptual_start_epoch']}; EMA weights)",
+            f"Pairing Dice: generated mask vs the generated PET's hot spot (SUV > {hot_spot_suv:g}), mean +- standard "
+            "error over the triples where either is non-empty (triples scored / generated); the difference to the "
+            "full sampler carries the standard error of a difference of independent means. The held-out real "
+            f"slices score {reference['pairing_dice_mean']:.3f} ({reference['n_slices']} slices; mask in body "
             f"{reference['mask_in_body']:.3f}).",
             _table(
-                rows,
+                _sampler_rows(samplers, full),
                 [
                     "sampler",
                     "evaluations per network",
                     "fewer evaluations",
                     "s / triple",
                     "speed-up",
+                    "triples scored",
                     "pairing Dice",
                     "vs full sampler",
                     "mask in body",
                     "empty masks",
                 ],
+            ),
+            "Target (seeded fast sampling, >= 20x fewer evaluations, pairing Dice no worse than the full sampler's):\n"
+            + target_verdict(samplers, full),
+            "## Peak memory (resident, MiB above a fresh process's baseline; fresh process per figure)",
+            f"Training: {memory['train_iterations']} iterations of batch {training['batch_size']}, config parsing and "
+            "data loading included. Sampling: one triple (batch 1), loading the checkpoint included.",
+            _table(
+                [
+                    [
+                        f"{memory['train_mib']['bundle']:.0f}",
+                        f"{memory['train_mib']['bare']:.0f}",
+                        f"{memory['train_mib']['bundle'] / memory['train_mib']['bare']:.2f}x",
+                        f"{memory['train_mib']['perceptual']:.0f}",
+                    ]
+                ],
+                ["bundle trainer", "bare loop", "bundle / bare", "bundle trainer, perceptual loss on"],
+            ),
+            _table(
+                [
+                    [m["sampler"], f"{m['mib']:.0f}", f"{m['mib'] / memory['sampling_mib'][0]['mib']:.2f}x"]
+                    for m in memory["sampling_mib"]
+                ],
+                ["sampler", "peak MiB, one triple", "vs full sampler"],
             ),
         ]
     )

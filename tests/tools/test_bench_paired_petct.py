@@ -1,0 +1,74 @@
+"""Statistics of the paired_petct benchmark: standard errors, the difference to the full sampler, the target verdict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from common.paired_evaluation import pairing_metrics
+from tools.bench_paired_petct import compare_to_reference, mean_standard_error, target_verdict
+
+
+def _triples(dice_like: list[tuple[int, int, int]]) -> dict:
+    """pairing_metrics of 4 x 4 slices built from (mask pixels, hot pixels, shared pixels) per triple."""
+    masks, pets = [], []
+    for mask_pixels, hot_pixels, shared in dice_like:
+        mask, pet = torch.zeros(16), torch.zeros(16)
+        mask[:mask_pixels] = 1.0
+        start = mask_pixels - shared
+        pet[start : start + hot_pixels] = 10.0
+        masks.append(mask.view(1, 4, 4))
+        pets.append(pet.view(1, 4, 4))
+    mask, pet = torch.stack(masks), torch.stack(pets)
+    return pairing_metrics(torch.zeros_like(pet), pet, mask, hot_spot_suv=4.0, body_hu=-500.0)
+
+
+def test_standard_error_counts_only_scored_triples() -> None:
+    # Dice 1 (identical), 0.5 (two pixels each, one shared) and a both-empty triple, which carries no score
+    metrics = _triples([(2, 2, 2), (2, 2, 1), (0, 0, 0)])
+    scored, se = mean_standard_error(metrics, 3)
+    assert scored == 2
+    assert metrics["pairing_dice_mean"] == pytest.approx(0.75)
+    # sample standard deviation of (1, 0.5) is sqrt(0.125); over sqrt(2)
+    assert se == pytest.approx(math.sqrt(0.125) / math.sqrt(2))
+
+
+def test_standard_error_needs_two_scored_triples() -> None:
+    scored, se = mean_standard_error(_triples([(2, 2, 2), (0, 0, 0)]), 2)
+    assert scored == 1 and math.isnan(se)
+
+
+def test_difference_adds_errors_in_quadrature() -> None:
+    full = {"pairing_dice_mean": 0.5, "pairing_dice_se": 0.03}
+    fast = {"pairing_dice_mean": 0.6, "pairing_dice_se": 0.04}
+    difference, se = compare_to_reference(fast, full)
+    assert difference == pytest.approx(0.1) and se == pytest.approx(0.05)
+
+
+def _row(name: str, evaluations: int, mean: float, seed_fraction: float | None) -> dict:
+    return {
+        "sampler": name,
+        "evaluations_per_network": evaluations,
+        "pairing_dice_mean": mean,
+        "pairing_dice_se": 0.03,
+        "seed_fraction": seed_fraction,
+    }
+
+
+def test_verdict_judges_seeded_fast_samplers_only() -> None:
+    full = _row("full", 1000, 0.5, None)
+    samplers = [
+        full,
+        _row("fast unseeded", 25, 0.9, None),
+        _row("fast seeded, better", 20, 0.55, 0.8),
+        _row("fast seeded, worse", 20, 0.45, 0.8),
+        _row("seeded, too many evaluations", 100, 0.6, 0.8),
+    ]
+    lines = target_verdict(samplers, full).splitlines()
+    assert len(lines) == 3  # the full and the unseeded sampler are not judged
+    assert "fast seeded, better: 50x fewer" in lines[0] and lines[0].endswith("target met.")
+    assert "+1.2 standard errors" in lines[0]
+    assert lines[1].endswith("target not met.") and "-0.050" in lines[1]
+    assert "10x fewer" in lines[2] and lines[2].endswith("target not met.")
