@@ -9,11 +9,12 @@ process:
 2. a fixed training budget through the demo overlay, counted in epochs (wall minutes differ threefold between hosts;
    the default is about 10 minutes on a host doing 1 paired iteration per second), then triples from the full
    ancestral sampler (all T = 1000 steps; ``full_samples`` of them, it is the expensive one) and from two fast
-   samplers (ancestral respaced to few steps, and DPM-Solver++ 2M; ``num_samples`` each), each without and with noise
-   seeding (held-out real triples noised to ``seed_fraction`` of the schedule): seconds per triple, network
-   evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,
+   samplers (ancestral respaced to few steps, and DPM-Solver++ 2M; ``num_samples`` each, at each of ``fast_steps``),
+   each without and with noise seeding (held-out real triples noised to ``seed_fraction`` of the schedule): seconds
+   per triple, network evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,
    ``common.paired_evaluation.pairing_metrics``) with its standard error, and the difference to the full sampler with
-   the standard error of that difference. The same figure on the held-out real slices is the reference.
+   the standard error of that difference. The same figure on the held-out real slices is the reference;
+3. peak resident memory (fresh process per figure) of training (bundle vs bare loop) and of sampling one triple.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,11 +320,16 @@ def target_verdict(samplers: list[dict[str, Any]], full: dict[str, Any], min_red
     return "\n".join(lines)
 
 
+def _steps_argument(step_counts: list[int]) -> str:
+    """``--fast_steps`` as typed on the command line: one number, or a quoted list."""
+    return str(step_counts[0]) if len(step_counts) == 1 else '"[' + ",".join(str(n) for n in step_counts) + ']"'
+
+
 def bench_paired_petct(
     train_epochs: int = 40,
     num_samples: int = 32,
     full_samples: int = 16,
-    fast_steps: int = 25,
+    fast_steps: int | Sequence[int] = (25, 50),
     seed_fraction: float = 0.8,
     hot_spot_suv: float = 4.0,
     overhead_rounds: int = 2,
@@ -333,10 +340,15 @@ def bench_paired_petct(
     """Run the paired_petct benchmark; returns (markdown, raw numbers).
 
     ``num_samples`` triples per fast sampler, ``full_samples`` from the full ancestral sampler (1000 steps of three
-    networks: the cost of the run). ``workdir`` keeps the trained model and the samples.
+    networks: the cost of the run). ``fast_steps``: one step count or several (each fast sampler runs at each; the
+    default 25 and 50 span 40x-20x fewer evaluations, the target's range). ``workdir`` keeps the trained model and the
+    samples.
     """
     import platform
 
+    step_counts = [int(fast_steps)] if isinstance(fast_steps, (int, float, str)) else [int(n) for n in fast_steps]
+    if not step_counts or min(step_counts) < 1:
+        raise ValueError(f"fast_steps must be a positive number of steps or a list of them, got {fast_steps}")
     for name, value in (("num_samples", num_samples), ("full_samples", full_samples)):
         if int(value) < 2:
             raise ValueError(f"{name} must be at least 2 (a standard error needs two triples), got {value}")
@@ -347,20 +359,22 @@ def bench_paired_petct(
         quality = work / "quality"
         ckpt, training = _train(quality, train_epochs)
         configs = [("ddpm, full ancestral", "ddpm", 1000, None)]
-        for name, label in FAST_SAMPLERS.items():
-            configs.append((label, name, fast_steps, None))
-            configs.append((f"{label}, seeded at {seed_fraction:g}", name, fast_steps, seed_fraction))
+        for steps in step_counts:
+            for name, label in FAST_SAMPLERS.items():
+                configs.append((f"{label}, {steps} steps", name, steps, None))
+                configs.append((f"{label}, {steps} steps, seeded at {seed_fraction:g}", name, steps, seed_fraction))
         samplers = [
             _sample(quality, ckpt, *config, num_samples if config[1] != "ddpm" else full_samples, hot_spot_suv)
             for config in configs
         ]
         reference = _real_reference(quality, hot_spot_suv)
-        memory = _memory(work / "overhead", quality, ckpt, configs, memory_iterations)
+        # memory does not depend on the number of steps: the full sampler and the first step count
+        memory = _memory(work / "overhead", quality, ckpt, configs[: 1 + 2 * len(FAST_SAMPLERS)], memory_iterations)
     full = samplers[0]
     results = {"overhead": overhead, "training": training, "samplers": samplers, "real": reference, "memory": memory}
     command = (
         f"python -m tools.bench paired_petct --train_epochs {train_epochs} --num_samples {num_samples} "
-        f"--full_samples {full_samples} --fast_steps {fast_steps} --seed_fraction {seed_fraction:g}"
+        f"--full_samples {full_samples} --fast_steps {_steps_argument(step_counts)} --seed_fraction {seed_fraction:g}"
     )
     markdown = "\n\n".join(
         [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common.paired_evaluation import pairing_metrics
-from tools.bench_paired_petct import compare_to_reference, mean_standard_error, target_verdict
+from tools.bench_paired_petct import _steps_argument, compare_to_reference, mean_standard_error, target_verdict
 
 
 def _triples(dice_like: list[tuple[int, int, int]]) -> dict:
@@ -72,3 +72,8 @@ def test_verdict_judges_seeded_fast_samplers_only() -> None:
     assert "+1.2 standard errors" in lines[0]
     assert lines[1].endswith("target not met.") and "-0.050" in lines[1]
     assert "10x fewer" in lines[2] and lines[2].endswith("target not met.")
+
+
+def test_steps_argument_reproduces_the_command_line() -> None:
+    assert _steps_argument([25]) == "25"
+    assert _steps_argument([25, 50]) == '"[25,50]"'
