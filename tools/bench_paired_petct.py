@@ -312,10 +312,10 @@ def target_verdict(samplers: list[dict[str, Any]], full: dict[str, Any], min_red
         reduction = full["evaluations_per_network"] / s["evaluations_per_network"]
         difference, difference_se = compare_to_reference(s, full)
         met = reduction >= min_reduction and difference >= 0.0
+        in_errors = f"{difference / difference_se:+.1f}" if difference_se > 0 else "n/a"
         lines.append(
             f"- {s['sampler']}: {reduction:.0f}x fewer evaluations, pairing Dice {difference:+.3f} "
-            f"({difference / difference_se:+.1f} standard errors) vs the full sampler: target "
-            f"{'met' if met else 'not met'}."
+            f"({in_errors} standard errors) vs the full sampler: target {'met' if met else 'not met'}."
         )
     return "\n".join(lines)
 

@@ -77,3 +77,11 @@ def test_verdict_judges_seeded_fast_samplers_only() -> None:
 def test_steps_argument_reproduces_the_command_line() -> None:
     assert _steps_argument([25]) == "25"
     assert _steps_argument([25, 50]) == '"[25,50]"'
+
+
+def test_verdict_without_spread() -> None:
+    full = {**_row("full", 1000, 1.0, None), "pairing_dice_se": 0.0}
+    seeded = {**_row("seeded", 20, 1.0, 0.8), "pairing_dice_se": 0.0}
+    assert target_verdict([full, seeded], full) == (
+        "- seeded: 50x fewer evaluations, pairing Dice +0.000 (n/a standard errors) vs the full sampler: target met."
+    )
