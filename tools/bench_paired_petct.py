@@ -79,25 +79,39 @@ def _bare_loop_intervals(
     return clock.intervals
 
 
-def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
+def _timing_workflow(work: str | Path, epochs: int, perceptual: bool = False) -> Any:
+    """The demo training workflow without validation or periodic checkpoints, perceptual loss from epoch 1 or never."""
     overrides = {
         "bundle_root": str(work),
         "val_interval": 10**6,
         "save_interval": 0,
         "max_epochs": epochs,
-        "perceptual_start_epoch": 10**6,
+        "perceptual_start_epoch": 1 if perceptual else 10**6,
     }
-    workflow = _workflow(_configs(BUNDLE, "train", "demo"), "train", **overrides)
+    return _workflow(_configs(BUNDLE, "train", "demo"), "train", **overrides)
+
+
+def _bare_loop(parser: Any, network: torch.nn.ModuleDict, iterations: int) -> list[float]:
+    """:func:`_bare_loop_intervals` with the data, learning rate and schedule of the workflow's ``parser``."""
+    return _bare_loop_intervals(
+        network,
+        parser.get_parsed_content("train#dataloader"),
+        iterations,
+        parser.get_parsed_content("learning_rate"),
+        parser.get_parsed_content("num_train_timesteps"),
+        parser.get_parsed_content("offset_noise_scale"),
+    )
+
+
+def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
+    workflow = _timing_workflow(work, epochs)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     network_def = workflow.parser.get_parsed_content("network_def", instantiate=True)
-    loader = workflow.parser.get_parsed_content("train#dataloader")
-    lr = workflow.parser.get_parsed_content("learning_rate")
-    timesteps = workflow.parser.get_parsed_content("num_train_timesteps")
-    offset = workflow.parser.get_parsed_content("offset_noise_scale")
+    epoch_length = len(workflow.parser.get_parsed_content("train#dataloader"))
     bundle, bare = [], []
     for _ in range(rounds):
         bundle += _bundle_intervals(trainer, epochs)
-        bare += _bare_loop_intervals(network_def, loader, epochs * len(loader), lr, timesteps, offset)
+        bare += _bare_loop(workflow.parser, network_def, epochs * epoch_length)
     bundle_s, bare_s = statistics.median(bundle), statistics.median(bare)
     return {
         "bundle_it_s": 1.0 / bundle_s,
@@ -110,8 +124,6 @@ def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
 
 def _train(work: Path, epochs: int) -> tuple[Path, dict[str, Any]]:
     """Train ``epochs`` epochs through the demo overlay (EMA weights saved as model.pt) and time it."""
-    if int(epochs) < 1:
-        raise ValueError(f"train_epochs must be a positive number of epochs, got {epochs}")
     workflow = _workflow(
         _configs(BUNDLE, "train", "demo"), "train", bundle_root=str(work), save_interval=0, max_epochs=int(epochs)
     )
@@ -211,32 +223,17 @@ def _sample(
 def _peak_training(work: str, bundle: bool, iterations: int, perceptual: bool = False) -> None:
     """Run ``iterations`` training iterations (bundle trainer, with or without the perceptual loss, or the bare loop,
     noise loss only); in a fresh process, for :func:`common.latent.measure_peak_rss`."""
-    overrides = {
-        "bundle_root": work,
-        "val_interval": 10**6,
-        "save_interval": 0,
-        "max_epochs": 1,
-        "perceptual_start_epoch": 1 if perceptual else 10**6,
-    }
-    workflow = _workflow(_configs(BUNDLE, "train", "demo"), "train", **overrides)
-    if bundle:
-        trainer = workflow.parser.get_parsed_content("train#trainer")
-
-        @trainer.on(Events.ITERATION_COMPLETED(once=iterations))
-        def _stop(engine) -> None:
-            engine.terminate()
-
-        trainer.run()
+    workflow = _timing_workflow(work, 1, perceptual)
+    if not bundle:
+        _bare_loop(workflow.parser, workflow.parser.get_parsed_content("network_def", instantiate=True), iterations)
         return
-    parser = workflow.parser
-    _bare_loop_intervals(
-        parser.get_parsed_content("network_def", instantiate=True),
-        parser.get_parsed_content("train#dataloader"),
-        iterations,
-        parser.get_parsed_content("learning_rate"),
-        parser.get_parsed_content("num_train_timesteps"),
-        parser.get_parsed_content("offset_noise_scale"),
-    )
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=iterations))
+    def _stop(engine) -> None:
+        engine.terminate()
+
+    trainer.run()
 
 
 def _peak_sampling(work: str, ckpt: str, sampler: str, steps: int, seed_fraction: float | None) -> None:
@@ -349,6 +346,8 @@ def bench_paired_petct(
     step_counts = [int(fast_steps)] if isinstance(fast_steps, (int, float, str)) else [int(n) for n in fast_steps]
     if not step_counts or min(step_counts) < 1:
         raise ValueError(f"fast_steps must be a positive number of steps or a list of them, got {fast_steps}")
+    if int(train_epochs) < 1:
+        raise ValueError(f"train_epochs must be a positive number of epochs, got {train_epochs}")
     for name, value in (("num_samples", num_samples), ("full_samples", full_samples)):
         if int(value) < 2:
             raise ValueError(f"{name} must be at least 2 (a standard error needs two triples), got {value}")

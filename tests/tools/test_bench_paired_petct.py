@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from common.paired_evaluation import pairing_metrics
-from tools.bench_paired_petct import _steps_argument, compare_to_reference, mean_standard_error, target_verdict
+from tools.bench_paired_petct import (
+    _steps_argument,
+    bench_paired_petct,
+    compare_to_reference,
+    mean_standard_error,
+    target_verdict,
+)
 
 
 def _triples(dice_like: list[tuple[int, int, int]]) -> dict:
@@ -85,3 +91,18 @@ def test_verdict_without_spread() -> None:
     assert target_verdict([full, seeded], full) == (
         "- seeded: 50x fewer evaluations, pairing Dice +0.000 (n/a standard errors) vs the full sampler: target met."
     )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"train_epochs": 0}, "train_epochs must be a positive number of epochs, got 0"),
+        ({"num_samples": 1}, "num_samples must be at least 2"),
+        ({"full_samples": 1}, "full_samples must be at least 2"),
+        ({"fast_steps": [25, 0]}, "fast_steps must be a positive number of steps"),
+        ({"fast_steps": []}, "fast_steps must be a positive number of steps"),
+    ],
+)
+def test_bench_rejects_bad_options_before_any_work(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bench_paired_petct(**options)
