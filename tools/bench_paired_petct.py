@@ -362,9 +362,9 @@ def bench_paired_petct(
             for name, label in FAST_SAMPLERS.items():
                 configs.append((f"{label}, {steps} steps", name, steps, None))
                 configs.append((f"{label}, {steps} steps, seeded at {seed_fraction:g}", name, steps, seed_fraction))
-        samplers = [
-            _sample(quality, ckpt, *config, num_samples if config[1] != "ddpm" else full_samples, hot_spot_suv)
-            for config in configs
+        samplers = [  # the first is the full sampler
+            _sample(quality, ckpt, *config, num_samples if index else full_samples, hot_spot_suv)
+            for index, config in enumerate(configs)
         ]
         reference = _real_reference(quality, hot_spot_suv)
         # memory does not depend on the number of steps: the full sampler and the first step count
