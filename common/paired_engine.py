@@ -384,6 +384,8 @@ class PairedDiffusionInferer(Inferer):
         seed_fraction: float | None = None,
         device: str | torch.device = "cpu",
         verbose: bool = False,
+        refine_rounds: int = 0,
+        refine_fraction: float = 0.1,
     ) -> dict[str, torch.Tensor]:
         """Sample every modality jointly.
 
@@ -398,6 +400,12 @@ class PairedDiffusionInferer(Inferer):
                 reference noised to it (the paper: 0.8-0.9). Both or neither of ``reference``/``seed_fraction``.
             device: device of the samples.
             verbose: progress bar.
+            refine_rounds: agreement refinement: after sampling, this many times noise the finished triple again to
+                the largest kept timestep <= ``refine_fraction * (T - 1)`` (fresh noise per modality, the forward
+                process) and run the sampler down from there. At low noise each network sees the others' nearly
+                finished images, so a mask and a PET hot spot that disagree get further steps to agree. Each round
+                costs the sampler's kept timesteps up to that one (``refinement_evaluations``). Default 0 (off).
+            refine_fraction: agreement refinement: the fraction of the schedule each round goes back to.
 
         Returns:
             dict modality -> (B, C, *spatial) sample.
@@ -406,7 +414,7 @@ class PairedDiffusionInferer(Inferer):
         if (reference is None) != (seed_fraction is None):
             raise ValueError("noise seeding needs both `reference` and `seed_fraction` (or neither)")
         scheduler = scheduler or self.scheduler
-        schedulers = {m: copy.deepcopy(scheduler) for m in self.modalities}
+        refine_start = self.refinement_start(scheduler, refine_rounds, refine_fraction)
         timesteps = scheduler.timesteps
         shape = tuple(int(s) for s in shape)
         states = {m: torch.randn(shape, generator=generator, device=device) for m in self.modalities}
@@ -419,8 +427,60 @@ class PairedDiffusionInferer(Inferer):
                 if tuple(image.shape) != shape:
                     raise ValueError(f"reference '{m}' must have shape {shape}, got {tuple(image.shape)}")
                 states[m] = self.scheduler.add_noise(image, states[m], start_t)
-        for t in tqdm(timesteps, disable=not verbose, desc="sampling", leave=False):
-            batch_t = torch.full((shape[0],), int(t), dtype=torch.long, device=device)
+        states = self._denoise(states, network, scheduler, timesteps, generator, verbose, "sampling")
+        for round_index in range(refine_rounds):
+            restart = torch.full((shape[0],), refine_start, dtype=torch.long, device=device)
+            for m in self.modalities:
+                noise = torch.randn(shape, generator=generator, device=device)
+                states[m] = self.scheduler.add_noise(states[m], noise, restart)
+            states = self._denoise(
+                states,
+                network,
+                scheduler,
+                scheduler.timesteps[scheduler.timesteps <= refine_start],
+                generator,
+                verbose,
+                f"refinement {round_index + 1}/{refine_rounds}",
+            )
+        return states
+
+    def refinement_start(self, scheduler: Scheduler, rounds: int, fraction: float) -> int:
+        """The timestep each agreement-refinement round restarts from (-1 when ``rounds`` is 0)."""
+        if int(rounds) != rounds or rounds < 0:
+            raise ValueError(f"refine_rounds must be a non-negative integer, got {rounds}")
+        if rounds == 0:
+            return -1
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"refine_fraction must be in (0, 1), got {fraction}")
+        limit = round(fraction * (self.scheduler.num_train_timesteps - 1))
+        kept = scheduler.timesteps[(scheduler.timesteps <= limit) & (scheduler.timesteps > 0)]
+        if len(kept) == 0:
+            raise ValueError(
+                f"refine_fraction {fraction}: no sampling timestep in (0, {limit}]; raise it or use more sampling steps"
+            )
+        return int(kept[0])
+
+    def refinement_evaluations(self, scheduler: Scheduler, rounds: int, fraction: float) -> int:
+        """Network evaluations per modality that ``rounds`` refinement rounds add (``scheduler.timesteps`` set)."""
+        start = self.refinement_start(scheduler, rounds, fraction)
+        return int(rounds) * int((scheduler.timesteps <= start).sum())
+
+    def _denoise(
+        self,
+        states: dict[str, torch.Tensor],
+        network: nn.ModuleDict,
+        scheduler: Scheduler,
+        timesteps: torch.Tensor,
+        generator: torch.Generator | None,
+        verbose: bool,
+        description: str,
+    ) -> dict[str, torch.Tensor]:
+        """Step every modality jointly along ``timesteps`` (each with a fresh copy of ``scheduler``)."""
+        schedulers = {m: copy.deepcopy(scheduler) for m in self.modalities}
+        batch = next(iter(states.values())).shape[0]
+        device = next(iter(states.values())).device
+        for t in tqdm(timesteps, disable=not verbose, desc=description, leave=False):
+            batch_t = torch.full((batch,), int(t), dtype=torch.long, device=device)
             predictions = self(states, network, batch_t)
             for m in self.modalities:
                 states[m], _ = schedulers[m].step(predictions[m], t, states[m], generator=generator)

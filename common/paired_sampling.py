@@ -93,6 +93,8 @@ class PairedSampling:
             ``mask`` tensors of shape (1, H, W) in [-1, 1], optionally ``case_id`` and ``slice_index``).
         seed_fraction: noise seeding: the fraction of the schedule the references are noised to (paper 0.8-0.9);
             None samples from pure noise.
+        refine_rounds: agreement refinement rounds after sampling (see ``PairedDiffusionInferer.sample``); 0 is off.
+        refine_fraction: the fraction of the schedule each refinement round goes back to.
         modalities: network keys, in condition order. Default ("ct", "pet", "mask").
         preview_samples: rows of the PNG montage.
         verbose: progress bar.
@@ -118,6 +120,8 @@ class PairedSampling:
         modalities: Sequence[str] = ("ct", "pet", "mask"),
         preview_samples: int = 8,
         verbose: bool = True,
+        refine_rounds: int = 0,
+        refine_fraction: float = 0.1,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
@@ -144,6 +148,13 @@ class PairedSampling:
         self.batch_size = int(batch_size)
         self.reference_data = reference_data
         self.seed_fraction = seed_fraction
+        self.refine_rounds = int(refine_rounds)
+        self.refine_fraction = float(refine_fraction)
+        scheduler.set_timesteps(self.num_inference_steps)
+        try:
+            inferer.refinement_start(scheduler, refine_rounds, refine_fraction)
+        except ValueError as error:
+            raise ValueError(f"config keys 'refine_rounds'/'refine_fraction': {error}") from None
         self.modalities = list(modalities)
         self.preview_samples = int(preview_samples)
         self.verbose = verbose
@@ -203,6 +214,8 @@ class PairedSampling:
             seed_fraction=self.seed_fraction,
             device=self.device,
             verbose=self.verbose,
+            refine_rounds=self.refine_rounds,
+            refine_fraction=self.refine_fraction,
         )
         return {m: samples[m].detach().cpu() for m in self.modalities}, names
 

@@ -122,10 +122,16 @@ def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def _train(work: Path, epochs: int) -> tuple[Path, dict[str, Any]]:
-    """Train ``epochs`` epochs through the demo overlay (EMA weights saved as model.pt) and time it."""
+def _train(work: Path, epochs: int, seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """Train ``epochs`` epochs through the demo overlay (EMA weights saved as model.pt) and time it; ``seed`` is the
+    training and data-split seed."""
     workflow = _workflow(
-        _configs(BUNDLE, "train", "demo"), "train", bundle_root=str(work), save_interval=0, max_epochs=int(epochs)
+        _configs(BUNDLE, "train", "demo"),
+        "train",
+        bundle_root=str(work),
+        save_interval=0,
+        max_epochs=int(epochs),
+        seed=int(seed),
     )
     trainer = workflow.parser.get_parsed_content("train#trainer")
     start = time.perf_counter()
@@ -160,10 +166,24 @@ def compare_to_reference(sampler: dict[str, Any], reference: dict[str, Any]) -> 
 
 
 def _sampling(
-    work: Path, ckpt: Path, out: str, sampler: str, steps: int, seed_fraction: float | None, batch: int
+    work: Path,
+    ckpt: Path,
+    out: str,
+    sampler: str,
+    steps: int,
+    seed_fraction: float | None,
+    batch: int,
+    refine: tuple[int, float] = (0, 0.1),
+    seed: int = 0,
 ) -> tuple[Any, int]:
-    """The inference workflow's sampling object for one sampler, and its network evaluations per triple."""
+    """The inference workflow's sampling object for one sampler, and its network evaluations per triple.
+
+    ``refine``: (agreement refinement rounds, fraction of the schedule); ``seed``: sampling and data-split seed."""
     overrides = {
+        "seed": int(seed),
+        "seed_of_split": int(seed),
+        "refine_rounds": int(refine[0]),
+        "refine_fraction": float(refine[1]),
         "bundle_root": str(work),
         "ckpt_path": str(ckpt),
         "output_dir": out,
@@ -182,6 +202,7 @@ def _sampling(
     if seed_fraction is not None:
         start_t = sampling.inferer.seed_timestep(scheduler, seed_fraction)
         evaluations = int((scheduler.timesteps <= start_t).sum())
+    evaluations += sampling.inferer.refinement_evaluations(scheduler, *refine)
     return sampling, evaluations
 
 
@@ -192,11 +213,13 @@ def _sample(
     sampler: str,
     steps: int,
     seed_fraction: float | None,
+    refine: tuple[int, float],
     num_samples: int,
     hot_spot_suv: float,
+    seed: int,
 ) -> dict[str, Any]:
-    out = str(work / f"samples_{sampler}_{steps}_{seed_fraction}")
-    sampling, evaluations = _sampling(work, ckpt, out, sampler, steps, seed_fraction, num_samples)
+    out = str(work / f"samples_{sampler}_{steps}_{seed_fraction}_{refine[0]}")
+    sampling, evaluations = _sampling(work, ckpt, out, sampler, steps, seed_fraction, num_samples, refine, seed)
     start = time.perf_counter()
     samples = {m: [] for m in MODALITIES}
     for first in range(0, num_samples, sampling.batch_size):
@@ -212,6 +235,7 @@ def _sample(
         "sampler": name,
         "num_triples": num_samples,
         "seed_fraction": seed_fraction,
+        "refine_rounds": refine[0],
         "evaluations_per_network": evaluations,
         "s_per_triple": seconds,
         "triples_scored": scored,
@@ -265,8 +289,8 @@ def _memory(
     return {"train_iterations": iterations, "train_mib": train, "sampling_mib": sampling}
 
 
-def _real_reference(work: Path, hot_spot_suv: float) -> dict[str, Any]:
-    workflow = _workflow(_configs(BUNDLE, "evaluate", "demo"), None, bundle_root=str(work))
+def _real_reference(work: Path, hot_spot_suv: float, seed: int) -> dict[str, Any]:
+    workflow = _workflow(_configs(BUNDLE, "evaluate", "demo"), None, bundle_root=str(work), seed=int(seed))
     real = workflow.parser.get_parsed_content("real_data")
     ct_window = workflow.parser.get_parsed_content("ct_window")
     pet_window = workflow.parser.get_parsed_content("pet_window")
@@ -328,6 +352,9 @@ def bench_paired_petct(
     full_samples: int = 16,
     fast_steps: int | Sequence[int] = (25, 50),
     seed_fraction: float = 0.8,
+    refine_rounds: int = 2,
+    refine_fraction: float = 0.1,
+    seed: int = 0,
     hot_spot_suv: float = 4.0,
     overhead_rounds: int = 2,
     overhead_epochs: int = 1,
@@ -338,8 +365,10 @@ def bench_paired_petct(
 
     ``num_samples`` triples per fast sampler, ``full_samples`` from the full ancestral sampler (1000 steps of three
     networks: the cost of the run). ``fast_steps``: one step count or several (each fast sampler runs at each; the
-    default 25 and 50 span 40x-20x fewer evaluations, the target's range). ``workdir`` keeps the trained model and the
-    samples.
+    default 25 and 50 span 40x-20x fewer evaluations, the target's range). ``refine_rounds`` > 0 adds, per seeded fast
+    sampler, a row with that many agreement-refinement rounds back to ``refine_fraction`` of the schedule (their
+    evaluations counted). ``seed``: training, data-split and sampling seed (a second seed is an independent rerun).
+    ``workdir`` keeps the trained model and the samples.
     """
     import platform
 
@@ -351,29 +380,42 @@ def bench_paired_petct(
     for name, value in (("num_samples", num_samples), ("full_samples", full_samples)):
         if int(value) < 2:
             raise ValueError(f"{name} must be at least 2 (a standard error needs two triples), got {value}")
-    torch.manual_seed(0)
+    if int(refine_rounds) < 0 or not 0.0 < float(refine_fraction) < 1.0:
+        raise ValueError(
+            f"refine_rounds must be >= 0 and refine_fraction in (0, 1), got {refine_rounds} and {refine_fraction}"
+        )
+    refine = (int(refine_rounds), float(refine_fraction))
+    torch.manual_seed(int(seed))
     with tempfile.TemporaryDirectory(prefix="bench_paired_petct_") as tmp:
         work = Path(workdir or tmp)
         overhead = _measure_overhead(work / "overhead", overhead_rounds, overhead_epochs)
         quality = work / "quality"
-        ckpt, training = _train(quality, train_epochs)
-        configs = [("ddpm, full ancestral", "ddpm", 1000, None)]
+        ckpt, training = _train(quality, train_epochs, seed)
+        off = (0, refine[1])
+        configs = [("ddpm, full ancestral", "ddpm", 1000, None, off)]
         for steps in step_counts:
             for name, label in FAST_SAMPLERS.items():
-                configs.append((f"{label}, {steps} steps", name, steps, None))
-                configs.append((f"{label}, {steps} steps, seeded at {seed_fraction:g}", name, steps, seed_fraction))
+                seeded = f"{label}, {steps} steps, seeded at {seed_fraction:g}"
+                configs.append((f"{label}, {steps} steps", name, steps, None, off))
+                configs.append((seeded, name, steps, seed_fraction, off))
+                if refine[0]:
+                    configs.append(
+                        (f"{seeded}, refined {refine[0]}x at {refine[1]:g}", name, steps, seed_fraction, refine)
+                    )
         samplers = [  # the first is the full sampler
-            _sample(quality, ckpt, *config, num_samples if index else full_samples, hot_spot_suv)
+            _sample(quality, ckpt, *config, num_samples if index else full_samples, hot_spot_suv, seed)
             for index, config in enumerate(configs)
         ]
-        reference = _real_reference(quality, hot_spot_suv)
-        # memory does not depend on the number of steps: the full sampler and the first step count
-        memory = _memory(work / "overhead", quality, ckpt, configs[: 1 + 2 * len(FAST_SAMPLERS)], memory_iterations)
+        reference = _real_reference(quality, hot_spot_suv, seed)
+        # memory does not depend on the number of steps or refinement: the full sampler and the first step count
+        plain = [c[:4] for c in configs if not c[4][0]]
+        memory = _memory(work / "overhead", quality, ckpt, plain[: 1 + 2 * len(FAST_SAMPLERS)], memory_iterations)
     full = samplers[0]
     results = {"overhead": overhead, "training": training, "samplers": samplers, "real": reference, "memory": memory}
     command = (
         f"python -m tools.bench paired_petct --train_epochs {train_epochs} --num_samples {num_samples} "
-        f"--full_samples {full_samples} --fast_steps {_steps_argument(step_counts)} --seed_fraction {seed_fraction:g}"
+        f"--full_samples {full_samples} --fast_steps {_steps_argument(step_counts)} --seed_fraction {seed_fraction:g} "
+        f"--refine_rounds {refine[0]} --refine_fraction {refine[1]:g} --seed {seed}"
     )
     markdown = "\n\n".join(
         [
@@ -403,7 +445,9 @@ def bench_paired_petct(
             "error over the triples where either is non-empty (triples scored / generated); the difference to the "
             "full sampler carries the standard error of a difference of independent means. The held-out real "
             f"slices score {reference['pairing_dice_mean']:.3f} ({reference['n_slices']} slices; mask in body "
-            f"{reference['mask_in_body']:.3f}).",
+            f"{reference['mask_in_body']:.3f}). Refined rows: the seeded sampler, then the finished triple noised again "
+            "to the given fraction of the schedule and sampled down from there, the given number of times "
+            "(`refine_rounds`; evaluations included).",
             _table(
                 _sampler_rows(samplers, full),
                 [

@@ -203,3 +203,43 @@ def test_sampling_errors():
     sampler.set_timesteps(1)  # only t = 99
     with pytest.raises(ValueError, match="no sampling timestep"):
         inferer.seed_timestep(sampler, 0.5)
+
+
+def test_agreement_refinement_renoises_the_finished_triple_and_samples_down_again():
+    train_scheduler = DDPMScheduler(1000)
+    inferer = PairedDiffusionInferer(train_scheduler)
+    sampler = DPMSolverMultistepScheduler(1000, "linear_beta")
+    sampler.set_timesteps(10)  # 999, 888, ..., 111, 0
+    assert inferer.refinement_start(sampler, 2, 0.25) == 222  # largest kept timestep in (0, 0.25 * 999]
+    assert inferer.refinement_evaluations(sampler, 2, 0.25) == 6  # 222, 111, 0 per round
+    assert inferer.refinement_evaluations(sampler, 0, 0.25) == 0
+    plain = inferer.sample((1, 1, 4, 4), _networks(), sampler, torch.Generator().manual_seed(3))
+    recorders = nn.ModuleDict({m: _Recorder(0.0) for m in MODALITIES})
+    finished = inferer.sample((1, 1, 4, 4), recorders, sampler, torch.Generator().manual_seed(3))
+    recorders = nn.ModuleDict({m: _Recorder(0.0) for m in MODALITIES})
+    generator = torch.Generator().manual_seed(3)
+    refined = inferer.sample((1, 1, 4, 4), recorders, sampler, generator, refine_rounds=2, refine_fraction=0.25)
+    expected_timesteps = sampler.timesteps.tolist() + [222, 111, 0] * 2
+    assert [int(c[1][0]) for c in recorders["mask"].calls] == expected_timesteps
+    replay = torch.Generator().manual_seed(3)
+    for _ in MODALITIES:  # the start noise (DPM-Solver++ draws nothing while stepping)
+        torch.randn((1, 1, 4, 4), generator=replay)
+    ct_noise = torch.randn((1, 1, 4, 4), generator=replay)  # the first refinement draw is the ct noise
+    restarted = train_scheduler.add_noise(finished["ct"], ct_noise, torch.tensor([222]))
+    torch.testing.assert_close(recorders["ct"].calls[10][0], restarted)
+    assert {m: tuple(v.shape) for m, v in refined.items()} == {m: tuple(v.shape) for m, v in plain.items()}
+
+
+def test_agreement_refinement_errors():
+    inferer = PairedDiffusionInferer(DDPMScheduler(100))
+    sampler = RespacedDDPMScheduler(100, "linear_beta")
+    sampler.set_timesteps(4)  # 99, 66, 33, 0
+    network = _networks()
+    with pytest.raises(ValueError, match="refine_rounds must be a non-negative integer"):
+        inferer.sample((1, 1, 8, 8), network, sampler, refine_rounds=-1)
+    for fraction in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"refine_fraction must be in \(0, 1\)"):
+            inferer.sample((1, 1, 8, 8), network, sampler, refine_rounds=1, refine_fraction=fraction)
+    with pytest.raises(ValueError, match="no sampling timestep in"):
+        inferer.refinement_start(sampler, 1, 0.2)  # (0, 20] holds no kept timestep
+    assert inferer.refinement_start(sampler, 0, 0.2) == -1  # off: nothing to check

@@ -123,6 +123,21 @@ def test_sampling_errors(tmp_path: Path):
     bad = [{**item, "ct": torch.zeros(1, 4, 4)} for item in _reference(1)]
     with pytest.raises(ValueError, match="must have shape"):
         _sampling(tmp_path, reference_data=bad, seed_fraction=0.5).run()
+    with pytest.raises(
+        ValueError, match="config keys 'refine_rounds'/'refine_fraction': refine_fraction 0.01: no sampling timestep"
+    ):
+        _sampling(tmp_path, refine_rounds=1, refine_fraction=0.01)  # 5 steps of 50: nothing kept in (0, 0]
+    with pytest.raises(ValueError, match="config keys 'refine_rounds'/'refine_fraction': refine_rounds must be"):
+        _sampling(tmp_path, refine_rounds=-2)
+
+
+def test_refined_sampling_changes_the_triples(tmp_path: Path):
+    plain = _sampling(tmp_path / "a", num_samples=2)
+    refined = _sampling(tmp_path / "b", num_samples=2, refine_rounds=2, refine_fraction=0.5)
+    a, _ = plain.generate(0, 2)
+    b, _ = refined.generate(0, 2)
+    for m in MODALITIES:
+        assert a[m].shape == b[m].shape and not torch.allclose(a[m], b[m])
 
 
 def test_pairing_metrics_by_hand():
