@@ -401,10 +401,11 @@ class PairedDiffusionInferer(Inferer):
             device: device of the samples.
             verbose: progress bar.
             refine_rounds: agreement refinement: after sampling, this many times noise the finished triple again to
-                the largest kept timestep <= ``refine_fraction * (T - 1)`` (fresh noise per modality, the forward
-                process) and run the sampler down from there. At low noise each network sees the others' nearly
-                finished images, so a mask and a PET hot spot that disagree get further steps to agree. Each round
-                costs the sampler's kept timesteps up to that one (``refinement_evaluations``). Default 0 (off).
+                the largest non-zero kept timestep <= ``refine_fraction * (T - 1)`` (fresh noise per modality, the
+                forward process) and run the sampler down from there. At low noise each network sees the others'
+                nearly finished images, so a mask and a PET hot spot that disagree get further steps to agree. Each
+                round costs the sampler's kept timesteps at and below that one (``refinement_evaluations``). It must
+                restart below a seeded start. Default 0 (off).
             refine_fraction: agreement refinement: the fraction of the schedule each round goes back to.
 
         Returns:
@@ -420,6 +421,11 @@ class PairedDiffusionInferer(Inferer):
         states = {m: torch.randn(shape, generator=generator, device=device) for m in self.modalities}
         if reference is not None:
             start = self.seed_timestep(scheduler, float(seed_fraction))
+            if refine_start >= start:
+                raise ValueError(
+                    f"refine_fraction {refine_fraction} restarts refinement at timestep {refine_start}, not below the "
+                    f"seeded start {start} (seed_fraction {seed_fraction}): it would undo the seeding; lower it"
+                )
             timesteps = timesteps[timesteps <= start]
             start_t = torch.full((shape[0],), start, dtype=torch.long, device=device)
             for m in self.modalities:
@@ -428,7 +434,7 @@ class PairedDiffusionInferer(Inferer):
                     raise ValueError(f"reference '{m}' must have shape {shape}, got {tuple(image.shape)}")
                 states[m] = self.scheduler.add_noise(image, states[m], start_t)
         states = self._denoise(states, network, scheduler, timesteps, generator, verbose, "sampling")
-        for round_index in range(refine_rounds):
+        for round_index in range(int(refine_rounds)):
             restart = torch.full((shape[0],), refine_start, dtype=torch.long, device=device)
             for m in self.modalities:
                 noise = torch.randn(shape, generator=generator, device=device)
@@ -446,17 +452,18 @@ class PairedDiffusionInferer(Inferer):
 
     def refinement_start(self, scheduler: Scheduler, rounds: int, fraction: float) -> int:
         """The timestep each agreement-refinement round restarts from (-1 when ``rounds`` is 0)."""
-        if int(rounds) != rounds or rounds < 0:
+        if isinstance(rounds, bool) or not isinstance(rounds, (int, float)) or int(rounds) != rounds or rounds < 0:
             raise ValueError(f"refine_rounds must be a non-negative integer, got {rounds}")
         if rounds == 0:
             return -1
-        if not 0.0 < fraction < 1.0:
+        if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
             raise ValueError(f"refine_fraction must be in (0, 1), got {fraction}")
         limit = round(fraction * (self.scheduler.num_train_timesteps - 1))
         kept = scheduler.timesteps[(scheduler.timesteps <= limit) & (scheduler.timesteps > 0)]
         if len(kept) == 0:
             raise ValueError(
-                f"refine_fraction {fraction}: no sampling timestep in (0, {limit}]; raise it or use more sampling steps"
+                f"refine_fraction {fraction}: no sampling timestep in (0, {limit}]; raise it or raise "
+                "num_inference_steps"
             )
         return int(kept[0])
 

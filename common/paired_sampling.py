@@ -148,13 +148,18 @@ class PairedSampling:
         self.batch_size = int(batch_size)
         self.reference_data = reference_data
         self.seed_fraction = seed_fraction
-        self.refine_rounds = int(refine_rounds)
-        self.refine_fraction = float(refine_fraction)
         scheduler.set_timesteps(self.num_inference_steps)
         try:
-            inferer.refinement_start(scheduler, refine_rounds, refine_fraction)
+            refine_start = inferer.refinement_start(scheduler, refine_rounds, refine_fraction)
         except ValueError as error:
             raise ValueError(f"config keys 'refine_rounds'/'refine_fraction': {error}") from None
+        if seed_fraction is not None and refine_start >= inferer.seed_timestep(scheduler, float(seed_fraction)):
+            raise ValueError(
+                f"config key 'refine_fraction': {refine_fraction} must restart refinement below the seeded start "
+                f"(seed_fraction {seed_fraction}), else it undoes the seeding"
+            )
+        self.refine_rounds = int(refine_rounds)
+        self.refine_fraction = float(refine_fraction)
         self.modalities = list(modalities)
         self.preview_samples = int(preview_samples)
         self.verbose = verbose

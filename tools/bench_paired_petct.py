@@ -10,11 +10,15 @@ process:
    the default is about 10 minutes on a host doing 1 paired iteration per second), then triples from the full
    ancestral sampler (all T = 1000 steps; ``full_samples`` of them, it is the expensive one) and from two fast
    samplers (ancestral respaced to few steps, and DPM-Solver++ 2M; ``num_samples`` each, at each of ``fast_steps``),
-   each without and with noise seeding (held-out real triples noised to ``seed_fraction`` of the schedule): seconds
-   per triple, network evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,
+   each without and with noise seeding (held-out real triples noised to ``seed_fraction`` of the schedule), and
+   seeded with ``refine_rounds`` rounds of agreement refinement (the finished triple noised again to
+   ``refine_fraction`` of the schedule and sampled down; its evaluations counted): seconds per triple, network evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,
    ``common.paired_evaluation.pairing_metrics``) with its standard error, and the difference to the full sampler with
    the standard error of that difference. The same figure on the held-out real slices is the reference;
 3. peak resident memory (fresh process per figure) of training (bundle vs bare loop) and of sampling one triple.
+
+``--seed`` sets the training, data-split and sampling seed: a rerun with another seed is a second, independent draw
+of the model and its samples (same phantoms).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from monai.networks.schedulers import DDPMScheduler
 
 from common.latent import measure_peak_rss
 from common.noise import offset_noise
-from common.paired_engine import stack_conditions
+from common.paired_engine import PairedDiffusionInferer, stack_conditions
 from common.paired_evaluation import pairing_metrics
 from common.paired_sampling import from_unit_range
+from common.schedulers import RespacedDDPMScheduler
 from tools.bench import _bundle_intervals, _configs, _IterationClock, _table, _workflow
 
 __all__ = ["bench_paired_petct", "compare_to_reference", "mean_standard_error", "target_verdict"]
@@ -367,7 +372,8 @@ def bench_paired_petct(
     networks: the cost of the run). ``fast_steps``: one step count or several (each fast sampler runs at each; the
     default 25 and 50 span 40x-20x fewer evaluations, the target's range). ``refine_rounds`` > 0 adds, per seeded fast
     sampler, a row with that many agreement-refinement rounds back to ``refine_fraction`` of the schedule (their
-    evaluations counted). ``seed``: training, data-split and sampling seed (a second seed is an independent rerun).
+    evaluations counted). ``seed``: training, data-split and sampling seed (a second seed reruns on the same phantoms
+    with another split, training and sampling noise; the overhead and memory figures keep seed 0).
     ``workdir`` keeps the trained model and the samples.
     """
     import platform
@@ -380,11 +386,21 @@ def bench_paired_petct(
     for name, value in (("num_samples", num_samples), ("full_samples", full_samples)):
         if int(value) < 2:
             raise ValueError(f"{name} must be at least 2 (a standard error needs two triples), got {value}")
-    if int(refine_rounds) < 0 or not 0.0 < float(refine_fraction) < 1.0:
+    if int(refine_rounds) != refine_rounds or refine_rounds < 0 or not 0.0 < float(refine_fraction) < 1.0:
         raise ValueError(
-            f"refine_rounds must be >= 0 and refine_fraction in (0, 1), got {refine_rounds} and {refine_fraction}"
+            f"refine_rounds must be a whole number >= 0 and refine_fraction in (0, 1), got {refine_rounds} and "
+            f"{refine_fraction}"
         )
     refine = (int(refine_rounds), float(refine_fraction))
+    if refine[0]:  # a fraction below every kept timestep of a step count fails here, not after training
+        inferer = PairedDiffusionInferer(DDPMScheduler(1000))
+        for steps in step_counts:
+            grid = RespacedDDPMScheduler(1000)
+            grid.set_timesteps(steps)
+            try:
+                inferer.refinement_start(grid, *refine)
+            except ValueError as error:
+                raise ValueError(f"--refine_fraction with --fast_steps {steps}: {error}") from None
     torch.manual_seed(int(seed))
     with tempfile.TemporaryDirectory(prefix="bench_paired_petct_") as tmp:
         work = Path(workdir or tmp)
@@ -446,8 +462,8 @@ def bench_paired_petct(
             "full sampler carries the standard error of a difference of independent means. The held-out real "
             f"slices score {reference['pairing_dice_mean']:.3f} ({reference['n_slices']} slices; mask in body "
             f"{reference['mask_in_body']:.3f}). Refined rows: the seeded sampler, then the finished triple noised again "
-            "to the given fraction of the schedule and sampled down from there, the given number of times "
-            "(`refine_rounds`; evaluations included).",
+            "to the largest kept timestep at or below the given fraction of the schedule and sampled down from there, "
+            "the given number of times (`refine_rounds`; evaluations included).",
             _table(
                 _sampler_rows(samplers, full),
                 [

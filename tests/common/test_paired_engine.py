@@ -227,7 +227,32 @@ def test_agreement_refinement_renoises_the_finished_triple_and_samples_down_agai
     ct_noise = torch.randn((1, 1, 4, 4), generator=replay)  # the first refinement draw is the ct noise
     restarted = train_scheduler.add_noise(finished["ct"], ct_noise, torch.tensor([222]))
     torch.testing.assert_close(recorders["ct"].calls[10][0], restarted)
-    assert {m: tuple(v.shape) for m, v in refined.items()} == {m: tuple(v.shape) for m, v in plain.items()}
+    for m in MODALITIES:  # the refined triple is the last refinement round's result, not the first pass's
+        assert refined[m].shape == plain[m].shape
+        assert not torch.allclose(refined[m], finished[m])
+
+
+def test_refinement_evaluations_match_the_network_calls_of_a_seeded_run():
+    inferer = PairedDiffusionInferer(DDPMScheduler(1000))
+    sampler = RespacedDDPMScheduler(1000, "linear_beta")
+    sampler.set_timesteps(25)
+    seeded = int((sampler.timesteps <= inferer.seed_timestep(sampler, 0.8)).sum())
+    expected = seeded + inferer.refinement_evaluations(sampler, 2, 0.1)
+    assert (seeded, expected) == (20, 26)  # 83, 42, 0 per round
+    recorders = nn.ModuleDict({m: _Recorder(0.1) for m in MODALITIES})
+    reference = {m: torch.zeros(1, 1, 4, 4) for m in MODALITIES}
+    generator = torch.Generator().manual_seed(0)
+    inferer.sample((1, 1, 4, 4), recorders, sampler, generator, reference, 0.8, refine_rounds=2, refine_fraction=0.1)
+    assert all(len(recorders[m].calls) == expected for m in MODALITIES)
+
+
+def test_refinement_with_the_full_ancestral_sampler():
+    train_scheduler = DDPMScheduler(50)
+    inferer = PairedDiffusionInferer(train_scheduler)
+    recorders = nn.ModuleDict({m: _Recorder(0.1) for m in MODALITIES})
+    assert inferer.refinement_start(train_scheduler, 1, 0.1) == 5  # round(0.1 * 49)
+    inferer.sample((1, 1, 4, 4), recorders, train_scheduler, torch.Generator().manual_seed(0), refine_rounds=1)
+    assert [int(c[1][0]) for c in recorders["pet"].calls] == list(range(49, -1, -1)) + [5, 4, 3, 2, 1, 0]
 
 
 def test_agreement_refinement_errors():
@@ -242,4 +267,12 @@ def test_agreement_refinement_errors():
             inferer.sample((1, 1, 8, 8), network, sampler, refine_rounds=1, refine_fraction=fraction)
     with pytest.raises(ValueError, match="no sampling timestep in"):
         inferer.refinement_start(sampler, 1, 0.2)  # (0, 20] holds no kept timestep
+    with pytest.raises(ValueError, match="refine_rounds must be a non-negative integer, got 1.5"):
+        inferer.refinement_start(sampler, 1.5, 0.5)
+    assert inferer.refinement_start(sampler, 2.0, 0.5) == 33  # a whole float is a round count
+    reference = {m: torch.zeros(1, 1, 8, 8) for m in MODALITIES}
+    with pytest.raises(ValueError, match="not below the seeded start 33"):
+        inferer.sample(
+            (1, 1, 8, 8), network, sampler, reference=reference, seed_fraction=0.4, refine_rounds=1, refine_fraction=0.4
+        )
     assert inferer.refinement_start(sampler, 0, 0.2) == -1  # off: nothing to check

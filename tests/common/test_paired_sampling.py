@@ -129,6 +129,10 @@ def test_sampling_errors(tmp_path: Path):
         _sampling(tmp_path, refine_rounds=1, refine_fraction=0.01)  # 5 steps of 50: nothing kept in (0, 0]
     with pytest.raises(ValueError, match="config keys 'refine_rounds'/'refine_fraction': refine_rounds must be"):
         _sampling(tmp_path, refine_rounds=-2)
+    with pytest.raises(ValueError, match="config keys 'refine_rounds'/'refine_fraction': refine_rounds must be"):
+        _sampling(tmp_path, refine_rounds=None)
+    with pytest.raises(ValueError, match="config key 'refine_fraction': 0.9 must restart refinement below the seeded"):
+        _sampling(tmp_path, reference_data=_reference(1), seed_fraction=0.5, refine_rounds=1, refine_fraction=0.9)
 
 
 def test_refined_sampling_changes_the_triples(tmp_path: Path):

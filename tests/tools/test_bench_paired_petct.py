@@ -101,6 +101,10 @@ def test_verdict_without_spread() -> None:
         ({"full_samples": 1}, "full_samples must be at least 2"),
         ({"fast_steps": [25, 0]}, "fast_steps must be a positive number of steps"),
         ({"fast_steps": []}, "fast_steps must be a positive number of steps"),
+        ({"refine_rounds": -1}, "refine_rounds must be a whole number >= 0 and refine_fraction in"),
+        ({"refine_rounds": 1.5}, "refine_rounds must be a whole number"),
+        ({"refine_fraction": 0.03}, r"--refine_fraction with --fast_steps 25: refine_fraction 0.03: no sampling"),
+        ({"refine_fraction": 1.0}, r"refine_fraction in \(0, 1\), got 2 and 1.0"),
     ],
 )
 def test_bench_rejects_bad_options_before_any_work(options: dict, message: str) -> None:
