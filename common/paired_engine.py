@@ -367,11 +367,17 @@ class PairedDiffusionInferer(Inferer):
         """The first timestep of a seeded run: the largest kept timestep <= ``fraction * (T - 1)``."""
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"seed fraction must be in (0, 1], got {fraction}")
-        limit = round(fraction * (self.scheduler.num_train_timesteps - 1))
-        kept = scheduler.timesteps[scheduler.timesteps <= limit]
-        if len(kept) == 0:
+        limit, kept = self._kept_up_to(scheduler, fraction, lowest=0)
+        if kept is None:
             raise ValueError(f"no sampling timestep <= {limit} (fraction {fraction}); use more sampling steps")
-        return int(kept[0])
+        return kept
+
+    def _kept_up_to(self, scheduler: Scheduler, fraction: float, lowest: int) -> tuple[int, int | None]:
+        """``(limit, t)``: ``limit = round(fraction * (T - 1))`` and the largest kept timestep ``lowest <= t <= limit``
+        of ``scheduler`` (None if there is none)."""
+        limit = round(fraction * (self.scheduler.num_train_timesteps - 1))
+        kept = scheduler.timesteps[(scheduler.timesteps <= limit) & (scheduler.timesteps >= lowest)]
+        return limit, int(kept[0]) if len(kept) else None
 
     @torch.no_grad()
     def sample(
@@ -458,14 +464,13 @@ class PairedDiffusionInferer(Inferer):
             return -1
         if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
             raise ValueError(f"refine_fraction must be in (0, 1), got {fraction}")
-        limit = round(fraction * (self.scheduler.num_train_timesteps - 1))
-        kept = scheduler.timesteps[(scheduler.timesteps <= limit) & (scheduler.timesteps > 0)]
-        if len(kept) == 0:
+        limit, kept = self._kept_up_to(scheduler, fraction, lowest=1)
+        if kept is None:
             raise ValueError(
                 f"refine_fraction {fraction}: no sampling timestep in (0, {limit}]; raise it or raise "
                 "num_inference_steps"
             )
-        return int(kept[0])
+        return kept
 
     def refinement_evaluations(self, scheduler: Scheduler, rounds: int, fraction: float) -> int:
         """Network evaluations per modality that ``rounds`` refinement rounds add (``scheduler.timesteps`` set)."""

@@ -12,7 +12,8 @@ process:
    samplers (ancestral respaced to few steps, and DPM-Solver++ 2M; ``num_samples`` each, at each of ``fast_steps``),
    each without and with noise seeding (held-out real triples noised to ``seed_fraction`` of the schedule), and
    seeded with ``refine_rounds`` rounds of agreement refinement (the finished triple noised again to
-   ``refine_fraction`` of the schedule and sampled down; its evaluations counted): seconds per triple, network evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,
+   ``refine_fraction`` of the schedule and sampled down; its evaluations counted): seconds per triple, network
+   evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,
    ``common.paired_evaluation.pairing_metrics``) with its standard error, and the difference to the full sampler with
    the standard error of that difference. The same figure on the held-out real slices is the reference;
 3. peak resident memory (fresh process per figure) of training (bundle vs bare loop) and of sampling one triple.
