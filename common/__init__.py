@@ -1,7 +1,12 @@
-"""Shared building blocks of the generative MONAI bundles (referenced from bundle configs as ``common.<module>``).
+"""Shared building blocks of the generative MONAI bundles, laid out by role as MONAI core is.
+
+``networks`` (paired denoiser, timestep blocks, feature extractors), ``schedulers``, ``inferers`` (conditional, paired,
+autoencoder, tiled decoding), ``engines`` (paired trainer/evaluator, batch preparation), ``losses``, ``transforms``,
+``data`` (case discovery, headers, splits, preparation, phantoms), ``metrics``, ``workflows`` (sampling and evaluation
+runs), ``handlers``, ``checkpoint``, ``io`` and ``bundle`` (where a bundle's folder is).
 
 Submodules load on first attribute access, so a config needs only ``$import common`` to use ``common.data``,
-``common.sampling`` and the rest (MONAI's config parser binds ``import a.b`` to the name ``a.b``, not ``a``).
+``common.workflows`` and the rest (MONAI's config parser binds ``import a.b`` to the name ``a.b``, not ``a``).
 """
 
 from __future__ import annotations
@@ -12,30 +17,17 @@ from types import ModuleType
 __all__ = [
     "bundle",
     "checkpoint",
-    "ct_transforms",
     "data",
-    "evaluation",
+    "engines",
     "handlers",
     "inferers",
-    "intensity_rules",
     "io",
-    "latent",
-    "latent_data",
-    "latent_engine",
-    "latent_evaluation",
-    "latent_sampling",
+    "losses",
     "metrics",
-    "noise",
-    "paired",
-    "paired_data",
-    "paired_engine",
-    "paired_evaluation",
-    "paired_sampling",
-    "perceptual",
-    "phantoms",
-    "sampling",
+    "networks",
     "schedulers",
     "transforms",
+    "workflows",
 ]
 
 

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 __all__ = [
+    "unwrap",
+    "atomic_torch_save",
     "latest_checkpoint",
     "check_state_dict_fits",
     "read_checkpoint",
     "load_network_weights",
-    "unwrap",
-    "atomic_torch_save",
 ]
+
 
 _STEP = re.compile(r"(?:epoch|iteration)=(\d+)")
 

@@ -30,18 +30,27 @@ __all__ = [
     "encode_png",
     "write_png",
     "window_uint8",
-    "gray_to_rgb",
     "overlay_outline",
+    "gray_to_rgb",
     "montage",
     "central_slices",
     "save_preview_png",
 ]
 
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 OUTLINE_RED = (255, 0, 0)
+
+
 # NIfTI has no boolean / half / 64-bit integer voxel types that every reader supports: store these instead.
 _NIFTI_DTYPE_SUBSTITUTES = {np.dtype(bool): np.uint8, np.dtype(np.float16): np.float32}
+
+
 _NIFTI_XFORM_SCANNER = 1
 
 

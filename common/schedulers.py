@@ -50,13 +50,14 @@ from monai.networks.schedulers.ddpm import DDPMPredictionType
 from monai.utils import StrEnum
 
 __all__ = [
-    "DDIMClippedScheduler",
-    "DPMSolverMultistepScheduler",
     "FixedVarianceType",
-    "RespacedDDPMScheduler",
-    "RespacedSampler",
     "SchedulerStepOutput",
     "respaced_timesteps",
+    "RespacedSampler",
+    "RespacedDDPMScheduler",
+    "DDIMClippedScheduler",
+    "DPMSolverMultistepScheduler",
+    "predict_original",
 ]
 
 
@@ -435,3 +436,17 @@ class DPMSolverMultistepScheduler(RespacedSampler):
             return original
         ratio = (self.respaced_log_snr[index] - self.respaced_log_snr[index - 1]).item() / h
         return original + (original - previous[1]) / (2.0 * ratio)
+
+
+def _alpha_bar(scheduler: Scheduler, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=like.device, dtype=like.dtype)
+    return alphas_cumprod[timesteps].reshape(-1, *(1,) * (like.dim() - 1))
+
+
+def predict_original(
+    scheduler: Scheduler, noisy: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, clip: bool = True
+) -> torch.Tensor:
+    """x0 estimate from an epsilon prediction (the inverse of the forward process), clipped to [-1, 1] if ``clip``."""
+    alpha_bar = _alpha_bar(scheduler, timesteps, noisy)
+    original = (noisy - (1.0 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
+    return original.clamp(-1.0, 1.0) if clip else original

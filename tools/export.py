@@ -61,7 +61,7 @@ class DenoiserSignature(torch.nn.Module):
 
 
 class ConditionedDenoiserSignature(torch.nn.Module):
-    """Fixes the call signature to ``(x, timesteps, conditions)`` (``common.paired.PairedDenoiser``)."""
+    """Fixes the call signature to ``(x, timesteps, conditions)`` (``common.networks.paired_denoiser.PairedDenoiser``)."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ Usage::
 
 ``kind`` is a registered phantom kind (``whole_head_mri``, ``brats_mri``, ``head_neck_petct``, ``thorax_ct``) or a
 bundle alias (``semantic_mri``, ``semantic_mri_brats``, ``paired_petct``, ``latent_ct``); see
-``common.phantoms.PHANTOM_KINDS``. ``--size`` is the number of voxels along the first axis (the field of view stays
+``common.data.phantoms.kinds.PHANTOM_KINDS``. ``--size`` is the number of voxels along the first axis (the field of view stays
 fixed, so a larger size is a finer grid). ``--out`` must not exist or be empty.
 
 ``head_neck_petct`` writes HECKTOR 2022-style files (``imagesTr/HN_phantom_000__CT.nii.gz``, ``__PT.nii.gz``,
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import fire
 
-from common.phantoms import get_phantom_kind, phantom_grid, write_phantom_dataset
+from common.data.phantoms.kinds import get_phantom_kind, phantom_grid, write_phantom_dataset
 
 __all__ = ["main"]
 

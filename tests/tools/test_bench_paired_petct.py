@@ -7,14 +7,9 @@ import math
 import pytest
 import torch
 
-from common.paired_evaluation import pairing_metrics
-from tools.bench_paired_petct import (
-    _steps_argument,
-    bench_paired_petct,
-    compare_to_reference,
-    mean_standard_error,
-    target_verdict,
-)
+from common.metrics.pairing import pairing_metrics
+from tools.bench.harness import mean_standard_error
+from tools.bench.paired_petct import _steps_argument, bench_paired_petct, compare_to_reference, target_verdict
 
 
 def _triples(dice_like: list[tuple[int, int, int]]) -> dict:

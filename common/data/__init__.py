@@ -1,0 +1,69 @@
+"""Data: finding and checking cases (one datalist reader, layouts, headers), splits, preparation, phantoms."""
+
+from __future__ import annotations
+
+from common.data import phantoms
+from common.data.ct_cases import CT_IMAGE_NAMES, find_ct_cases
+from common.data.headers import (
+    check_case_headers,
+    check_ct_case_headers,
+    check_petct_headers,
+    nifti_header,
+    world_bounding_box,
+)
+from common.data.latent_scale import LatentStats, compute_latent_scale_factor, compute_scale_factor, latent_scale_factor
+from common.data.layouts import LAYOUTS, NIFTI_SUFFIXES, case_id_from_path, case_paths, find_cases, write_datalist
+from common.data.petct import (
+    PETCT_KEYS,
+    PETCT_LAYOUTS,
+    PairedSliceDataset,
+    PetCtSettings,
+    find_petct_cases,
+    load_petct_case,
+    tumour_slices,
+)
+from common.data.prepare import (
+    ensure_phantom_dataset,
+    field_of_view_mm,
+    prepare_ct_dataset,
+    prepare_dataset,
+    prepare_petct_dataset,
+    training_pixdim,
+)
+from common.data.splits import split_by_patient, split_cases
+
+__all__ = [
+    "CT_IMAGE_NAMES",
+    "LAYOUTS",
+    "LatentStats",
+    "NIFTI_SUFFIXES",
+    "PETCT_KEYS",
+    "PETCT_LAYOUTS",
+    "PairedSliceDataset",
+    "PetCtSettings",
+    "case_id_from_path",
+    "case_paths",
+    "check_case_headers",
+    "check_ct_case_headers",
+    "check_petct_headers",
+    "compute_latent_scale_factor",
+    "compute_scale_factor",
+    "ensure_phantom_dataset",
+    "field_of_view_mm",
+    "find_cases",
+    "find_ct_cases",
+    "find_petct_cases",
+    "latent_scale_factor",
+    "load_petct_case",
+    "nifti_header",
+    "phantoms",
+    "prepare_ct_dataset",
+    "prepare_dataset",
+    "prepare_petct_dataset",
+    "split_by_patient",
+    "split_cases",
+    "training_pixdim",
+    "tumour_slices",
+    "world_bounding_box",
+    "write_datalist",
+]

@@ -1,0 +1,21 @@
+"""Engines: the paired-diffusion trainer and evaluator, and batch preparation (offset noise, autoencoder batches)."""
+
+from __future__ import annotations
+
+from common.engines.paired import (
+    PairedDiffusionEvaluator,
+    PairedDiffusionTrainer,
+    distributed_networks,
+    paired_optimizers,
+)
+from common.engines.prepare_batch import AutoencoderPrepareBatch, OffsetNoisePrepareBatch, offset_noise
+
+__all__ = [
+    "AutoencoderPrepareBatch",
+    "OffsetNoisePrepareBatch",
+    "PairedDiffusionEvaluator",
+    "PairedDiffusionTrainer",
+    "distributed_networks",
+    "offset_noise",
+    "paired_optimizers",
+]

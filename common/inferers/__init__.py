@@ -1,0 +1,36 @@
+"""Inferers: conditional and paired diffusion sampling, the KL-autoencoder inferer, tiled latent decoding."""
+
+from __future__ import annotations
+
+from common.inferers.autoencoder import KLAutoencoderInferer
+from common.inferers.conditional import CONDITIONING_MODES, ConditionalDiffusionInferer
+from common.inferers.paired import PairedDiffusionInferer
+from common.inferers.tiled_decoding import (
+    BLEND_MODES,
+    GROUP_NORM_MODES,
+    TiledDecoder,
+    decode,
+    decode_tiled_tail,
+    decoder_receptive_radius,
+    seamless_overlap,
+    split_decoder,
+    tail_receptive_radius,
+    tiled_decode,
+)
+
+__all__ = [
+    "BLEND_MODES",
+    "CONDITIONING_MODES",
+    "ConditionalDiffusionInferer",
+    "GROUP_NORM_MODES",
+    "KLAutoencoderInferer",
+    "PairedDiffusionInferer",
+    "TiledDecoder",
+    "decode",
+    "decode_tiled_tail",
+    "decoder_receptive_radius",
+    "seamless_overlap",
+    "split_decoder",
+    "tail_receptive_radius",
+    "tiled_decode",
+]

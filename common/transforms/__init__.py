@@ -1,0 +1,87 @@
+"""MONAI transforms of the bundles: loading, validation, conditions, CT structures, crops, latents, augmentation."""
+
+from __future__ import annotations
+
+from common.transforms.augmentation import petct_augmentation
+from common.transforms.conditions import (
+    AddBrainLabel,
+    AddBrainLabelD,
+    AddBrainLabeld,
+    AddBrainLabelDict,
+    LabelToCondition,
+    LabelToConditionD,
+    LabelToConditiond,
+    LabelToConditionDict,
+)
+from common.transforms.crop import SmartCrop, SmartCropD, SmartCropd, SmartCropDict
+from common.transforms.ct import (
+    DEFAULT_STRUCTURE_SYNONYMS,
+    DEFAULT_STRUCTURES,
+    CheckHURange,
+    CheckHURangeD,
+    CheckHURanged,
+    CheckHURangeDict,
+    IsolateBody,
+    IsolateBodyD,
+    IsolateBodyd,
+    IsolateBodyDict,
+    LoadStructureMasksD,
+    LoadStructureMasksd,
+    LoadStructureMasksDict,
+    MergeSegmentationD,
+    MergeSegmentationd,
+    MergeSegmentationDict,
+    StructureSynonyms,
+    fill_holes,
+    largest_connected_component,
+    normalise_structure_name,
+)
+from common.transforms.io import SafeLoadImageD, SafeLoadImaged, SafeLoadImageDict, source_name
+from common.transforms.latent import EncodeLatentd, SampleLatentd
+from common.transforms.validation import ValidateCase, ValidateCaseD, ValidateCased, ValidateCaseDict
+
+__all__ = [
+    "AddBrainLabel",
+    "AddBrainLabelD",
+    "AddBrainLabelDict",
+    "AddBrainLabeld",
+    "CheckHURange",
+    "CheckHURangeD",
+    "CheckHURangeDict",
+    "CheckHURanged",
+    "DEFAULT_STRUCTURES",
+    "DEFAULT_STRUCTURE_SYNONYMS",
+    "EncodeLatentd",
+    "IsolateBody",
+    "IsolateBodyD",
+    "IsolateBodyDict",
+    "IsolateBodyd",
+    "LabelToCondition",
+    "LabelToConditionD",
+    "LabelToConditionDict",
+    "LabelToConditiond",
+    "LoadStructureMasksD",
+    "LoadStructureMasksDict",
+    "LoadStructureMasksd",
+    "MergeSegmentationD",
+    "MergeSegmentationDict",
+    "MergeSegmentationd",
+    "SafeLoadImageD",
+    "SafeLoadImageDict",
+    "SafeLoadImaged",
+    "SampleLatentd",
+    "SmartCrop",
+    "SmartCropD",
+    "SmartCropDict",
+    "SmartCropd",
+    "StructureSynonyms",
+    "ValidateCase",
+    "ValidateCaseD",
+    "ValidateCaseDict",
+    "ValidateCased",
+    "fill_holes",
+    "largest_connected_component",
+    "normalise_structure_name",
+    "petct_augmentation",
+    "source_name",
+]

@@ -1,0 +1,192 @@
+"""Evaluation of the latent CT bundle with the paper's metrics: autoencoder reconstruction and sample quality.
+
+Reconstruction (held-out real cases through the autoencoder, thesis Tables 6.1/6.2): MSE in HU^2, PSNR (dB, over the
+HU window), SSIM, the KL divergence of the posterior and the perceptual distance.
+
+Samples (thesis Sec. 6.2): a 2D-slice FID whose features are the bundle's own autoencoder latents (each latent slice
+flattened, as the thesis did with its VAE features; ``fid_pool`` averages slices down to ``pool x pool`` first for
+small sets, where thousands of features would make the covariance singular), SSIM and MS-SSIM diversity (mean over
+pairs of samples, lower is more diverse; also reported for the real set as the reference), and a t-SNE map of real
+versus synthetic latents written as PNG (thesis Fig. 6.12). JSON + markdown report via
+:func:`common.metrics.report.write_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.losses.autoencoder import kl_divergence
+from common.metrics.fid import fid_2d_slices
+from common.metrics.image import mean_pairwise, ms_ssim, psnr, ssim
+from common.metrics.report import write_report
+from common.metrics.tsne import scatter_png, tsne
+
+__all__ = ["list_samples", "LatentEvaluation"]
+
+logger = logging.getLogger(__name__)
+
+
+def list_samples(sample_dir: str | Path) -> list[dict[str, str]]:
+    """The volumes an inference run wrote: ``dataset.json`` entries of ``sample_dir`` (``case_id``, ``image``).
+
+    Raises:
+        FileNotFoundError: ``sample_dir`` or its ``dataset.json`` is missing, or a listed file does not exist.
+        ValueError: the datalist lists no volume.
+    """
+    root = Path(sample_dir)
+    datalist = root / "dataset.json"
+    if not datalist.is_file():
+        raise FileNotFoundError(
+            f"config key 'sample_dir': '{root}' has no dataset.json; run inference.yaml first (it writes one)"
+        )
+    entries = json.loads(datalist.read_text()).get("training", [])
+    if not entries:
+        raise ValueError(f"config key 'sample_dir': '{datalist}' lists no samples")
+    samples = []
+    for entry in entries:
+        path = root / entry["image"]
+        if not path.is_file():
+            raise FileNotFoundError(f"'{datalist}' lists '{entry['image']}', which does not exist")
+        samples.append({"case_id": entry.get("case_id", path.parent.name), "image": str(path)})
+    return samples
+
+
+def _ssim_window(spatial_shape: Sequence[int], largest: int = 7) -> int:
+    """The largest odd SSIM window <= ``largest`` that fits the smallest spatial size (7 as for 128^3 MS-SSIM)."""
+    smallest = int(min(spatial_shape))
+    return max(1, min(largest, smallest if smallest % 2 else smallest - 1))
+
+
+class LatentEvaluation:
+    """Compute the paper's metrics and write ``report.json`` / ``report.md`` and ``tsne.png`` to ``output_dir``.
+
+    Args:
+        autoencoder: the trained ``AutoencoderKL`` (eval mode).
+        held_out: preprocessed held-out real items (dicts with ``image`` (1, *spatial) in [-1, 1]) for the
+            reconstruction metrics.
+        real: preprocessed real items (all cases) for the sample metrics.
+        samples: preprocessed generated items, same format; None or empty skips the sample metrics.
+        output_dir: report folder.
+        hu_window: the training HU window (MSE is reported in HU^2).
+        perceptual_loss: distance (a, b) -> scalar on volumes (e.g. ``FakeVolumePerceptualLoss``), or None.
+        fid_axis: axis the FID slices are cut along (-1: axial).
+        fid_pool: average latent slices to ``pool x pool`` before flattening (None: full slices, the paper).
+        tsne_perplexity: t-SNE perplexity, lowered to (N - 1) / 3 for small sets.
+        device: where the autoencoder runs.
+        seed: seed of the t-SNE initialisation.
+    """
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        held_out: Sequence[Mapping[str, Any]],
+        real: Sequence[Mapping[str, Any]],
+        samples: Sequence[Mapping[str, Any]] | None,
+        output_dir: str,
+        hu_window: Sequence[float] = (-1000.0, 1000.0),
+        perceptual_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        fid_axis: int = -1,
+        fid_pool: int | None = None,
+        tsne_perplexity: float = 30.0,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if not held_out:
+            raise ValueError("the held-out set is empty: no real case to measure the reconstruction on")
+        if not real:
+            raise ValueError("the real set is empty")
+        if fid_pool is not None and int(fid_pool) < 1:
+            raise ValueError(f"fid_pool must be a positive integer or None, got {fid_pool}")
+        self.autoencoder = autoencoder.eval()
+        self.held_out = held_out
+        self.real = real
+        self.samples = samples or []
+        self.output_dir = Path(output_dir)
+        self.hu_half_width = (float(hu_window[1]) - float(hu_window[0])) / 2.0
+        self.perceptual_loss = perceptual_loss
+        self.fid_axis = int(fid_axis)
+        self.fid_pool = None if fid_pool is None else int(fid_pool)
+        self.tsne_perplexity = float(tsne_perplexity)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+
+    @staticmethod
+    def _stack(items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        volumes = [torch.as_tensor(items[i]["image"]).float() for i in range(len(items))]
+        shapes = {tuple(v.shape) for v in volumes}
+        if len(shapes) != 1:
+            raise ValueError(f"all volumes must share one (C, H, W, D) after preprocessing, got {sorted(shapes)}")
+        return torch.stack(volumes)
+
+    @torch.no_grad()
+    def encode(self, volumes: torch.Tensor) -> torch.Tensor:
+        """Posterior means (B, C, *latent) of (B, 1, *spatial) volumes, one at a time."""
+        return torch.cat([self.autoencoder.encode(v[None].to(self.device))[0].cpu() for v in volumes])
+
+    @torch.no_grad()
+    def reconstruction_metrics(self) -> dict[str, float]:
+        rows: dict[str, list[float]] = {"mse_hu2": [], "psnr_db": [], "ssim": [], "kl": [], "perceptual": []}
+        for volume in self._stack(self.held_out):
+            x = volume[None].to(self.device)
+            reconstruction, z_mu, z_sigma = self.autoencoder(x)
+            reconstruction = reconstruction.clamp(-1.0, 1.0)
+            x_cpu, r_cpu = x.cpu(), reconstruction.cpu()
+            rows["mse_hu2"].append(float(((r_cpu - x_cpu) * self.hu_half_width).pow(2).mean()))
+            rows["psnr_db"].append(float(psnr(x_cpu, r_cpu, data_range=2.0)[0]))
+            rows["ssim"].append(float(ssim(x_cpu, r_cpu, data_range=2.0, win_size=_ssim_window(x_cpu.shape[2:]))[0]))
+            rows["kl"].append(float(kl_divergence(z_mu, z_sigma)))
+            if self.perceptual_loss is not None:
+                rows["perceptual"].append(float(self.perceptual_loss(reconstruction, x)))
+        return {key: float(np.mean(values)) for key, values in rows.items() if values} | {"cases": len(self.held_out)}
+
+    def _slice_features(self, slices: torch.Tensor) -> torch.Tensor:
+        if self.fid_pool is not None:
+            slices = torch.nn.functional.adaptive_avg_pool2d(slices, self.fid_pool)
+        return slices.flatten(1)
+
+    def sample_metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, Any]:
+        real_latents, fake_latents = self.encode(real), self.encode(fake)
+        fid = fid_2d_slices(real_latents, fake_latents, self._slice_features, axis=self.fid_axis)
+        ssim_fn = partial(ssim, data_range=2.0, win_size=_ssim_window(real.shape[2:]))
+        ms_ssim_fn = partial(ms_ssim, data_range=2.0)
+        results: dict[str, Any] = {"fid_2d_latent": fid, "samples": len(fake), "real_cases": len(real)}
+        for name, volumes in (("synthetic", fake), ("real", real)):
+            if len(volumes) >= 2:
+                results[f"diversity_ssim_{name}"] = mean_pairwise(ssim_fn, volumes)
+                results[f"diversity_ms_ssim_{name}"] = mean_pairwise(ms_ssim_fn, volumes)
+        self.write_tsne(real_latents, fake_latents)
+        results["tsne_png"] = str(self.tsne_path())
+        return results
+
+    def tsne_path(self) -> Path:
+        return self.output_dir / "tsne_latents.png"
+
+    def write_tsne(self, real_latents: torch.Tensor, fake_latents: torch.Tensor) -> None:
+        points = torch.cat([real_latents, fake_latents]).flatten(1).double()
+        n = points.shape[0]
+        if n < 4:
+            logger.warning(f"t-SNE needs at least 4 latents, got {n}: no tsne_latents.png")
+            return
+        perplexity = min(self.tsne_perplexity, (n - 1) / 3.0)
+        embedding = tsne(points, perplexity=perplexity, seed=self.seed)
+        groups = {"real": embedding[: len(real_latents)], "synthetic": embedding[len(real_latents) :]}
+        scatter_png(self.tsne_path(), groups)
+
+    def run(self) -> dict[str, Any]:
+        results: dict[str, Any] = {"reconstruction": self.reconstruction_metrics()}
+        if self.samples:
+            results["samples"] = self.sample_metrics(self._stack(self.real), self._stack(self.samples))
+        else:
+            logger.warning("no samples given: only the reconstruction metrics are computed")
+        json_path, md_path = write_report(results, self.output_dir, title="latent_ct evaluation")
+        logger.info(f"evaluation written to '{json_path}' and '{md_path}'")
+        return results

@@ -1,0 +1,161 @@
+"""Evaluation of paired (CT, PET, mask) samples: per-modality image metrics and how well the modalities agree.
+
+Image metrics (``common.metrics.report.evaluate_sets``, per modality, images in the training scale [-1, 1]): MSE, PSNR,
+SSIM and MS-SSIM of sample ``i`` against real slice ``i`` (meaningful for noise-seeded samples, which are compared with
+the real slice that seeded them; otherwise real slices are taken in order and these numbers only describe typical
+differences), MMD between the sets and diversity (mean pairwise MS-SSIM within each set).
+
+Pairing metrics (computed on the samples and, as the reference, on the real slices):
+
+- ``pairing_dice``: Dice between the mask and the PET hot spot (PET above ``hot_spot_suv``), per slice, mean over
+  slices where either is non-empty (slices where both are empty are counted separately);
+- ``mask_in_body``: share of mask pixels inside the body of the CT (CT above ``body_hu``), over all mask pixels;
+- ``empty_mask_fraction``: share of slices whose mask is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from common.metrics.pairing import pairing_metrics
+from common.metrics.report import evaluate_sets, write_report
+from common.workflows.paired_sampling import from_unit_range, to_unit_range
+
+__all__ = ["load_sample_triples", "PairedEvaluation"]
+
+logger = logging.getLogger(__name__)
+
+
+def _read_slice(path: str, key: str) -> torch.Tensor:
+    try:
+        data = np.asarray(nib.load(path).get_fdata(dtype=np.float32))
+    except Exception as error:  # nibabel raises several types for damaged files
+        raise ValueError(f"sample file '{path}' ({key}) could not be read as NIfTI: {error}") from error
+    data = np.squeeze(data)
+    if data.ndim != 2:
+        raise ValueError(f"sample file '{path}' ({key}) must hold one 2D slice, got shape {data.shape}")
+    return torch.from_numpy(np.ascontiguousarray(data))[None]
+
+
+def load_sample_triples(sample_dir: str | Path, max_samples: int | None = None) -> list[dict[str, Any]]:
+    """Read the triples listed in ``sample_dir/dataset.json`` (written by ``PairedSampling``) in output units.
+
+    Returns:
+        ``[{"case_id", "ct" (1, H, W) HU, "pet" (1, H, W) SUV, "mask" (1, H, W) {0, 1}, "seeded_from"?}]``.
+    """
+    root = Path(sample_dir)
+    datalist = root / "dataset.json"
+    if not datalist.is_file():
+        raise FileNotFoundError(
+            f"config key 'sample_dir': '{root}' has no dataset.json; point it at an inference output_dir"
+        )
+    entries = json.loads(datalist.read_text()).get("training", [])
+    if max_samples:
+        entries = entries[: int(max_samples)]
+    triples = []
+    for entry in entries:
+        ct_path, pet_path = (str(root / p) for p in entry["image"])
+        triple = {
+            "case_id": entry["case_id"],
+            "ct": _read_slice(ct_path, "ct"),
+            "pet": _read_slice(pet_path, "pet"),
+            "mask": _read_slice(str(root / entry["label"]), "mask"),
+        }
+        if "seeded_from" in entry:
+            triple["seeded_from"] = entry["seeded_from"]
+        triples.append(triple)
+    return triples
+
+
+class PairedEvaluation:
+    """Compare a folder of paired samples with real slices and write ``report.json`` / ``report.md``.
+
+    Args:
+        sample_dir: an inference ``output_dir`` (with its ``dataset.json``).
+        real_data: real items as the training data (dicts with ``ct``, ``pet``, ``mask`` (1, H, W) in [-1, 1] and
+            ``case_id``/``slice_index``), e.g. the bundle's held-out ``PairedSliceDataset``.
+        output_dir: where the report goes.
+        ct_window: HU window of the CT scaling. Default (-1000, 1000).
+        pet_window: SUV window of the PET scaling. Default (0, 10).
+        hot_spot_suv: PET hot-spot threshold (SUV). Default 4.0.
+        body_hu: CT body threshold (HU). Default -500.
+        max_samples: evaluate at most this many samples (None: all).
+        title: heading of the markdown report.
+    """
+
+    def __init__(
+        self,
+        sample_dir: str,
+        real_data: Sequence[Mapping[str, Any]],
+        output_dir: str,
+        ct_window: Sequence[float] = (-1000.0, 1000.0),
+        pet_window: Sequence[float] = (0.0, 10.0),
+        hot_spot_suv: float = 4.0,
+        body_hu: float = -500.0,
+        max_samples: int | None = None,
+        title: str = "Paired samples against real slices",
+    ) -> None:
+        self.sample_dir = sample_dir
+        self.real_data = real_data
+        self.output_dir = Path(output_dir)
+        self.windows = {"ct": tuple(ct_window), "pet": tuple(pet_window)}
+        self.hot_spot_suv = float(hot_spot_suv)
+        self.body_hu = float(body_hu)
+        self.max_samples = max_samples
+        self.title = title
+
+    def real_items(self, samples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The real slice of each sample: the one that seeded it, else real slices in order (cycling)."""
+        if len(self.real_data) == 0:
+            raise ValueError("config key 'real_data': no real slices to compare with (empty held-out split?)")
+        by_name = {f"{item.get('case_id')}:{item.get('slice_index')}": item for item in self.real_data}
+        matched = []
+        for index, sample in enumerate(samples):
+            name = sample.get("seeded_from")
+            matched.append(by_name[name] if name in by_name else self.real_data[index % len(self.real_data)])
+        return matched
+
+    def run(self) -> dict[str, Any]:
+        samples = load_sample_triples(self.sample_dir, self.max_samples)
+        if len(samples) < 2:
+            raise ValueError(f"sample_dir '{self.sample_dir}': {len(samples)} sample(s), at least 2 are needed")
+        reals = self.real_items(samples)
+        fake = {m: torch.stack([s[m] for s in samples]).float() for m in ("ct", "pet", "mask")}
+        real = {m: torch.stack([torch.as_tensor(r[m]).float() for r in reals]) for m in ("ct", "pet", "mask")}
+        if fake["ct"].shape[1:] != real["ct"].shape[1:]:
+            raise ValueError(
+                f"samples in '{self.sample_dir}' have shape {tuple(fake['ct'].shape[1:])} but the real slices "
+                f"{tuple(real['ct'].shape[1:])}: were spatial_size/pixdim changed since sampling?"
+            )
+        unit_fake = {
+            "ct": to_unit_range(fake["ct"], self.windows["ct"]),
+            "pet": to_unit_range(fake["pet"], self.windows["pet"]),
+            "mask": fake["mask"] * 2.0 - 1.0,
+        }
+        results: dict[str, Any] = {m: evaluate_sets(real[m], unit_fake[m], spatial_dims=2) for m in unit_fake}
+        results["pairing_samples"] = pairing_metrics(
+            fake["ct"], fake["pet"], fake["mask"], self.hot_spot_suv, self.body_hu
+        )
+        results["pairing_real"] = pairing_metrics(
+            from_unit_range(real["ct"], self.windows["ct"]),
+            from_unit_range(real["pet"], self.windows["pet"]),
+            (real["mask"] > 0).float(),
+            self.hot_spot_suv,
+            self.body_hu,
+        )
+        results["n_samples"] = len(samples)
+        results["n_seeded"] = sum("seeded_from" in s for s in samples)
+        results["hot_spot_suv"] = self.hot_spot_suv
+        results["body_hu"] = self.body_hu
+        results["sample_dir"] = str(self.sample_dir)
+        json_path, md_path = write_report(results, self.output_dir, title=self.title)
+        logger.info(f"evaluated {len(samples)} paired sample(s): '{json_path}', '{md_path}'")
+        return results

@@ -1,0 +1,50 @@
+"""Tests of offset noise (the paired PET-CT paper's Eq. 1-2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.engines.prepare_batch import OffsetNoisePrepareBatch, offset_noise
+
+
+def test_offset_noise_statistics():
+    generator = torch.Generator().manual_seed(0)
+    like = torch.zeros(4000, 2, 16, 16)
+    noise = offset_noise(like, scale=0.1, generator=generator)
+    assert noise.shape == like.shape
+    # per (sample, channel) mean = C + mean of 256 N(0,1): variance 0.1^2 + 1/256
+    means = noise.mean(dim=(2, 3))
+    assert means.var().item() == pytest.approx(0.01 + 1 / 256, rel=0.1)
+    # what is left after removing each map's mean is plain unit-variance noise
+    assert (noise - means[..., None, None]).var().item() == pytest.approx(255 / 256, rel=0.02)
+    # the offset is constant over the pixels of one map: the difference of two pixels carries none of it
+    assert (noise[:, :, 0, 0] - noise[:, :, 5, 7]).var().item() == pytest.approx(2.0, rel=0.1)
+
+
+def test_offset_noise_scale_zero_is_plain_noise_and_seeded():
+    like = torch.zeros(2, 1, 4, 4, 4)
+    a = offset_noise(like, 0.0, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, torch.randn(like.shape, generator=torch.Generator().manual_seed(3)))
+    b1 = offset_noise(like, 0.1, torch.Generator().manual_seed(3))
+    b2 = offset_noise(like, 0.1, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(b1, b2)
+    assert not torch.allclose(a, b1)
+
+
+def test_offset_noise_errors():
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        offset_noise(torch.zeros(1, 1, 4, 4), -0.1)
+    with pytest.raises(ValueError, match=r"\(B, C, \*spatial\)"):
+        offset_noise(torch.zeros(4, 4), 0.1)
+    with pytest.raises(ValueError, match="offset_scale must be >= 0"):
+        OffsetNoisePrepareBatch(10, offset_scale=-1)
+
+
+def test_offset_noise_prepare_batch():
+    torch.manual_seed(0)
+    prepare = OffsetNoisePrepareBatch(num_train_timesteps=10, offset_scale=0.5)
+    images, noise, args, kwargs = prepare({"image": torch.zeros(3000, 1, 8, 8)})
+    assert noise.shape == images.shape and kwargs["noise"] is noise
+    assert int(kwargs["timesteps"].min()) >= 0 and int(kwargs["timesteps"].max()) < 10
+    assert noise.mean(dim=(2, 3)).var().item() == pytest.approx(0.25 + 1 / 64, rel=0.15)

@@ -1,0 +1,42 @@
+"""Benchmarks of the bundles: ``python -m tools.bench <bundle>`` prints a markdown table and writes it with its JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fire
+
+from common.io import atomic_write_text
+from tools.bench.harness import RESULTS_DIR
+from tools.bench.latent_ct import bench_latent_ct
+from tools.bench.paired_petct import bench_paired_petct
+from tools.bench.semantic_mri import bench_semantic_mri
+
+__all__ = ["BENCHMARKS", "main"]
+
+
+BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
+    "semantic_mri": bench_semantic_mri,
+    "paired_petct": bench_paired_petct,
+    "latent_ct": bench_latent_ct,
+}
+
+
+def main(bundle: str, out: str | None = None, **options: Any) -> None:
+    """Run the benchmark of ``bundle``, print the markdown table and write it (default benchmarks/results/<bundle>.md)."""
+    if bundle not in BENCHMARKS:
+        raise ValueError(f"no benchmark for bundle '{bundle}'; available: {sorted(BENCHMARKS)}")
+    markdown, results = BENCHMARKS[bundle](**options)
+    print(markdown)
+    target = Path(out) if out else RESULTS_DIR / f"{bundle}.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, markdown, overwrite=True)
+    atomic_write_text(target.with_suffix(".json"), json.dumps(results, indent=2, default=str), overwrite=True)
+    print(f"written to {target}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -1,0 +1,78 @@
+"""The benchmark harness: bundle config files and workflows, an iteration clock, tables, standard errors."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+__all__ = ["mean_standard_error"]
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def config_files(bundle: str, *names: str) -> list[str]:
+    return [str(REPO_ROOT / "bundles" / bundle / "configs" / f"{name}.yaml") for name in names]
+
+
+def bundle_workflow(config_files: list[str], workflow_type: str | None, **overrides: Any) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(config_file=config_files, workflow_type=workflow_type, logging_file=False, **overrides)
+    workflow.initialize()
+    return workflow
+
+
+class IterationClock:
+    """Intervals between consecutive iterations inside an epoch (epoch boundaries, which hold validation and
+    checkpointing, and the first iteration of each epoch are left out)."""
+
+    def __init__(self) -> None:
+        self.intervals: list[float] = []
+        self._last: float | None = None
+
+    def epoch_started(self) -> None:
+        self._last = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.intervals.append(now - self._last)
+        self._last = now
+
+
+def bundle_intervals(trainer: Any, epochs: int) -> list[float]:
+    """Intervals between iterations of ``epochs`` epochs of a bundle's trainer (an ignite engine)."""
+    clock = IterationClock()
+    handles = [
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: clock.epoch_started()),
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: clock.tick()),
+    ]
+    trainer.state.max_epochs = epochs
+    trainer.run()
+    for handle in handles:
+        handle.remove()
+    return clock.intervals
+
+
+def markdown_table(rows: list[list[str]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def mean_standard_error(metrics: dict[str, Any], num_triples: int) -> tuple[int, float]:
+    """(triples scored, standard error of the mean pairing Dice) from ``pairing_metrics`` of ``num_triples`` triples.
+
+    Triples whose mask and hot spot are both empty carry no pairing Dice and are not counted; the standard error is
+    the sample standard deviation over sqrt(count), NaN under two scored triples.
+    """
+    scored = num_triples - int(metrics["pairing_both_empty"])
+    if scored < 2:
+        return scored, float("nan")
+    return scored, float(metrics["pairing_dice_std"]) / math.sqrt(scored)
