@@ -1,43 +1,88 @@
-"""Helpers the bundle configs use to find their own folder and to fail early on bad settings."""
+"""Where a bundle is: the folder of the configs that were loaded, whoever loaded them.
+
+A bundle's configs say ``bundle_root: "$common.bundle.loaded_bundle_root()"``. The answer is the parent of the
+``configs/`` folder of the first config file given to MONAI (``--config_file``), exactly as MONAI's
+``ConfigWorkflow.run()`` computes the folder it puts on ``sys.path``: from the repository root
+(``bundles/<b>/configs/inference.yaml``), from inside a copied or renamed bundle folder (``configs/inference.yaml``)
+or from anywhere with an absolute path. It is never looked up by name, so a copy of a bundle can never read or write
+the files of another copy (or of the checkout this package came from). ``--bundle_root`` still overrides it.
+
+MONAI does not hand the config file's path to the expressions it evaluates, so the loading workflow is found from
+the expression's own call: a ``ConfigWorkflow`` on the call stack (``monai.bundle run``, ``create_workflow``,
+``ConfigWorkflow(...).initialize()``), or else the workflow that owns the ``ConfigParser`` evaluating the expression
+(``workflow.parser.get_parsed_content(...)``). A bare ``ConfigParser`` knows no file: :func:`bundle_config_parser`
+reads configs and sets ``bundle_root`` the same way, for tools.
+"""
 
 from __future__ import annotations
 
+import gc
+import inspect
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["locate_bundle_root", "require_file"]
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+__all__ = ["bundle_config_parser", "bundle_root_of", "loaded_bundle_root"]
 
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+def bundle_root_of(config_file: str | Path | Sequence[str | Path]) -> str:
+    """The bundle folder of ``config_file`` (the first file of a list): the parent of its folder when that folder is
+    ``configs/``, else the folder itself (MONAI's rule). Relative paths stay relative to the current directory."""
+    first = config_file if isinstance(config_file, (str, Path)) else next(iter(config_file), None)
+    if first is None:
+        raise ValueError("config_file: expected a config file or a non-empty list of them, got an empty list")
+    folder = Path(first).parent
+    return str(folder.parent if folder.name == "configs" else folder)
 
 
-def locate_bundle_root(name: str) -> str:
-    """Return the folder of bundle ``name`` (the parent of its ``configs/``).
+def _workflow_on_stack() -> ConfigWorkflow | None:
+    frame = inspect.currentframe()
+    parsers = []
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigWorkflow):
+            return owner
+        if isinstance(owner, ConfigParser):
+            parsers.append(owner)
+        frame = frame.f_back
+    for parser in parsers:  # evaluated outside the workflow's own methods: find the workflow holding this parser
+        for holder in gc.get_referrers(parser):
+            if isinstance(holder, ConfigWorkflow) and holder.parser is parser:  # attributes stored inline (3.11+)
+                return holder
+            if isinstance(holder, dict) and holder.get("parser") is parser:
+                for workflow in gc.get_referrers(holder):
+                    if isinstance(workflow, ConfigWorkflow) and workflow.__dict__ is holder:
+                        return workflow
+    return None
 
-    The contract runs every command from the repository root, but users also run a bundle from inside its own
-    folder (model-zoo habit) or from anywhere with the project installed in editable mode. Looked up in order:
-    ``./bundles/<name>``, the current directory when it is the bundle itself, and the checkout that holds this
-    package. Override with ``--bundle_root`` to point anywhere else.
+
+def loaded_bundle_root() -> str:
+    """The folder of the bundle whose configs are being evaluated (see the module docstring).
 
     Raises:
-        FileNotFoundError: when none of these holds ``configs/`` of bundle ``name``.
+        RuntimeError: when no ``ConfigWorkflow`` loaded the configs (a bare ``ConfigParser``): pass ``bundle_root``.
     """
-    cwd = Path.cwd()
-    candidates = [cwd / "bundles" / name, cwd, _REPO_ROOT / "bundles" / name]
-    for candidate in candidates:
-        if candidate.name == name and (candidate / "configs").is_dir():
-            return str(candidate.relative_to(cwd)) if candidate.is_relative_to(cwd) else str(candidate)
-    raise FileNotFoundError(
-        f"cannot find bundle '{name}': looked for a 'configs' folder in {[str(c) for c in candidates]}; "
-        "run from the repository root or pass --bundle_root <path to the bundle>"
-    )
+    workflow = _workflow_on_stack()
+    if workflow is None:
+        raise RuntimeError(
+            "config key 'bundle_root': cannot tell which config files were loaded (no monai.bundle ConfigWorkflow "
+            "evaluates this config); run it with 'python -m monai.bundle run --config_file ...', or set "
+            "'bundle_root' yourself (--bundle_root <folder>, or common.bundle.bundle_config_parser for a parser)"
+        )
+    root = workflow.config_root_path
+    return str(root.parent if root.name == "configs" else root)
 
 
-def require_file(path: str, config_key: str, hint: str = "") -> str:
-    """Return ``path`` if it is an existing file, else raise a ``FileNotFoundError`` naming the config key.
-
-    Used in configs where a file (checkpoint, weights) must exist before any heavy work starts.
-    """
-    if not Path(path).is_file():
-        message = f"config key '{config_key}': file '{path}' does not exist"
-        raise FileNotFoundError(f"{message}. {hint}".strip() if hint else message)
-    return path
+def bundle_config_parser(config_file: str | Path | Sequence[str | Path], **overrides: object) -> ConfigParser:
+    """A ``ConfigParser`` holding ``config_file`` (one file or a list, merged in order), with ``bundle_root`` set to
+    :func:`bundle_root_of` the first file and then ``overrides`` (``{"bundle_root": ...}`` wins)."""
+    files = [str(config_file)] if isinstance(config_file, (str, Path)) else [str(f) for f in config_file]
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"config_file: {missing} not found (expected bundle config files)")
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = bundle_root_of(files)
+    parser.update(dict(overrides))
+    return parser

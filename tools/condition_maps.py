@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import fire
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from common.bundle import bundle_config_parser
 from common.io import atomic_write_nifti
 
 __all__ = ["write_condition_maps", "main"]
@@ -39,9 +39,7 @@ def write_condition_maps(config_file: str | list[str], out: str, **overrides: An
     Returns:
         The files written.
     """
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser.update(overrides)
+    parser = bundle_config_parser(config_file, **overrides)
     datalist = parser.get_parsed_content("datalist")
     cases = datalist["train"] + datalist["val"]
     transform = Compose(parser.get_parsed_content("load_transforms") + parser.get_parsed_content("label_transforms"))

@@ -34,6 +34,8 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
+from common.bundle import bundle_config_parser
+
 __all__ = [
     "FORMATS",
     "ConditionedDenoiserSignature",
@@ -141,9 +143,7 @@ def export_network(
         raise ValueError(f"format must be one of {FORMATS}, got '{format}'")
     modality = overrides.pop("modality", None)
     network_key = overrides.pop("network_key", "network")
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser.update(overrides)
+    parser = bundle_config_parser(config_file, **overrides)
     if network_key not in parser:
         raise KeyError(f"--network_key: the config has no '{network_key}' entry")
     network = parser.get_parsed_content(network_key)
