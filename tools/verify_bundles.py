@@ -5,10 +5,16 @@ and has a changelog entry for its version; ``large_files.yml`` entries are compl
 present in the training and inference configs (overlays applied); and every network definition (``network_def`` and
 any ``*_network_def``) of every config and overlay combination instantiates.
 
+With ``--release`` it checks a release zip (or its unpacked folder) the way the model zoo's CI does: necessary files
+``configs/metadata.json`` and ``LICENSE``, preferred ``models/model.pt`` and an inference config (warnings), schema and
+changelog, ``bundle_name``, large-file entries with sha256 hashes matching the files present, every package the code
+imports listed in ``required_packages_version``, and the vendored code passing ruff at 120 columns.
+
 Usage::
 
     python -m tools.verify_bundles --schema ../shared/reference/meta_schema_20240725.json
     python -m tools.verify_bundles semantic_mri --schema ../shared/reference/meta_schema_20240725.json
+    python -m tools.verify_bundles --release dist/semantic_mri_v0.1.0.zip --schema ../shared/reference/meta_schema_20240725.json
 
 Prints one line per problem and exits with status 1 if there is any.
 """
@@ -17,7 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +35,18 @@ import jsonschema
 import yaml
 from monai.bundle import ConfigParser
 
-__all__ = ["REQUIRED_FILES", "TRAIN_KEYS", "INFERENCE_KEYS", "verify_bundle", "main"]
+from common.bundle import bundle_config_parser
+from tools.release import VENDORED_PACKAGES, read_metadata, required_packages, sha256
+
+__all__ = [
+    "REQUIRED_FILES",
+    "RELEASE_REQUIRED_FILES",
+    "TRAIN_KEYS",
+    "INFERENCE_KEYS",
+    "verify_bundle",
+    "verify_release",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +63,7 @@ REQUIRED_FILES = (
     "docs/data_license.txt",
     "models/.gitkeep",
 )
+RELEASE_REQUIRED_FILES = ("configs/metadata.json", "LICENSE")  # the model zoo CI's necessary files
 TRAIN_KEYS = (
     "bundle_root",
     "device",
@@ -84,10 +105,7 @@ def _stage_overlays(configs: Path) -> list[Path]:
 
 
 def _parser(files: list[Path], bundle_root: Path) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser["bundle_root"] = str(bundle_root)
-    return parser
+    return bundle_config_parser(files, bundle_root=str(bundle_root))
 
 
 def _check_files(root: Path) -> Iterator[str]:
@@ -124,13 +142,17 @@ def _check_large_files(root: Path) -> Iterator[str]:
         if not isinstance(entry, dict):
             yield f"large_files.yml entry {i}: expected a mapping with {list(LARGE_FILE_FIELDS)}, got {entry!r}"
             continue
-        # hash_val may be null (stated explicitly) while the publisher's full digest is not known: the download is
-        # then not checked, which is reported as a warning
-        missing = [f for f in LARGE_FILE_FIELDS if f not in entry or (f != "hash_val" and not entry.get(f))]
+        # url may be empty for a file shipped inside a release (download_large_files then only checks its hash)
+        missing = [f for f in LARGE_FILE_FIELDS if f not in entry or (f != "url" and not entry.get(f))]
         if missing:
             yield f"large_files.yml entry {i}: missing {missing}"
-        elif not entry.get("hash_val"):
-            logger.warning(f"{path}: entry {i} ({entry['path']}) has no hash_val: its download is not verified")
+            continue
+        file = root / str(entry["path"])
+        if file.is_file() and entry["hash_type"] == "sha256" and sha256(file) != entry["hash_val"]:
+            yield (
+                f"large_files.yml entry {i}: '{file}' does not match: expected sha256 {entry['hash_val']}, "
+                f"found {sha256(file)}"
+            )
 
 
 def _config_sets(configs: Path) -> list[tuple[str, list[Path]]]:
@@ -179,6 +201,65 @@ def _check_configs(root: Path) -> Iterator[str]:
                     yield f"{' + '.join(f.name for f in files)}: cannot be read ({e})"
 
 
+def _check_vendored_code(root: Path) -> Iterator[str]:
+    """The code a release carries passes ruff at 120 columns (the zoo lints custom code with flake8 at 120)."""
+    folders = [str(root / p) for p in (*VENDORED_PACKAGES, "scripts") if (root / p).is_dir()]
+    if not folders:
+        return
+    command = [sys.executable, "-m", "ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W", "--output-format", "concise"]
+    try:
+        result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=300)
+    except FileNotFoundError as error:
+        yield f"cannot lint the vendored code ({error}); install the dev extra"
+        return
+    if result.returncode != 0:
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        yield f"vendored code fails ruff: {' | '.join(lines[:10]) or result.stderr.strip()}"
+
+
+def _check_release_metadata(root: Path) -> Iterator[str]:
+    try:
+        metadata = read_metadata(root)
+    except (OSError, ValueError) as error:
+        yield str(error)
+        return
+    listed = set(metadata.get("required_packages_version") or {})
+    try:
+        missing = sorted(set(required_packages(root)) - listed)
+    except ModuleNotFoundError as error:
+        yield str(error)
+        return
+    if missing:
+        yield f"configs/metadata.json: required_packages_version lacks {missing} (imported by the bundle's code)"
+
+
+def verify_release(path: str | Path, schema: dict) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a released bundle (a zip or an unpacked folder), checked as the model zoo's CI does:
+    required files, preferred files, metadata schema and changelog, the folder named as the metadata says, large-file
+    entries with hashes that match the files present, every imported package listed, and vendored code passing ruff."""
+    path = Path(path)
+    if path.suffix == ".zip":
+        with tempfile.TemporaryDirectory() as work:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(work)
+            folders = [p for p in Path(work).iterdir() if p.is_dir()]
+            if len(folders) != 1:
+                return [f"'{path}': expected one bundle folder in the zip, found {sorted(p.name for p in folders)}"], []
+            return verify_release(folders[0], schema)
+    if not path.is_dir():
+        return [f"'{path}': no such release folder or zip"], []
+    problems = [f"missing file {name}" for name in RELEASE_REQUIRED_FILES if not (path / name).is_file()]
+    warnings = [f"no {name} (preferred)" for name in ("models/model.pt",) if not (path / name).is_file()]
+    if not any((path / "configs" / f"inference.{suffix}").is_file() for suffix in ("json", "yaml")):
+        warnings.append("no configs/inference.json or configs/inference.yaml (preferred)")
+    if (path / "configs" / "metadata.json").is_file():
+        problems += _check_metadata(path, schema)
+        problems += _check_release_metadata(path)
+    problems += _check_large_files(path)
+    problems += _check_vendored_code(path)
+    return problems, warnings
+
+
 def verify_bundle(root: str | Path, schema: dict) -> list[str]:
     """All contract problems of the bundle at ``root`` (empty when it passes)."""
     root = Path(root)
@@ -191,14 +272,23 @@ def verify_bundle(root: str | Path, schema: dict) -> list[str]:
     return problems
 
 
-def main(*bundles: str, schema: str, bundles_dir: str = str(REPO_ROOT / "bundles")) -> None:
-    """Verify the named bundles (default: all) against the contract; exit 1 on any problem."""
+def main(*bundles: str, schema: str, bundles_dir: str = str(REPO_ROOT / "bundles"), release: str | None = None) -> None:
+    """Verify the named bundles (default: all) against the contract, or with ``--release`` a release zip or folder
+    as the model zoo's CI would; exit 1 on any problem."""
     schema_path = Path(schema)
     if not schema_path.is_file():
         raise FileNotFoundError(
             f"--schema: '{schema}' does not exist (e.g. ../shared/reference/meta_schema_20240725.json)"
         )
     schema_content = json.loads(schema_path.read_text())
+    if release is not None:
+        problems, warnings = verify_release(release, schema_content)
+        print(f"{release}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+        for line in [*(f"  - {p}" for p in problems), *(f"  ~ {w}" for w in warnings)]:
+            print(line)
+        if problems:
+            sys.exit(1)
+        return
     names = bundles or sorted(p.name for p in Path(bundles_dir).iterdir() if (p / "configs").is_dir())
     failed = False
     for name in names:

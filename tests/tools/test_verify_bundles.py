@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from tools.verify_bundles import main, verify_bundle
+from tools.release import release
+from tools.verify_bundles import main, verify_bundle, verify_release
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
@@ -111,3 +114,50 @@ def test_stage_overlays_apply_to_the_first_stage_only(tmp_path: Path, schema: di
     assert not any(
         p.startswith(("inference.yaml + train_diffusion", "evaluate.yaml + train_diffusion")) for p in problems
     )
+
+
+# ------------------------------------------------------------------------------------------------------ releases
+
+
+@pytest.fixture
+def released(tmp_path: Path) -> Path:
+    """An unpacked release of a copy of semantic_mri with tiny weights."""
+    source = _copy_bundle("semantic_mri", tmp_path / "source")
+    torch.save({"w": torch.ones(2)}, source / "models" / "model.pt")
+    held = release(source, tmp_path / "dist")
+    with zipfile.ZipFile(held["zip"]) as archive:
+        archive.extractall(tmp_path / "unpacked")
+    return tmp_path / "unpacked" / "semantic_mri"
+
+
+def test_release_passes_the_zoo_checks(released: Path, schema: dict, tmp_path: Path) -> None:
+    assert verify_release(released, schema) == ([], [])
+    assert verify_release(next((tmp_path / "dist").glob("*.zip")), schema) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda r: (r / "LICENSE").unlink(), "missing file LICENSE"),
+        (lambda r: (r / "models" / "model.pt").write_bytes(b"changed"), "does not match: expected sha256"),
+        (lambda r: (r / "common" / "extra.py").write_text("import os\n"), "vendored code fails ruff"),
+        (lambda r: (r / "common" / "extra.py").write_text("import scipy_not_there\n"), "scipy_not_there"),
+        (
+            lambda r: _edit_yaml(r / "configs" / "metadata.json", '"nibabel"', '"nibabel_renamed"'),
+            "required_packages_version lacks ['nibabel']",
+        ),
+        (lambda r: r.rename(r.parent / "renamed"), "named 'renamed'"),
+    ],
+)
+def test_release_breakage_is_reported(released: Path, schema: dict, breakage, expected: str) -> None:
+    breakage(released)
+    folder = released if released.exists() else released.parent / "renamed"
+    problems, _ = verify_release(folder, schema)
+    assert any(expected in p for p in problems), problems
+
+
+def test_release_without_weights_warns(released: Path, schema: dict) -> None:
+    (released / "models" / "model.pt").unlink()
+    _edit_yaml(released / "large_files.yml", "models/model.pt", "models/other.pt")
+    problems, warnings = verify_release(released, schema)
+    assert problems == [] and warnings == ["no models/model.pt (preferred)"]
