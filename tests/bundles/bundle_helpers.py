@@ -51,3 +51,104 @@ def run_torchrun(bundle: str, names: tuple[str, ...], args: list[str], port: int
         text=True,
         timeout=300,
     )
+
+
+# A stand-in for ``python -m monai.bundle ...`` that also reports where every loaded module came from: ``-c`` puts the
+# current directory first on sys.path exactly as ``-m`` does.
+_RUNNER = """
+import json, os, runpy, sys
+report = os.environ.pop("MODULE_REPORT")
+sys.argv = ["monai.bundle", *sys.argv[1:]]
+try:
+    runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+finally:
+    with open(report, "w") as handle:
+        json.dump({name: getattr(module, "__file__", None) for name, module in list(sys.modules.items())}, handle)
+"""
+
+
+def release_and_unpack(bundle: str, trained_root: Path, work: Path) -> Path:
+    """Release a copy of ``bundles/<bundle>`` holding the consumer files of ``trained_root/models`` and unpack it
+    into ``work/unpacked``; returns the unpacked bundle folder."""
+    import shutil
+    import zipfile
+
+    from tools.release import consumer_weight_files, release
+
+    source = work / "source" / bundle
+    ignore = shutil.ignore_patterns("data", "models", "runs", "samples", "eval")
+    shutil.copytree(REPO_ROOT / "bundles" / bundle, source, ignore=ignore)
+    (source / "models").mkdir()
+    for weight in consumer_weight_files(trained_root):
+        shutil.copy2(trained_root / weight, source / weight)
+    held = release(source, work / "dist")
+    assert held["trained"], f"{trained_root}/models holds no model.pt"
+    with zipfile.ZipFile(held["zip"]) as archive:
+        archive.extractall(work / "unpacked")
+    return work / "unpacked" / bundle
+
+
+def run_released(folder: Path, config: str, args: list[str], inside: bool, report: Path) -> dict[str, str | None]:
+    """Run ``monai.bundle run`` of the released ``folder``'s ``configs/<config>``: from inside the folder with a
+    relative path, or from the repository root with an absolute path and the folder on PYTHONPATH (the documented
+    way). Returns {module name: file} of every module the run loaded."""
+    import json
+    import os
+
+    path = f"configs/{config}" if inside else str(folder / "configs" / config)
+    env = {**os.environ, "MODULE_REPORT": str(report)}
+    if not inside:
+        env["PYTHONPATH"] = str(folder)
+    result = subprocess.run(
+        [sys.executable, "-c", _RUNNER, "run", "--config_file", path, *args],
+        cwd=folder if inside else REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(report.read_text())
+
+
+def assert_self_contained(folder: Path, modules: dict[str, str | None]) -> None:
+    """Every ``common`` module came from the released folder, and every other module loaded belongs to the standard
+    library or to a distribution the release's metadata lists (or one they depend on)."""
+    import importlib.metadata
+    import json
+    import re
+
+    ours = {name: file for name, file in modules.items() if name == "common" or name.startswith("common.")}
+    assert ours and all(file and Path(file).resolve().is_relative_to(folder.resolve()) for file in ours.values()), {
+        n: f for n, f in ours.items() if not (f and Path(f).resolve().is_relative_to(folder.resolve()))
+    }
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    allowed: set[str] = set()
+    pending = ["monai", "torch", "numpy", *metadata["required_packages_version"]]
+    while pending:  # the listed distributions and everything pip installs with them
+        name = re.split(r"[^A-Za-z0-9_.\-]", pending.pop(), maxsplit=1)[0].lower().replace("_", "-")
+        if name in allowed:
+            continue
+        allowed.add(name)
+        try:
+            requirements = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pending += [r for r in requirements if "extra ==" not in r]
+    distributions = importlib.metadata.packages_distributions()
+    startup = set(
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", "import sys, json; print(json.dumps(list(sys.modules)))"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    )
+    unlisted = {}
+    for name in {m.split(".")[0] for m in modules} - startup - set(sys.stdlib_module_names) - {"common", "__main__"}:
+        owners = {d.lower().replace("_", "-") for d in distributions.get(name, [])}
+        if owners and not owners & allowed:
+            unlisted[name] = sorted(owners)
+    assert not unlisted, f"modules from distributions that {folder}/configs/metadata.json does not list: {unlisted}"

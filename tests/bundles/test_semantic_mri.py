@@ -13,7 +13,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO_ROOT, config_files, error_chain, make_workflow, run_workflow
+from bundle_helpers import (
+    REPO_ROOT,
+    assert_self_contained,
+    config_files,
+    error_chain,
+    make_workflow,
+    release_and_unpack,
+    run_released,
+    run_workflow,
+)
 from ignite.engine import Events
 
 from common.io import atomic_write_nifti
@@ -327,3 +336,24 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     content = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert content["trainer"]["iteration"] == 2 * content["trainer"]["epoch_length"]
     assert content["trainer"]["epoch_length"] == 2  # 3 training cases split over 2 ranks (padded to 2 each)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["inside_the_folder", "outside_with_pythonpath"])
+def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path, inside: bool) -> None:
+    """The release zip, unpacked elsewhere, samples on the tiny checkpoint with its own vendored code and writes only
+    into its own folder (the contract's "A bundle travels")."""
+    folder = release_and_unpack(BUNDLE, trained, tmp_path)
+    checkout, work = _files(REPO_ROOT / "bundles" / BUNDLE), _files(tmp_path)
+    args = [arg for key, value in SHARED.items() for arg in (f"--{key}", repr(value))]
+    args += ["--masks", phantom_masks(trained, 1)[0], "--num_samples", "1", "--seed", "0"]
+    modules = run_released(folder, "inference.yaml", args, inside, tmp_path / "modules.json")
+    assert_self_contained(folder, modules)
+    written = sorted(str(p.relative_to(folder)) for p in (folder / "samples").rglob("*.nii.gz"))
+    assert len(written) == 2 and any("imagesTr" in p for p in written)  # the sample and its mask
+    assert _files(REPO_ROOT / "bundles" / BUNDLE) == checkout
+    new = [p for p in set(_files(tmp_path)) - set(work) if p != "modules.json"]
+    assert all(p.startswith("unpacked/semantic_mri/samples") for p in new), new
