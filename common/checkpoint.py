@@ -1,12 +1,22 @@
-"""Checkpoint discovery and loading with errors that say what does not fit.
+"""Weight files and training checkpoints: writing, discovery and loading, with errors that say what does not fit.
 
-Training writes MONAI ``CheckpointSaver`` files: ``checkpoint_epoch=N.pt`` every few epochs and ``model.pt`` at the
-end, each a dict of state dicts (``network``, ``ema``, ``optimizer``, ``trainer``, ...). Inference loads one entry
-of such a file (``ema`` by default) into its network.
+Two kinds of files live in a bundle's ``models/`` (written by :class:`common.handlers.TrainingCheckpointer`):
+
+- **inference files**, what a consumer needs: ``model.pt`` (and ``model_<net>.pt`` per extra network) is a plain
+  ``state_dict`` of CPU tensors, so ``network.load_state_dict(torch.load("model.pt", weights_only=True))`` works
+  as model-zoo bundles, MONAI Label and MONAI Deploy expect; small non-weight values inference needs (the latent
+  scale factor of latent diffusion) are a JSON file of a holder module's buffers (:func:`save_state_json`);
+- **training checkpoints**, ``<prefix>_epoch=N.pt``: a dict of state dicts (``network``, ``ema``, ``optimizer``,
+  ``trainer``, ...) that resuming reads.
+
+Everything loads with ``torch.load(..., weights_only=True)``. Inference configs load a plain state dict with
+:func:`load_network_weights` (``key=None``), or one entry of a training checkpoint (``key="network"`` for the raw
+weights).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -14,15 +24,21 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
+
+from common.io import atomic_write_text, read_json_object
 
 __all__ = [
     "unwrap",
     "atomic_torch_save",
     "latest_checkpoint",
     "check_state_dict_fits",
+    "plain_state_dict",
     "read_checkpoint",
     "load_network_weights",
+    "save_state_json",
+    "load_state_json",
 ]
 
 
@@ -63,6 +79,11 @@ def latest_checkpoint(ckpt_dir: str | Path, pattern: str = "checkpoint_*.pt") ->
     return max(found)[2] if found else None
 
 
+def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``module`` (unwrapped from DDP) as detached CPU tensors: what an inference file holds."""
+    return {name: tensor.detach().cpu() for name, tensor in unwrap(module).state_dict().items()}
+
+
 def check_state_dict_fits(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise ``ValueError`` naming the first layer where ``state_dict`` (read from ``source``) does not fit ``module``.
 
@@ -85,11 +106,68 @@ def check_state_dict_fits(module: nn.Module, state_dict: Mapping[str, torch.Tens
         raise ValueError(f"checkpoint '{source}' does not fit the network: it has layer '{extra[0]}' the network lacks")
 
 
-def read_checkpoint(path: str | Path, config_key: str = "ckpt_path", hint: str = "") -> dict:
-    """``torch.load`` a checkpoint on CPU, with clear errors for a missing or unreadable file."""
+def _bundle_of(path: Path, entry: str) -> Path | None:
+    """The bundle folder of ``path`` when it ends with the ``large_files.yml`` entry ``entry`` (else None)."""
+    tail = Path(entry).parts
+    if not tail or path.parts[-len(tail) :] != tail:
+        return None
+    return Path(*path.parts[: -len(tail)]) if len(path.parts) > len(tail) else Path(".")
+
+
+def _listed_in(listing: Path, entry: str) -> bool:
+    try:
+        content = yaml.safe_load(listing.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    entries = content.get("large_files", []) if isinstance(content, dict) else []
+    wanted = Path(entry).parts
+    return any(isinstance(e, dict) and Path(str(e.get("path", ""))).parts == wanted for e in entries or [])
+
+
+def _missing_file_error(
+    path: Path, config_key: str, what: str, hint: str, large_files_entry: str | None
+) -> FileNotFoundError:
+    """The error for a weight file that is not there: the config key, the path, the large_files.yml entry, a hint."""
+    message = f"config key '{config_key}': {what} '{path}' does not exist."
+    if large_files_entry:
+        bundle = _bundle_of(path, large_files_entry)
+        listing = bundle / "large_files.yml" if bundle is not None else None
+        if listing is not None and _listed_in(listing, large_files_entry):
+            message += (
+                f" It is the large_files.yml entry '{large_files_entry}' of '{bundle}': fetch it with "
+                f"`python -m monai.bundle download_large_files --bundle_path {bundle}`."
+            )
+        elif listing is not None:
+            found = "has no entry" if listing.is_file() else "does not exist, so it has no entry"
+            message += (
+                f" No published file is listed for it ('{listing}' {found} '{large_files_entry}'; published "
+                "weights are listed there and fetched with `python -m monai.bundle download_large_files "
+                f"--bundle_path {bundle}`)."
+            )
+        else:
+            message += f" (The bundle's own file is its large_files.yml entry '{large_files_entry}'.)"
+    return FileNotFoundError(f"{message} {hint}".strip())
+
+
+def read_checkpoint(
+    path: str | Path, config_key: str = "ckpt_path", hint: str = "", large_files_entry: str | None = None
+) -> dict:
+    """``torch.load`` a weight file or checkpoint on CPU (``weights_only=True``), with clear errors.
+
+    Args:
+        path: the file.
+        config_key: config key that holds ``path``, named in errors.
+        hint: appended to the missing-file error (e.g. which command trains the model).
+        large_files_entry: ``path`` of the file's entry in the bundle's ``large_files.yml``; the missing-file error
+            names it and says whether the bundle lists it (then ``download_large_files`` fetches it).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read with ``weights_only=True`` or does not hold a dict.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config key '{config_key}': checkpoint '{path}' does not exist. {hint}".strip())
+        raise _missing_file_error(path, config_key, "weight file", hint, large_files_entry)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -99,26 +177,94 @@ def read_checkpoint(path: str | Path, config_key: str = "ckpt_path", hint: str =
     return content
 
 
+def _is_training_checkpoint(content: Mapping) -> bool:
+    return any(isinstance(value, Mapping) for value in content.values())
+
+
 def load_network_weights(
-    network: nn.Module, path: str | Path, key: str | None = "ema", config_key: str = "ckpt_path", hint: str = ""
+    network: nn.Module,
+    path: str | Path,
+    key: str | None = None,
+    config_key: str = "ckpt_path",
+    hint: str = "",
+    large_files_entry: str | None = None,
 ) -> nn.Module:
-    """Load entry ``key`` of checkpoint ``path`` into ``network`` (in place) and return the network.
+    """Load the weights in ``path`` into ``network`` (in place, after checking they fit) and return the network.
 
     Args:
         network: the network to fill.
-        path: a ``CheckpointSaver`` file (dict of state dicts) or a bare state dict.
-        key: entry to load (``"ema"`` for the EMA weights, ``"network"`` for the raw weights); ``None`` when the file
-            is a bare state dict.
-        config_key: config key named in error messages.
+        path: a plain state dict (``models/model.pt``, the inference weights) when ``key`` is None, else a training
+            checkpoint (dict of state dicts) whose entry ``key`` is loaded.
+        key: None for a plain state dict; ``"network"`` (raw weights) or ``"ema"`` for an entry of a training
+            checkpoint.
+        config_key: config key that holds ``path``, named in errors.
         hint: appended to the missing-file error (e.g. which command trains the model).
+        large_files_entry: ``path`` of the file's ``large_files.yml`` entry, named in the missing-file error.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        KeyError: ``key`` is not an entry of the file.
+        ValueError: unreadable file; a training checkpoint given where a plain state dict is expected; a state dict
+            that does not fit ``network`` (the first mismatching layer is named).
     """
-    content = read_checkpoint(path, config_key, hint)
+    content = read_checkpoint(path, config_key, hint, large_files_entry)
     if key is not None:
         if key not in content:
+            kind = "a training checkpoint" if _is_training_checkpoint(content) else "a plain state dict"
             raise KeyError(
-                f"config key '{config_key}': checkpoint '{path}' has no entry '{key}'; it has {sorted(content)}"
+                f"config key '{config_key}': '{path}' ({kind}) has no entry '{key}'; it has {sorted(content)[:8]}. "
+                "Entries such as 'network' (raw weights) exist in training checkpoints (<prefix>_epoch=N.pt); "
+                "model.pt is a plain state dict, loaded with no entry (key null)"
             )
         content = content[key]
+    elif _is_training_checkpoint(content):
+        raise ValueError(
+            f"config key '{config_key}': '{path}' is a training checkpoint with entries {sorted(content)}, not a plain "
+            "state dict: load the inference weights (models/model.pt) or name the entry to load (e.g. 'network' "
+            "for the raw weights)"
+        )
+    if not isinstance(content, Mapping) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ValueError(f"config key '{config_key}': '{path}' does not hold a state dict of tensors")
     check_state_dict_fits(network, content, str(path))
     unwrap(network).load_state_dict(content)
     return network
+
+
+def save_state_json(module: nn.Module, path: str | Path) -> Path:
+    """Write the state dict of a small holder ``module`` (e.g. ``LatentStats``) to ``path`` as JSON, atomically.
+
+    Each buffer is written as a number, a boolean or a nested list (``Tensor.tolist``), so a consumer reads it
+    without torch; :func:`load_state_json` restores it into a module of the same kind.
+    """
+    values = {name: tensor.detach().cpu().tolist() for name, tensor in unwrap(module).state_dict().items()}
+    return atomic_write_text(path, json.dumps(values, indent=2) + "\n", overwrite=True)
+
+
+def load_state_json(
+    module: nn.Module,
+    path: str | Path,
+    config_key: str,
+    hint: str = "",
+    large_files_entry: str | None = None,
+) -> nn.Module:
+    """Fill ``module``'s buffers from a JSON file written by :func:`save_state_json` and return the module.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message names ``config_key`` and the ``large_files.yml`` entry).
+        ValueError: not a JSON object, an entry missing or of the wrong shape (the entry is named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_file_error(path, config_key, "file", hint, large_files_entry)
+    values = read_json_object(path, f"config key '{config_key}'")
+    expected = unwrap(module).state_dict()
+    missing = [name for name in expected if name not in values]
+    if missing:
+        raise ValueError(f"config key '{config_key}': '{path}' lacks entry '{missing[0]}'; it has {sorted(values)}")
+    try:
+        state = {name: torch.as_tensor(values[name], dtype=expected[name].dtype) for name in expected}
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"config key '{config_key}': '{path}' has an entry that is not numeric ({e})") from e
+    check_state_dict_fits(module, {**state, **{k: v for k, v in values.items() if k not in state}}, str(path))
+    unwrap(module).load_state_dict(state)
+    return module

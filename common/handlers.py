@@ -1,8 +1,9 @@
-"""Ignite handlers for the bundle trainers: atomic checkpointing and resuming from the newest checkpoint."""
+"""Ignite handlers for the bundle trainers: atomic checkpoints (training state + inference files) and resuming."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch.distributed as dist
@@ -10,7 +11,15 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from common.checkpoint import atomic_torch_save, check_state_dict_fits, latest_checkpoint, read_checkpoint, unwrap
+from common.checkpoint import (
+    atomic_torch_save,
+    check_state_dict_fits,
+    latest_checkpoint,
+    plain_state_dict,
+    read_checkpoint,
+    save_state_json,
+    unwrap,
+)
 
 __all__ = ["EngineStateAdapter", "TrainingCheckpointer", "ResumeFromLatest"]
 
@@ -46,24 +55,36 @@ class EngineStateAdapter:
 
 
 class TrainingCheckpointer:
-    """Save ``checkpoint_epoch=N.pt`` every ``save_interval`` epochs and ``final_filename`` when training completes.
+    """Write the training state every ``save_interval`` epochs and at the end, and the inference files each time.
 
-    Each file is a dict of state dicts of ``save_dict`` plus the trainer's own state under ``engine_key`` (epoch,
-    iteration), so :class:`ResumeFromLatest` can continue a run. Files are written to a temporary name and renamed
-    (a crash never leaves a corrupt checkpoint), only on rank 0 under ``torchrun``; the final file is written only
-    on completion, so a run that fails does not replace the ``model.pt`` of an earlier run. (MONAI's
-    ``CheckpointSaver`` writes non-atomically and saves the final file on exceptions too.)
+    Two kinds of files go to ``save_dir`` (see :mod:`common.checkpoint`):
+
+    - the **training state** ``<prefix>_epoch=N.pt``: a dict of the state dicts of ``save_dict`` plus the trainer's
+      own state under ``engine_key`` (epoch, iteration), which :class:`ResumeFromLatest` continues from. One is
+      written every ``save_interval`` epochs and one when training completes (unless that epoch was just saved),
+      so ``--resume true`` also continues a finished run; the last ``n_saved`` are kept.
+    - the **inference files** of ``inference_files`` (file name -> entry of ``save_dict``), rewritten with each
+      training state: ``.pt`` files hold the entry's plain state dict on CPU (``model.pt`` = the EMA weights: what
+      consumers ``load_state_dict``), ``.json`` files the entry's buffers as JSON (small values inference needs,
+      such as the latent scale factor; :func:`common.checkpoint.save_state_json`).
+
+    Every file is written to a temporary name and renamed (a crash never leaves a corrupt file), only on rank 0
+    under ``torchrun``. A run that fails keeps the files of its last checkpoint: the inference files always match
+    the newest training state. (MONAI's ``CheckpointSaver`` writes non-atomically and saves on exceptions too.)
 
     Args:
         save_dir: output folder (the bundle's ``models/``).
-        save_dict: objects with ``state_dict()`` (network, EMA network, optimiser, lr scheduler); DDP wrappers are
-            unwrapped.
-        save_interval: epochs between interval checkpoints; 0 disables them.
-        n_saved: interval checkpoints kept (older ones are deleted).
-        final_filename: name of the file written at the end.
-        engine_key: key of the trainer state in the files.
-        prefix: interval checkpoints are ``<prefix>_epoch=N.pt``.
+        save_dict: objects with ``state_dict()`` (network, EMA network, optimiser, lr scheduler, ...); DDP wrappers
+            are unwrapped.
+        save_interval: epochs between checkpoints; 0: only at the end.
+        n_saved: training-state files kept (older ones are deleted).
+        inference_files: file name (``.pt`` or ``.json``) -> key of ``save_dict`` written there, e.g.
+            ``{"model.pt": "ema"}``.
+        engine_key: key of the trainer state in the training-state files.
+        prefix: training-state files are ``<prefix>_epoch=N.pt``.
     """
+
+    SUFFIXES = (".pt", ".json")
 
     def __init__(
         self,
@@ -71,7 +92,7 @@ class TrainingCheckpointer:
         save_dict: dict,
         save_interval: int = 10,
         n_saved: int = 2,
-        final_filename: str = "model.pt",
+        inference_files: Mapping[str, str] | None = None,
         engine_key: str = "trainer",
         prefix: str = "checkpoint",
     ) -> None:
@@ -81,9 +102,19 @@ class TrainingCheckpointer:
         self.save_dict = dict(save_dict)
         self.save_interval = save_interval
         self.n_saved = n_saved
-        self.final_filename = final_filename
+        self.inference_files = dict(inference_files or {})
+        for name, key in self.inference_files.items():
+            if Path(name).suffix not in self.SUFFIXES or Path(name).name != name:
+                raise ValueError(
+                    f"inference_files: '{name}' must be a file name ending in one of {self.SUFFIXES}, not a path"
+                )
+            if key not in self.save_dict:
+                raise ValueError(
+                    f"inference_files: '{name}' names entry '{key}', which save_dict lacks; it has {sorted(save_dict)}"
+                )
         self.engine_key = engine_key
         self.prefix = prefix
+        self._saved_iteration: int | None = None
 
     def attach(self, engine: Engine) -> None:
         self.save_dict[self.engine_key] = EngineStateAdapter(engine)
@@ -97,20 +128,34 @@ class TrainingCheckpointer:
             for key, obj in self.save_dict.items()
         }
 
+    def save_inference_files(self) -> list[Path]:
+        """Write the inference files from the current state of their ``save_dict`` entries."""
+        written = []
+        for name, key in self.inference_files.items():
+            target = self.save_dir / name
+            if target.suffix == ".json":
+                written.append(save_state_json(self.save_dict[key], target))
+            else:
+                written.append(atomic_torch_save(plain_state_dict(self.save_dict[key]), target))
+        return written
+
     def save_interval_checkpoint(self, engine: Engine) -> None:
         if not _is_main_process():
             return
         path = atomic_torch_save(self.state(), self.save_dir / f"{self.prefix}_epoch={engine.state.epoch}.pt")
-        logger.info(f"saved checkpoint '{path}'")
+        self._saved_iteration = engine.state.iteration
         kept = sorted(self.save_dir.glob(f"{self.prefix}_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
         for old in kept[: -self.n_saved]:
             old.unlink()
+        written = self.save_inference_files()
+        logger.info(f"saved checkpoint '{path}'" + (f" and {[p.name for p in written]}" if written else ""))
 
     def save_final(self, engine: Engine) -> None:
         if not _is_main_process():
             return
-        path = atomic_torch_save(self.state(), self.save_dir / self.final_filename)
-        logger.info(f"training completed at epoch {engine.state.epoch}: saved '{path}'")
+        if self._saved_iteration != engine.state.iteration:
+            self.save_interval_checkpoint(engine)
+        logger.info(f"training completed at epoch {engine.state.epoch}: files in '{self.save_dir}'")
 
 
 class ResumeFromLatest:

@@ -1,4 +1,5 @@
-"""Safe output writing shared by every bundle: atomic NIfTI/PNG/text files and slice previews.
+"""Safe output writing shared by every bundle: atomic NIfTI/PNG/text files and slice previews (and reading back a
+JSON object with an error that names its source).
 
 Every writer goes through :func:`atomic_path`: the data is written to a hidden temporary file in the destination
 folder and moved into place with ``os.replace``, so an interrupted run never leaves a half-written sample, preview or
@@ -10,6 +11,7 @@ The PNG encoder only needs ``zlib`` and ``struct`` (no PIL), so previews work in
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import uuid
@@ -26,6 +28,7 @@ __all__ = [
     "to_numpy",
     "atomic_path",
     "atomic_write_text",
+    "read_json_object",
     "atomic_write_nifti",
     "encode_png",
     "write_png",
@@ -89,6 +92,22 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = Fals
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def read_json_object(path: str | os.PathLike, source: str) -> dict:
+    """The JSON object in ``path``; ``source`` (e.g. ``"config key 'x'"``) starts every error message.
+
+    Raises:
+        ValueError: the file cannot be read or parsed, or holds JSON that is not an object.
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{source}: cannot read '{path}' as JSON ({e})") from e
+    if not isinstance(content, dict):
+        raise ValueError(f"{source}: '{path}' holds a JSON {type(content).__name__}, not an object")
+    return content
 
 
 def _affine_4x4(affine: np.ndarray | torch.Tensor) -> np.ndarray:

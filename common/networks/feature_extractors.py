@@ -379,7 +379,7 @@ def build_perceptual_network(
                 f"perceptual network 'auto': the VGG-16 weights file {str(weights)!r} (config key '{config_key}', "
                 f"large_files.yml entry '{large_files_entry}') is not there, so a small RANDOM feature extractor is "
                 "used instead of the paper's ImageNet VGG-16; get the file with `python -m monai.bundle "
-                "download_large_files --bundle_dir <bundle>` or set the network to 'vgg16' to require it"
+                "download_large_files --bundle_path <bundle>` or set the network to 'vgg16' to require it"
             )
             name, weights = PerceptualNetwork.SMALL, None
     if name == PerceptualNetwork.SMALL:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigWorkflow
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +30,22 @@ def run_workflow(bundle: str, names: tuple[str, ...], workflow_type: str | None 
     result = workflow.run()
     workflow.finalize()
     return result
+
+
+def load_plain_weights(
+    path: Path, bundle: str, names: tuple[str, ...], net_key: str = "network_def", **overrides: Any
+) -> torch.nn.Module:
+    """Load ``path`` as a consumer does: ``torch.load(weights_only=True)``, a flat dict of tensors, then
+    ``load_state_dict`` (strict) into ``net_key`` of the bundle's inference config; returns that network."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and state, f"{path} holds {type(state).__name__}"
+    assert all(isinstance(v, torch.Tensor) for v in state.values()), f"{path} is not a flat state dict of tensors"
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, *names))
+    parser.update(overrides)
+    network = parser.get_parsed_content(net_key)
+    network.load_state_dict(state)
+    return network
 
 
 def error_chain(error: BaseException) -> str:

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import config_files, error_chain, make_workflow, run_torchrun, run_workflow
+from bundle_helpers import config_files, error_chain, load_plain_weights, make_workflow, run_torchrun, run_workflow
 
 from common.io import atomic_write_nifti
 
@@ -70,11 +70,16 @@ def test_stage_one_writes_phantoms_checkpoints_and_tensorboard(trained) -> None:
     phantoms = root / "data" / "phantoms_thorax"
     entries = json.loads((phantoms / "dataset.json").read_text())["training"]
     assert len(entries) == 4 and "GTV-1" in entries[0]["masks"]
-    models = sorted(p.name for p in (root / "models").glob("autoencoder*.pt"))
-    assert models == ["autoencoder.pt", "autoencoder_checkpoint_epoch=1.pt", "autoencoder_checkpoint_epoch=2.pt"]
-    content = torch.load(root / "models" / "autoencoder.pt", weights_only=True)  # plain state dicts only
+    models = sorted(p.name for p in (root / "models").glob("*autoencoder*.pt"))
+    assert models == ["autoencoder_checkpoint_epoch=1.pt", "autoencoder_checkpoint_epoch=2.pt", "model_autoencoder.pt"]
+    content = torch.load(root / "models" / "autoencoder_checkpoint_epoch=2.pt", weights_only=True)  # training state
     assert {"autoencoder", "discriminator", "g_optimizer", "d_optimizer", "trainer"} <= set(content)
     assert content["trainer"]["iteration"] == 2 * content["trainer"]["epoch_length"]
+    # model_autoencoder.pt: the autoencoder's weights, loadable with load_state_dict into inference's autoencoder_def
+    autoencoder = load_plain_weights(
+        root / "models" / "model_autoencoder.pt", BUNDLE, ("inference",), "autoencoder_def", **MODEL
+    )
+    assert all(torch.equal(v, content["autoencoder"][k]) for k, v in autoencoder.state_dict().items())
     assert list((root / "runs" / "autoencoder").glob("events.out.tfevents.*"))
     output = workflow.parser.get_parsed_content("train#trainer").state.output
     assert float(output["reconstruction_loss"]) > 0 and float(output["discriminator_loss"]) > 0
@@ -86,10 +91,16 @@ def test_stage_one_writes_phantoms_checkpoints_and_tensorboard(trained) -> None:
 
 def test_stage_two_stores_the_scale_factor_and_the_training_grid(trained) -> None:
     root, _, workflow = trained
-    content = torch.load(root / "models" / "diffusion.pt", weights_only=True)
+    content = torch.load(root / "models" / "diffusion_checkpoint_epoch=2.pt", weights_only=True)  # training state
     assert {"network", "optimizer", "stats", "trainer"} <= set(content)
     stats = content["stats"]
     assert bool(stats["computed"]) and float(stats["scale_factor"]) > 0
+    # the inference files: model.pt (denoiser weights) and latent_scale.json (the same scale factor and grid)
+    network = load_plain_weights(root / "models" / "model.pt", BUNDLE, ("inference",), **MODEL, **UNET)
+    assert all(torch.equal(v, content["network"][k]) for k, v in network.state_dict().items())
+    scale = json.loads((root / "models" / "latent_scale.json").read_text())
+    assert scale["computed"] is True and scale["scale_factor"] == pytest.approx(float(stats["scale_factor"]))
+    np.testing.assert_allclose(scale["pixdim"], stats["pixdim"].numpy())
     # 1 / std of latents drawn the way training draws them
     dataset = workflow.parser.get_parsed_content("train#dataset")
     latents = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))])
@@ -103,22 +114,39 @@ def test_diffusion_stage_without_autoencoder_names_the_file_and_the_command(tmp_
     with pytest.raises(Exception) as error:
         train(tmp_path, DIFFUSION, max_epochs=1)
     chain = error_chain(error.value)
-    assert "autoencoder.pt" in chain and "autoencoder_ckpt" in chain and "train_autoencoder.yaml" in chain
+    assert "model_autoencoder.pt" in chain and "autoencoder_ckpt" in chain and "train_autoencoder.yaml" in chain
 
 
 def test_inference_writes_hu_volumes_with_the_training_grid(trained, tmp_path: Path) -> None:
     root, _, _ = trained
     written = infer(root, tmp_path / "out", sampler="dpm_solver", num_inference_steps=5)
     assert [w["case_id"] for w in written] == ["synthetic_seed0_0000", "synthetic_seed0_0001"]
-    stats = torch.load(root / "models" / "diffusion.pt", weights_only=True)["stats"]
+    pixdim = json.loads((root / "models" / "latent_scale.json").read_text())["pixdim"]
     image = nib.load(written[0]["image"])
     assert image.shape == (16, 16, 16)
-    np.testing.assert_allclose(image.header.get_zooms(), stats["pixdim"].numpy(), rtol=1e-4)
+    np.testing.assert_allclose(image.header.get_zooms(), pixdim, rtol=1e-4)
     values = np.asarray(image.dataobj)
     assert values.min() >= -1000 and values.max() <= 1000 and values.std() > 0
     datalist = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert [e["image"] for e in datalist["training"]] == [f"{w['case_id']}/ct.nii.gz" for w in written]
     assert (tmp_path / "out" / "preview_seed0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inference_needs_only_the_inference_files(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    for name in ("model_autoencoder.pt", "model.pt", "latent_scale.json"):  # no training-state file
+        (bundle / "models" / name).write_bytes((root / "models" / name).read_bytes())
+    fast = {"sampler": "dpm_solver", "num_inference_steps": 5, "num_samples": 1}
+    alone = infer(bundle, tmp_path / "alone", **fast)
+    beside = infer(root, tmp_path / "beside", **fast)
+    np.testing.assert_array_equal(*(np.asarray(nib.load(w[0]["image"]).dataobj) for w in (alone, beside)))
+    (bundle / "models" / "latent_scale.json").unlink()
+    with pytest.raises(Exception) as error:
+        infer(bundle, tmp_path / "none", **fast)
+    chain = error_chain(error.value)
+    assert "config key 'latent_scale_file'" in chain and "'models/latent_scale.json'" in chain
 
 
 def test_same_seed_same_samples_never_overwrite_and_tiled_decoding_agrees(trained, tmp_path: Path) -> None:
@@ -219,9 +247,10 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
         args += [f"--{key}", str(value).replace(" ", "")]
     result = run_torchrun(BUNDLE, ("train_autoencoder", "multi_gpu_train"), args, port=29547)
     assert result.returncode == 0, result.stderr[-3000:]
-    content = torch.load(tmp_path / "models" / "autoencoder.pt", weights_only=True)
+    content = torch.load(tmp_path / "models" / "autoencoder_checkpoint_epoch=1.pt", weights_only=True)
     assert not any(".module." in key or key.startswith("module.") for key in content["autoencoder"])
     assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"]
+    load_plain_weights(tmp_path / "models" / "model_autoencoder.pt", BUNDLE, ("inference",), "autoencoder_def", **MODEL)
 
 
 def test_denoiser_and_decoder_export(trained, tmp_path: Path) -> None:
@@ -241,7 +270,7 @@ def test_torchrun_stage_two_on_cpu(trained, tmp_path: Path) -> None:
     root, _, _ = trained
     (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "autoencoder.pt").symlink_to(root / "models" / "autoencoder.pt")
+    (tmp_path / "models" / "model_autoencoder.pt").symlink_to(root / "models" / "model_autoencoder.pt")
     overrides = {**TRAIN, **UNET, "max_epochs": 1, "save_interval": 0, "batch_size": 1}
     args = ["--bundle_root", str(tmp_path)]
     for key, value in overrides.items():
@@ -252,6 +281,6 @@ def test_torchrun_stage_two_on_cpu(trained, tmp_path: Path) -> None:
     factors = {line.rsplit(":", 1)[-1].strip() for line in lines if "latent scale factor" in line}
     assert sum("latent scale factor" in line for line in lines) == 2
     assert len(factors) == 1  # both ranks logged the same (broadcast) value
-    content = torch.load(tmp_path / "models" / "diffusion.pt", weights_only=True)
-    assert not any(key.startswith("module.") for key in content["network"])
-    assert float(content["stats"]["scale_factor"]) == pytest.approx(float(next(iter(factors))), rel=1e-3)
+    load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **MODEL, **UNET)  # unwrapped
+    scale = json.loads((tmp_path / "models" / "latent_scale.json").read_text())
+    assert scale["scale_factor"] == pytest.approx(float(next(iter(factors))), rel=1e-3)

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO_ROOT, config_files, error_chain, make_workflow, run_workflow
+from bundle_helpers import REPO_ROOT, config_files, error_chain, load_plain_weights, make_workflow, run_workflow
 
 from common.io import atomic_write_nifti
 
@@ -64,9 +64,13 @@ def test_training_writes_phantoms_checkpoints_and_tensorboard(trained) -> None:
     assert len(list((phantoms / "imagesTr").glob("*__PT.nii.gz"))) == 4
     models = root / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
-    content = torch.load(models / "model.pt", weights_only=True)
+    content = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)  # the training state
     assert {"network", "ema", "optimizer_ct", "optimizer_pet", "optimizer_mask", "trainer"} <= set(content)
     assert {key.split(".")[0] for key in content["network"]} == {"ct", "pet", "mask"}
+    # model.pt: the EMA weights of the whole ModuleDict, loadable with load_state_dict into inference's network_def
+    network = load_plain_weights(models / "model.pt", BUNDLE, ("inference",), **SHARED)
+    assert isinstance(network, torch.nn.ModuleDict) and list(network) == ["ct", "pet", "mask"]
+    assert all(torch.equal(v, content["ema"][k]) for k, v in network.state_dict().items())
     assert list((root / "runs").glob("events.out.tfevents.*"))
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.output["perceptual_loss"] > 0  # switched on at epoch 2
@@ -161,6 +165,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         infer(tmp_path, tmp_path / "out")
     chain = error_chain(error.value)
     assert "ckpt_path" in chain and "model.pt" in chain and "train.yaml" in chain
+    assert "large_files.yml" in chain and "'models/model.pt'" in chain
 
 
 def test_checkpoint_that_does_not_fit_names_the_layer(trained, tmp_path: Path) -> None:
@@ -227,6 +232,7 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    content = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert not any(".module." in key for key in content["network"])  # unwrapped, loadable by inference
+    content = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert not any(".module." in key for key in content["network"])  # unwrapped
     assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"]  # one epoch
+    load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # loadable by inference

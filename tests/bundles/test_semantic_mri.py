@@ -18,6 +18,7 @@ from bundle_helpers import (
     assert_self_contained,
     config_files,
     error_chain,
+    load_plain_weights,
     make_workflow,
     release_and_unpack,
     run_released,
@@ -66,10 +67,17 @@ def test_training_writes_phantoms_checkpoints_and_tensorboard(trained: Path) -> 
     assert len(list((trained / "data" / "phantoms_whole_head" / "imagesTr").glob("*.nii.gz"))) == 4
     models = trained / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
-    content = torch.load(models / "model.pt", weights_only=True)
+    content = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)  # the training state
     assert {"network", "ema", "optimizer", "lr_scheduler", "trainer"} <= set(content)
     assert content["trainer"]["iteration"] == 2 * content["trainer"]["epoch_length"]
     assert list((trained / "runs").glob("events.out.tfevents.*"))
+
+
+def test_model_pt_is_the_ema_state_dict_inference_loads(trained: Path) -> None:
+    models = trained / "models"
+    network = load_plain_weights(models / "model.pt", BUNDLE, ("inference",), **SHARED)
+    ema = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)["ema"]
+    assert all(torch.equal(v, ema[k]) for k, v in network.state_dict().items())
 
 
 def test_inference_writes_samples_with_the_mask_affine(trained: Path, tmp_path: Path) -> None:
@@ -148,7 +156,6 @@ def test_evaluate_writes_report(trained: Path, tmp_path: Path) -> None:
 def test_resume_after_an_interrupted_run(tmp_path: Path) -> None:
     train(tmp_path)
     models = tmp_path / "models"
-    final_before = (models / "model.pt").read_bytes()
     workflow = make_workflow(BUNDLE, ("train",), "train", bundle_root=str(tmp_path), **{**TRAIN, "max_epochs": 4})
     trainer = workflow.parser.get_parsed_content("train#trainer")
 
@@ -159,8 +166,9 @@ def test_resume_after_an_interrupted_run(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as error:
         workflow.run()
     assert "simulated failure" in str(error.value.__cause__)
-    assert (models / "model.pt").read_bytes() == final_before  # a failed run never replaces the final weights
     saved = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
+    weights = torch.load(models / "model.pt", weights_only=True)  # those of the failed run's last checkpoint
+    assert all(torch.equal(v, weights[k]) for k, v in saved["ema"].items())
 
     resumed = make_workflow(
         BUNDLE, ("train",), "train", bundle_root=str(tmp_path), **{**TRAIN, "max_epochs": 4, "resume": True}
@@ -172,8 +180,9 @@ def test_resume_after_an_interrupted_run(tmp_path: Path) -> None:
     resumed.run()
     assert started["iteration"] == 2 * trainer.state.epoch_length  # continued after epoch 2, not from scratch
     assert trainer.state.epoch == 4
-    final = torch.load(models / "model.pt", weights_only=True)
+    final = torch.load(models / "checkpoint_epoch=4.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 4 * trainer.state.epoch_length
+    assert all(torch.equal(v, final["ema"][k]) for k, v in torch.load(models / "model.pt", weights_only=True).items())
     name = next(iter(saved["network"]))
     assert not torch.equal(network.state_dict()[name], saved["network"][name])
 
@@ -193,6 +202,24 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         infer(tmp_path, tmp_path / "out", [], ckpt_path=str(tmp_path / "none.pt"))
     message = str(error.value.__cause__)
     assert "ckpt_path" in message and "none.pt" in message and "Train first" in message
+
+
+def test_missing_model_pt_names_the_key_and_the_large_files_entry(tmp_path: Path) -> None:
+    (tmp_path / "large_files.yml").write_bytes((REPO_ROOT / "bundles" / BUNDLE / "large_files.yml").read_bytes())
+    with pytest.raises(RuntimeError) as error:
+        infer(tmp_path, tmp_path / "out", [])
+    message = str(error.value.__cause__)
+    assert f"config key 'ckpt_path': weight file '{tmp_path / 'models' / 'model.pt'}' does not exist" in message
+    assert "large_files.yml' has no entry 'models/model.pt'" in message and "Train first" in message
+
+
+def test_raw_weights_from_a_training_checkpoint(trained: Path, tmp_path: Path) -> None:
+    raw = {"ckpt_path": str(trained / "models" / "checkpoint_epoch=2.pt"), "ckpt_key": "network"}
+    written = infer(trained, tmp_path / "raw", phantom_masks(trained, 1), **raw)
+    assert np.isfinite(nib.load(written[0]["image"][0]).get_fdata()).all()
+    with pytest.raises(RuntimeError) as error:  # model.pt is a plain state dict: it has no entries
+        infer(trained, tmp_path / "plain", phantom_masks(trained, 1), ckpt_key="network")
+    assert "plain state dict) has no entry 'network'" in error_chain(error.value)
 
 
 def test_checkpoint_that_does_not_fit_names_the_layer(trained: Path, tmp_path: Path) -> None:
@@ -333,9 +360,10 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    content = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    content = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
     assert content["trainer"]["iteration"] == 2 * content["trainer"]["epoch_length"]
     assert content["trainer"]["epoch_length"] == 2  # 3 training cases split over 2 ranks (padded to 2 each)
+    load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # unwrapped EMA weights
 
 
 def _files(folder: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -16,9 +17,13 @@ from common.checkpoint import (
     check_state_dict_fits,
     latest_checkpoint,
     load_network_weights,
+    load_state_json,
+    plain_state_dict,
     read_checkpoint,
+    save_state_json,
     unwrap,
 )
+from common.data import LatentStats
 
 
 def tiny_net(seed: int = 0) -> nn.Module:
@@ -152,7 +157,7 @@ def test_unwrap() -> None:
 
 
 def test_read_checkpoint_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"config key 'ckpt_path': checkpoint '.*absent.pt' .* Train first"):
+    with pytest.raises(FileNotFoundError, match=r"config key 'ckpt_path': weight file '.*absent.pt' .* Train first"):
         read_checkpoint(tmp_path / "absent.pt", hint="Train first.")
 
 
@@ -197,5 +202,102 @@ def test_load_network_weights_does_not_load_a_misfit(tmp_path: Path) -> None:
     net = tiny_net(0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(ValueError, match=r"layer '0.weight' has shape \(4, 2\) in the checkpoint, \(3, 2\)"):
-        load_network_weights(net, path)
+        load_network_weights(net, path, key="ema")
     assert same_weights(net, before)
+
+
+def test_load_network_weights_plain_state_dict_by_default(tmp_path: Path) -> None:
+    source = tiny_net(3)
+    path = atomic_torch_save(plain_state_dict(nn.DataParallel(source)), tmp_path / "model.pt")
+    assert set(torch.load(path, weights_only=True)) == set(source.state_dict())  # no "module." prefix
+    net = load_network_weights(tiny_net(0), path)
+    assert same_weights(net, source)
+
+
+def test_load_network_weights_refuses_a_training_checkpoint_as_plain_weights(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint_epoch=2.pt"
+    torch.save({"network": tiny_net().state_dict(), "ema": tiny_net().state_dict(), "trainer": {"epoch": 2}}, path)
+    with pytest.raises(ValueError, match=r"config key 'ckpt_path': .* is a training checkpoint with entries \['ema',"):
+        load_network_weights(tiny_net(), path)
+
+
+def test_load_network_weights_entry_of_a_plain_state_dict(tmp_path: Path) -> None:
+    path = atomic_torch_save(tiny_net().state_dict(), tmp_path / "model.pt")
+    with pytest.raises(KeyError, match=r"\(a plain state dict\) has no entry 'network'.*key null"):
+        load_network_weights(tiny_net(), path, key="network", config_key="ckpt_path")
+
+
+def test_load_network_weights_refuses_non_tensor_values(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"0.weight": 1.0, "0.bias": "x"}, path)
+    with pytest.raises(ValueError, match=r"does not hold a state dict of tensors"):
+        load_network_weights(tiny_net(), path)
+
+
+def test_plain_state_dict_is_detached_on_cpu() -> None:
+    net = tiny_net()
+    state = plain_state_dict(net)
+    assert all(t.device.type == "cpu" and not t.requires_grad for t in state.values())
+    assert same_weights(net, state)
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "not listed"])
+def test_missing_weights_name_the_large_files_entry(tmp_path: Path, listed: bool) -> None:
+    bundle = tmp_path / "my_bundle"
+    bundle.mkdir()
+    entries = "  - path: models/model.pt\n    url: https://example.org/m.pt\n" if listed else "  []\n"
+    (bundle / "large_files.yml").write_text(f"large_files:\n{entries}")
+    with pytest.raises(FileNotFoundError) as error:
+        load_network_weights(
+            tiny_net(), bundle / "models" / "model.pt", large_files_entry="models/model.pt", hint="Train first."
+        )
+    message = str(error.value)
+    assert "config key 'ckpt_path'" in message and "'models/model.pt'" in message and "Train first." in message
+    assert f"--bundle_path {bundle}" in message
+    assert ("It is the large_files.yml entry" in message) == listed
+    assert ("No published file is listed" in message) == (not listed)
+
+
+def test_missing_weights_elsewhere_still_name_the_entry(tmp_path: Path) -> None:
+    with pytest.raises(
+        FileNotFoundError, match=r"weight file '.*elsewhere.pt'.*large_files.yml entry 'models/model.pt'"
+    ):
+        read_checkpoint(tmp_path / "elsewhere.pt", large_files_entry="models/model.pt")
+
+
+# ----------------------------------------------------------------------------------------------- JSON holder state
+
+
+def test_state_json_round_trip(tmp_path: Path) -> None:
+    stats = LatentStats(pixdim=(1.5, 2.0, 2.5))
+    stats.set_scale(0.8125)
+    path = save_state_json(stats, tmp_path / "models" / "latent_scale.json")
+    assert json.loads(path.read_text()) == {"scale_factor": 0.8125, "pixdim": [1.5, 2.0, 2.5], "computed": True}
+    loaded = load_state_json(LatentStats(), path, config_key="latent_scale_file")
+    assert float(loaded.scale_factor) == 0.8125 and bool(loaded.computed)
+    assert loaded.pixdim.tolist() == [1.5, 2.0, 2.5] and loaded.pixdim.dtype == torch.float32
+    assert listing(path.parent) == ["latent_scale.json"]  # written atomically, no temporary left
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (None, r"config key 'latent_scale_file': file '.*latent_scale.json' does not exist.*entry 'models/latent"),
+        ("{not json", r"cannot read .* as JSON"),
+        ("[1, 2]", r"holds a JSON list, not an object"),
+        ('{"scale_factor": 1.0, "computed": true}', r"lacks entry 'pixdim'"),
+        ('{"scale_factor": 1.0, "pixdim": [1, 1, 1], "computed": true, "x": 1}', r"has layer 'x'"),
+        ('{"scale_factor": 1.0, "pixdim": [1, 1], "computed": true}', r"layer 'pixdim' has shape \(2,\)"),
+        ('{"scale_factor": "big", "pixdim": [1, 1, 1], "computed": true}', r"not numeric"),
+    ],
+    ids=["missing", "not json", "not an object", "missing entry", "extra entry", "wrong shape", "not numeric"],
+)
+def test_load_state_json_rejects(tmp_path: Path, text: str | None, match: str) -> None:
+    path = tmp_path / "models" / "latent_scale.json"
+    if text is not None:
+        path.parent.mkdir()
+        path.write_text(text)
+    stats = LatentStats()
+    with pytest.raises((FileNotFoundError, ValueError), match=match):
+        load_state_json(stats, path, "latent_scale_file", large_files_entry="models/latent_scale.json")
+    assert float(stats.scale_factor) == 1.0 and not bool(stats.computed)

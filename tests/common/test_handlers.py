@@ -1,8 +1,10 @@
-"""Tests of common/handlers.py: interval/final checkpoints with a tiny ignite trainer, and resuming from them."""
+"""Tests of common/handlers.py: training-state checkpoints and inference files with a tiny ignite trainer, and
+resuming from them."""
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from common.data import LatentStats
 from common.handlers import ResumeFromLatest, TrainingCheckpointer
 
 EPOCH_LENGTH = 2
@@ -70,57 +73,110 @@ def load(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------- checkpointer
 
 
+WEIGHTS = {"model.pt": "network"}
+
+
 @pytest.mark.parametrize(
     "max_epochs, save_interval, n_saved, kept",
-    [(7, 2, 2, [4, 6]), (11, 1, 2, [10, 11]), (3, 1, 5, [1, 2, 3]), (4, 0, 1, [])],
+    [(7, 2, 2, [6, 7]), (11, 1, 2, [10, 11]), (3, 1, 5, [1, 2, 3]), (4, 0, 1, [4])],
 )
-def test_checkpointer_keeps_the_last_interval_files_and_writes_the_final_file(
+def test_checkpointer_keeps_the_last_files_and_saves_the_end_state(
     tmp_path: Path, max_epochs: int, save_interval: int, n_saved: int, kept: list[int]
 ) -> None:
     run = Run()
-    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=save_interval, n_saved=n_saved).attach(run.trainer)
+    checkpointer = TrainingCheckpointer(
+        str(tmp_path), run.objects(), save_interval=save_interval, n_saved=n_saved, inference_files=WEIGHTS
+    )
+    checkpointer.attach(run.trainer)
     run.run(max_epochs)
     assert listing(tmp_path) == sorted([f"checkpoint_epoch={e}.pt" for e in kept] + ["model.pt"])
-    final = load(tmp_path / "model.pt")
+    final = load(tmp_path / f"checkpoint_epoch={max_epochs}.pt")
     assert sorted(final) == ["network", "optimizer", "trainer"]
     assert final["trainer"]["iteration"] == max_epochs * EPOCH_LENGTH
     assert all(torch.equal(v, final["network"][k]) for k, v in run.network.state_dict().items())
     for epoch in kept:
         assert load(tmp_path / f"checkpoint_epoch={epoch}.pt")["trainer"]["iteration"] == epoch * EPOCH_LENGTH
+    weights = load(tmp_path / "model.pt")  # the inference file: a plain state dict of the network
+    assert sorted(weights) == ["bias", "weight"]
+    assert all(torch.equal(v, weights[k]) for k, v in run.network.state_dict().items())
 
 
 def test_checkpointer_saves_the_weights_of_that_epoch(tmp_path: Path) -> None:
     run = Run()
-    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=1, n_saved=3).attach(run.trainer)
+    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=1, n_saved=3, inference_files=WEIGHTS).attach(
+        run.trainer
+    )
     snapshots: dict[int, dict] = {}
+    inference: dict[int, dict] = {}
     run.trainer.add_event_handler(
         Events.EPOCH_COMPLETED,
         lambda e: snapshots.update({e.state.epoch: {k: v.clone() for k, v in run.network.state_dict().items()}}),
     )
+    run.trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: inference.update({e.state.epoch: load(tmp_path / "model.pt")})
+    )  # runs after the checkpointer's handler: model.pt is rewritten with every checkpoint
     run.run(3)
     assert not torch.equal(snapshots[2]["weight"], snapshots[3]["weight"])
     for epoch in (2, 3):
         saved = load(tmp_path / f"checkpoint_epoch={epoch}.pt")["network"]
         assert all(torch.equal(v, saved[k]) for k, v in snapshots[epoch].items())
+    for epoch in (1, 2, 3):
+        assert all(torch.equal(v, inference[epoch][k]) for k, v in snapshots[epoch].items())
 
 
 def test_checkpointer_unwraps_data_parallel(tmp_path: Path) -> None:
     run = Run()
-    TrainingCheckpointer(str(tmp_path), {"network": nn.DataParallel(run.network)}, save_interval=0).attach(run.trainer)
+    wrapped = {"network": nn.DataParallel(run.network)}
+    TrainingCheckpointer(str(tmp_path), wrapped, save_interval=0, inference_files=WEIGHTS).attach(run.trainer)
     run.run(1)
-    assert sorted(load(tmp_path / "model.pt")["network"]) == ["bias", "weight"]
+    assert sorted(load(tmp_path / "checkpoint_epoch=1.pt")["network"]) == ["bias", "weight"]
+    assert sorted(load(tmp_path / "model.pt")) == ["bias", "weight"]
 
 
-def test_checkpointer_writes_no_final_file_when_training_fails(tmp_path: Path) -> None:
-    earlier = tmp_path / "model.pt"
-    torch.save({"network": {"weight": torch.zeros(1, 2)}}, earlier)
-    before = earlier.read_bytes()
+def test_checkpointer_writes_holder_buffers_as_json(tmp_path: Path) -> None:
+    run = Run()
+    stats = LatentStats(pixdim=(2.0, 2.0, 3.0))
+    stats.set_scale(0.5)
+    files = {"model.pt": "network", "latent_scale.json": "stats"}
+    objects = {**run.objects(), "stats": stats}
+    TrainingCheckpointer(str(tmp_path), objects, save_interval=1, inference_files=files).attach(run.trainer)
+    run.run(1)
+    assert json.loads((tmp_path / "latent_scale.json").read_text()) == {
+        "scale_factor": 0.5,
+        "pixdim": [2.0, 2.0, 3.0],
+        "computed": True,
+    }
+    assert float(load(tmp_path / "checkpoint_epoch=1.pt")["stats"]["scale_factor"]) == 0.5
+
+
+def test_checkpointer_keeps_the_last_checkpoint_files_when_training_fails(tmp_path: Path) -> None:
     run = Run(fail_at_iteration=5)
-    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=1, n_saved=5).attach(run.trainer)
+    TrainingCheckpointer(str(tmp_path), run.objects(), save_interval=1, n_saved=5, inference_files=WEIGHTS).attach(
+        run.trainer
+    )
     with pytest.raises(RuntimeError, match="interrupted"):
         run.run(4)
-    assert earlier.read_bytes() == before
     assert listing(tmp_path) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    newest = load(tmp_path / "checkpoint_epoch=2.pt")["network"]
+    weights = load(tmp_path / "model.pt")
+    assert all(torch.equal(v, weights[k]) for k, v in newest.items())  # the weights match the newest state
+
+
+@pytest.mark.parametrize(
+    "files, match",
+    [
+        (
+            {"model.pt": "ema"},
+            r"'model.pt' names entry 'ema', which save_dict lacks; it has \['network', 'optimizer'\]",
+        ),
+        ({"model.ckpt": "network"}, r"'model.ckpt' must be a file name ending in one of \('.pt', '.json'\)"),
+        ({"sub/model.pt": "network"}, r"'sub/model.pt' must be a file name"),
+    ],
+    ids=["unknown entry", "suffix", "path"],
+)
+def test_checkpointer_rejects_inference_files(tmp_path: Path, files: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainingCheckpointer(str(tmp_path), Run().objects(), inference_files=files)
 
 
 @pytest.mark.parametrize("save_interval, n_saved", [(-1, 2), (1, 0)])
@@ -155,7 +211,19 @@ def test_resume_continues_from_the_newest_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
     assert run.epochs == [4, 5]
     assert run.trainer.state.iteration == 5 * EPOCH_LENGTH
-    assert listing(tmp_path) == ["checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt", "model.pt"]
+    assert listing(tmp_path) == ["checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt"]
+
+
+def test_resume_continues_a_finished_run_from_its_end_state(tmp_path: Path) -> None:
+    first = Run(seed=0)
+    TrainingCheckpointer(str(tmp_path), first.objects(), save_interval=2, n_saved=2).attach(first.trainer)
+    first.run(3)  # checkpoints at epoch 2 (interval) and 3 (end)
+    run = Run(seed=1)
+    ResumeFromLatest(str(tmp_path), run.objects()).attach(run.trainer)
+    run.record_start()
+    run.run(5)
+    assert (run.started["epoch"], run.started["iteration"]) == (3, 3 * EPOCH_LENGTH)
+    assert run.epochs == [4, 5]
 
 
 def test_resume_disabled_does_nothing(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from common.io import (
     encode_png,
     montage,
     overlay_outline,
+    read_json_object,
     save_preview_png,
     window_uint8,
     write_png,
@@ -352,3 +353,17 @@ def test_enlargement_helpers():
     assert enlargement_factor((32, 20), 160) == 5 and enlargement_factor((200, 10), 160) == 1
     image = np.arange(4).reshape(2, 2)
     np.testing.assert_array_equal(enlarge_nearest(image, 2), [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+def test_read_json_object(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    path.write_text('{"x": [1, 2]}')
+    assert read_json_object(path, "config key 'k'") == {"x": [1, 2]}
+    path.write_text("[1]")
+    with pytest.raises(ValueError, match=r"^config key 'k': '.*a.json' holds a JSON list, not an object"):
+        read_json_object(path, "config key 'k'")
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match=r"^--meta_file: cannot read '.*a.json' as JSON"):
+        read_json_object(path, "--meta_file")
+    with pytest.raises(ValueError, match=r"cannot read '.*absent.json'"):
+        read_json_object(tmp_path / "absent.json", "--meta_file")

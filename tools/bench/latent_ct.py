@@ -263,7 +263,7 @@ def bench_latent_ct(
         dm_workflow = bundle_workflow(
             config_files(BUNDLE, *DIFFUSION),
             "train",
-            **{**overhead_overrides, "autoencoder_ckpt": str(quality / "models" / "autoencoder.pt")},
+            **{**overhead_overrides, "autoencoder_ckpt": str(quality / "models" / "model_autoencoder.pt")},
         )
         throughput["diffusion"] = _throughput(dm_workflow, _diffusion_bare_intervals, overhead_rounds, overhead_epochs)
         training["diffusion"] = _train(quality, DIFFUSION, diffusion_epochs)
