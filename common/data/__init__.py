@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from common.data import phantoms
 from common.data.ct_cases import CT_IMAGE_NAMES, find_ct_cases
+from common.data.datalist import datalist_content, read_datalist, save_datalist
 from common.data.headers import (
     check_case_headers,
     check_ct_case_headers,
     check_petct_headers,
+    check_same_grid,
     nifti_header,
+    read_case_headers,
     world_bounding_box,
 )
 from common.data.latent_scale import LatentStats, compute_latent_scale_factor, compute_scale_factor, latent_scale_factor
@@ -46,8 +49,10 @@ __all__ = [
     "check_case_headers",
     "check_ct_case_headers",
     "check_petct_headers",
+    "check_same_grid",
     "compute_latent_scale_factor",
     "compute_scale_factor",
+    "datalist_content",
     "ensure_phantom_dataset",
     "field_of_view_mm",
     "find_cases",
@@ -60,6 +65,9 @@ __all__ = [
     "prepare_ct_dataset",
     "prepare_dataset",
     "prepare_petct_dataset",
+    "read_case_headers",
+    "read_datalist",
+    "save_datalist",
     "split_by_patient",
     "split_cases",
     "training_pixdim",

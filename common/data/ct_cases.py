@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.data.layouts import NIFTI_SUFFIXES, case_id_from_path
+from common.data.datalist import read_datalist
+from common.data.layouts import NIFTI_SUFFIXES, case_id_from_path, require_cases
 
 __all__ = ["CT_IMAGE_NAMES", "find_ct_cases"]
 
@@ -25,41 +26,35 @@ def _case_id_of_image(image: str) -> str:
     return path.parent.name if path.name in CT_IMAGE_NAMES and path.parent.name else case_id_from_path(path)
 
 
-def _cases_from_ct_datalist(root: Path, datalist: Path, section: str) -> list[dict[str, Any]]:
-    try:
-        content = json.loads(datalist.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"datalist '{datalist}' is not readable JSON: {e}") from e
-    entries = content.get(section) if isinstance(content, dict) else None
-    if not isinstance(entries, list):
-        found = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"datalist '{datalist}': expected a list of cases under '{section}', found {found}")
-    cases = []
-    for index, entry in enumerate(entries):
-        where = f"datalist '{datalist}' {section}[{index}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise ValueError(
-                f"{where}: expected {{'case_id': ..., 'image': 'ct path', 'masks': {{name: path}}}} with one CT "
-                f"path, found {entry}"
-            )
-        masks = entry.get("masks", {})
-        if not isinstance(masks, dict) or not all(isinstance(p, str) for p in masks.values()):
-            raise ValueError(f"{where}: 'masks' must map structure names to paths, found {masks}")
-        case_id = str(entry.get("case_id") or _case_id_of_image(entry["image"]))
-        case = {
-            "case_id": case_id,
-            "image": str(root / entry["image"]),
-            "masks": {str(name): str(root / path) for name, path in masks.items()},
+_CT_ENTRY = "{'case_id': ..., 'image': 'ct path', 'masks': {name: path}} with one CT path"
+
+
+def _check_ct_entry(entry: Mapping[str, Any], where: str) -> None:
+    if not isinstance(entry["image"], str):
+        raise ValueError(f"{where}: expected {_CT_ENTRY}, found {entry}")
+    masks = entry.get("masks", {})
+    if not isinstance(masks, dict):
+        raise ValueError(f"{where}: 'masks' must map structure names to paths, found {masks}")
+
+
+def _cases_from_ct_datalist(datalist: Path, section: str) -> list[dict[str, Any]]:
+    entries = read_datalist(
+        datalist,
+        ("image",),
+        section,
+        path_keys=("image", "masks"),
+        check_files=True,
+        expected=_CT_ENTRY,
+        check_entry=_check_ct_entry,
+    )
+    return [
+        {
+            "case_id": str(entry.get("case_id") or _case_id_of_image(entry["image"])),
+            "image": entry["image"],
+            "masks": entry.get("masks", {}),
         }
-        listed = [("CT", case["image"])] + [(f"mask '{name}'", path) for name, path in case["masks"].items()]
-        missing = [f"{role} '{path}'" for role, path in listed if not Path(path).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{where} (case '{case_id}'): listed file(s) do not exist (paths are relative to '{root}'): "
-                f"{', '.join(missing[:10])}"
-            )
-        cases.append(case)
-    return cases
+        for entry in entries
+    ]
 
 
 def _cases_from_case_folders(root: Path) -> list[dict[str, Any]]:
@@ -125,13 +120,8 @@ def find_ct_cases(
     if not contents:
         raise ValueError(f"dataset folder '{root}' is empty: expected {expected}")
     if datalist is not None and (root / datalist).is_file():
-        cases = _cases_from_ct_datalist(root, root / datalist, section)
+        cases = _cases_from_ct_datalist(root / datalist, section)
     else:
         cases = _cases_from_case_folders(root)
-    if not cases:
-        raise ValueError(f"no CT cases in '{root}' (section '{section}'): expected {expected}; found {contents[:10]}")
-    ids = [case["case_id"] for case in cases]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"case ids occur more than once in '{root}': {duplicates[:10]}")
+    require_cases(cases, root, "CT cases", expected, f"section '{section}'")
     return sorted(cases, key=lambda case: case["case_id"])

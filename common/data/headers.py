@@ -1,4 +1,11 @@
-"""NIfTI header checks: images and masks of a case share grid, spacing and orientation."""
+"""NIfTI header checks of a case's files, from the headers alone (no voxel is read), so a bad dataset fails in seconds.
+
+One code path reads the headers of a case's files, each named by its role (:func:`read_case_headers`: an existing,
+readable 3D NIfTI), and one compares them with the case's first file (:func:`check_same_grid`: shape, spacing,
+orientation and origin). Multi-modal MRI cases (:func:`check_case_headers`) and CT cases with structure masks
+(:func:`check_ct_case_headers`) are that comparison; PET-CT cases (:func:`check_petct_headers`) are the one
+specialisation: PET and CT come on different grids, so their world-space bounding boxes must overlap instead.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +18,15 @@ import numpy as np
 
 from common.data.layouts import NIFTI_SUFFIXES
 
-__all__ = ["check_ct_case_headers", "nifti_header", "check_case_headers", "world_bounding_box", "check_petct_headers"]
-
-
-def check_ct_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float = 1e-2) -> None:
-    """Every structure mask of ``case`` must lie on the CT's grid (same shape and affine).
-
-    Raises:
-        ValueError: naming the mask file, with both shapes or affines.
-    """
-    shape, affine = nifti_header(case["image"])
-    for name, path in sorted(case.get("masks", {}).items()):
-        mask_shape, mask_affine = nifti_header(path)
-        if mask_shape != shape:
-            raise ValueError(
-                f"case '{case['case_id']}': mask '{name}' ({path}) has shape {mask_shape}, the CT ({case['image']}) "
-                f"has {shape}; masks must be on the CT grid"
-            )
-        if not np.allclose(mask_affine, affine, rtol=rtol, atol=atol):
-            raise ValueError(
-                f"case '{case['case_id']}': mask '{name}' ({path}) has affine\n{mask_affine.round(3)}\nbut the CT "
-                f"({case['image']}) has\n{affine.round(3)}; spacing or origin differ"
-            )
+__all__ = [
+    "nifti_header",
+    "read_case_headers",
+    "check_same_grid",
+    "check_case_headers",
+    "check_ct_case_headers",
+    "world_bounding_box",
+    "check_petct_headers",
+]
 
 
 def nifti_header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
@@ -51,40 +45,73 @@ def nifti_header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     return shape, image.affine
 
 
-def check_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float = 1e-2) -> None:
-    """Check, from the NIfTI headers only, that every file of ``case`` has the same 3D grid.
+def read_case_headers(case_id: str, files: Sequence[tuple[str, str]]) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """(3D shape, affine) of each ``(role, path)`` of a case, e.g. ``("CT", "/data/a/ct.nii.gz")``.
 
     Raises:
-        ValueError: a file is not a readable 3D NIfTI, or shapes / spacing / orientation differ between the files of
-            the case (the message names both files and what each has).
+        FileNotFoundError: a file does not exist.
+        ValueError: a file is not a readable NIfTI or not a 3D volume (the case, the role and the file are named).
     """
-    paths = [*case["image"], case["label"]]
-    reference_path = case["image"][0]
-    reference_shape, reference_affine = nifti_header(reference_path)
-    if len(reference_shape) != 3:
-        raise ValueError(f"'{reference_path}': expected a 3D volume, found shape {reference_shape}")
-    for path in paths[1:]:
+    headers = []
+    for role, path in files:
         shape, affine = nifti_header(path)
+        if len(shape) != 3:
+            raise ValueError(f"case '{case_id}': {role} '{path}' must be a 3D volume, found {shape}")
+        headers.append((shape, affine))
+    return headers
+
+
+def _describe_grid(affine: np.ndarray) -> str:
+    spacing = np.linalg.norm(affine[:3, :3], axis=0).round(4).tolist()
+    orientation = "".join(nib.aff2axcodes(affine))
+    return f"spacing {spacing}, orientation {orientation}, origin {affine[:3, 3].round(3).tolist()}"
+
+
+def check_same_grid(case_id: str, files: Sequence[tuple[str, str]], rtol: float = 1e-3, atol: float = 1e-2) -> None:
+    """Every ``(role, path)`` of ``files`` is a 3D NIfTI on the voxel grid of the first: same shape and affine.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`read_case_headers`; a shape or affine (spacing, orientation,
+            origin) that differs from the first file's (both files and what each has are named).
+    """
+    headers = read_case_headers(case_id, files)
+    (reference_role, reference_path), (reference_shape, reference_affine) = files[0], headers[0]
+    for (role, path), (shape, affine) in zip(files[1:], headers[1:]):
         if shape != reference_shape:
             raise ValueError(
-                f"case '{case['case_id']}': shape {shape} of '{path}' does not match shape {reference_shape} of "
-                f"'{reference_path}'"
+                f"case '{case_id}': {role} '{path}' has shape {shape}, but {reference_role} '{reference_path}' has "
+                f"{reference_shape}; the files of a case must share one voxel grid"
             )
         if not np.allclose(affine, reference_affine, rtol=rtol, atol=atol):
-            spacing, reference_spacing = (
-                np.linalg.norm(a[:3, :3], axis=0).round(4) for a in (affine, reference_affine)
-            )
             raise ValueError(
-                f"case '{case['case_id']}': voxel grid of '{path}' (spacing {spacing.tolist()}, affine "
-                f"{affine.round(3).tolist()}) does not match '{reference_path}' (spacing {reference_spacing.tolist()}, "
-                f"affine {reference_affine.round(3).tolist()})"
+                f"case '{case_id}': the voxel grid of {role} '{path}' ({_describe_grid(affine)}) does not match "
+                f"{reference_role} '{reference_path}' ({_describe_grid(reference_affine)}): orientation, spacing or "
+                "origin differ"
             )
+
+
+def check_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float = 1e-2) -> None:
+    """Every image and the label of ``case`` (``{"case_id", "image": [paths], "label"}``) share one 3D grid.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`check_same_grid`.
+    """
+    files = [*(("image", path) for path in case["image"]), ("label", case["label"])]
+    check_same_grid(case["case_id"], files, rtol, atol)
+
+
+def check_ct_case_headers(case: dict[str, Any], rtol: float = 1e-3, atol: float = 1e-2) -> None:
+    """Every structure mask of ``case`` (``{"case_id", "image": ct path, "masks": {name: path}}``) lies on the CT grid.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`check_same_grid` (the mask is named by its structure).
+    """
+    masks = sorted(case.get("masks", {}).items())
+    files = [("CT", case["image"]), *((f"mask '{name}'", path) for name, path in masks)]
+    check_same_grid(case["case_id"], files, rtol, atol)
 
 
 _ROLES = {"ct": "CT", "pet": "PET", "label": "mask"}
-
-
-# ------------------------------------------------------------------------------------------------ header-level checks
 
 
 def world_bounding_box(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
@@ -114,14 +141,9 @@ def check_petct_headers(case: Mapping[str, str], min_overlap: float = 0.5) -> No
         FileNotFoundError: a file does not exist.
         ValueError: unreadable header, not a 3D volume, fields of view that do not overlap or overlap too little.
     """
-    boxes = {}
-    for role in ("ct", "pet", "label"):
-        shape, affine = nifti_header(case[role])
-        if len(shape) != 3:
-            raise ValueError(
-                f"case '{case['case_id']}': {_ROLES[role]} '{case[role]}' must be a 3D volume, found {shape}"
-            )
-        boxes[role] = world_bounding_box(shape, affine)
+    files = [(_ROLES[role], case[role]) for role in _ROLES]
+    headers = read_case_headers(case["case_id"], files)
+    boxes = {role: world_bounding_box(shape, affine) for role, (shape, affine) in zip(_ROLES, headers)}
     for role in ("pet", "label"):
         if _intersection_volume(boxes["ct"], boxes[role]) == 0.0:
             raise ValueError(

@@ -16,16 +16,23 @@ of every file of a case) run before any voxel is read, so a bad dataset fails in
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.io import atomic_write_text
+from common.data.datalist import read_datalist, save_datalist
 
-__all__ = ["LAYOUTS", "NIFTI_SUFFIXES", "case_id_from_path", "find_cases", "write_datalist", "case_paths"]
+__all__ = [
+    "LAYOUTS",
+    "NIFTI_SUFFIXES",
+    "case_id_from_path",
+    "require_cases",
+    "find_cases",
+    "write_datalist",
+    "case_paths",
+]
 
 
 LAYOUTS = ("auto", "datalist", "images_labels", "brats")
@@ -46,28 +53,52 @@ def case_id_from_path(path: str | Path) -> str:
     return Path(name).stem
 
 
+def require_cases(
+    cases: Sequence[Mapping[str, Any]],
+    root: Path,
+    what: str,
+    expected: str,
+    context: str,
+    config_key: str | None = None,
+) -> None:
+    """What every case finder returns: at least one case, and no case id twice (ids name outputs and pair samples).
+
+    Args:
+        cases: the cases found.
+        root: the dataset folder.
+        what: what was looked for, e.g. ``"PET-CT cases"``.
+        expected: the layouts understood, for the message.
+        context: how the folder was read, e.g. ``"layout 'auto'"``.
+        config_key: config key of the folder, named in the messages.
+
+    Raises:
+        ValueError: no case (the folder's first entries are listed) or repeated case ids (they are listed).
+    """
+    where = f"config key '{config_key}': " if config_key else ""
+    if not cases:
+        found = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:10]
+        raise ValueError(
+            f"{where}no {what} in '{root}' ({context}): expected {expected}; found {found or 'an empty folder'}"
+        )
+    ids = [case["case_id"] for case in cases]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{where}case ids occur more than once in '{root}': {duplicates[:10]}")
+
+
 def _nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
 
 
-def _cases_from_datalist(root: Path, datalist: Path, section: str) -> list[dict[str, Any]]:
-    try:
-        content = json.loads(datalist.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"datalist '{datalist}' is not readable JSON: {e}") from e
-    entries = content.get(section, []) if isinstance(content, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"datalist '{datalist}': expected a list under '{section}', found {type(entries).__name__}")
+def _cases_from_datalist(datalist: Path, section: str) -> list[dict[str, Any]]:
+    entries = read_datalist(
+        datalist, ("image", "label"), section, expected="{'image': path or [paths], 'label': path, 'case_id'?: id}"
+    )
     cases = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise ValueError(
-                f"datalist '{datalist}' {section}[{i}]: expected {{'image': ..., 'label': ...}}, found {entry}"
-            )
+    for entry in entries:
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-        label = str(root / entry["label"])
-        case_id = str(entry.get("case_id", re.sub(r"_seg$", "", case_id_from_path(label))))
-        cases.append({"case_id": case_id, "image": [str(root / p) for p in images], "label": label})
+        case_id = str(entry.get("case_id", re.sub(r"_seg$", "", case_id_from_path(entry["label"]))))
+        cases.append({"case_id": case_id, "image": images, "label": entry["label"]})
     return cases
 
 
@@ -145,8 +176,9 @@ def find_cases(
         config_key: config key named in error messages.
 
     Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: unknown layout, no usable cases, images and labels that do not pair up, wrong channel count.
+        FileNotFoundError: the folder does not exist; layout ``datalist`` without a ``dataset.json``.
+        ValueError: unknown layout, no usable cases, images and labels that do not pair up, wrong channel count, a
+            malformed datalist (see :func:`common.data.datalist.read_datalist`).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
@@ -154,31 +186,27 @@ def find_cases(
     if not root.is_dir():
         raise FileNotFoundError(f"config key '{config_key}': dataset folder '{root}' does not exist")
     datalist = root / "dataset.json"
+    if layout == "datalist" and not datalist.is_file():
+        raise FileNotFoundError(f"config key '{config_key}': '{root}' has no dataset.json (layout 'datalist')")
     if layout == "datalist" or (layout == "auto" and datalist.is_file()):
-        cases = _cases_from_datalist(root, datalist, section)
+        cases = _cases_from_datalist(datalist, section)
     elif layout == "images_labels" or (layout == "auto" and (root / "imagesTr").is_dir()):
         if not (root / "labelsTr").is_dir():
             raise ValueError(f"config key '{config_key}': '{root}' has imagesTr/ but no labelsTr/ folder")
         cases = _cases_from_images_labels(root, len(modalities))
     else:
         cases = _cases_from_brats(root, modalities)
-    if not cases:
-        found = sorted(p.name for p in root.iterdir())[:10]
-        raise ValueError(
-            f"config key '{config_key}': no usable cases in '{root}' (layout '{layout}'): expected a dataset.json "
-            f"datalist, imagesTr/ + labelsTr/ folders, or BraTS files <id>_{{{','.join(modalities)}}}.nii.gz + "
-            f"<id>_seg.nii.gz; found {found or 'an empty folder'}"
-        )
+    expected = (
+        f"a dataset.json datalist, imagesTr/ + labelsTr/ folders, or BraTS files <id>_{{{','.join(modalities)}}}.nii.gz "
+        "+ <id>_seg.nii.gz"
+    )
+    require_cases(cases, root, "usable cases", expected, f"layout '{layout}'", config_key)
     for case in cases:
         if len(case["image"]) != len(modalities):
             raise ValueError(
                 f"case '{case['case_id']}' has {len(case['image'])} image channel file(s) {case['image']}, expected "
                 f"{len(modalities)} (modalities {list(modalities)})"
             )
-    ids = [case["case_id"] for case in cases]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"config key '{config_key}': case ids occur more than once in '{root}': {duplicates[:10]}")
     return cases
 
 
@@ -193,8 +221,7 @@ def write_datalist(out_dir: str | Path, cases: list[dict[str, Any]], **fields: A
         {"case_id": c["case_id"], "image": [relative(p) for p in c["image"]], "label": relative(c["label"])}
         for c in cases
     ]
-    content = {**fields, "numTraining": len(training), "training": training}
-    return atomic_write_text(root / "dataset.json", json.dumps(content, indent=2), overwrite=True)
+    return save_datalist(root / "dataset.json", training, **fields)
 
 
 def case_paths(out_dir: str | Path, case_id: str, modalities: Sequence[str], layout: str) -> tuple[list[Path], Path]:

@@ -21,7 +21,6 @@ Folder layouts understood by :func:`find_petct_cases`:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -40,8 +39,9 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from common.data.datalist import datalist_content, read_datalist
 from common.data.headers import check_petct_headers
-from common.data.layouts import _nifti_files, case_id_from_path
+from common.data.layouts import _nifti_files, case_id_from_path, require_cases
 from common.transforms.crop import SmartCropd
 from common.transforms.io import SafeLoadImaged
 from common.transforms.validation import ValidateCase
@@ -200,17 +200,6 @@ def _cases_from_hecktor(root: Path, config_key: str) -> list[dict[str, str]]:
     return [{"case_id": i, "ct": ct[i], "pet": pet[i], "label": labels[i]} for i in sorted(ct)]
 
 
-def _read_datalist(datalist: Path) -> dict[str, Any]:
-    try:
-        content = json.loads(datalist.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"datalist '{datalist}' is not readable JSON: {e}") from e
-    if not isinstance(content, dict) or not isinstance(content.get("training"), list):
-        found = type(content.get("training")).__name__ if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"datalist '{datalist}': expected a list under 'training', found {found}")
-    return content
-
-
 def _channel_order(content: dict[str, Any], datalist: Path) -> tuple[int, int, int]:
     """(CT channel, PET channel, channel count) of ``image`` lists, from the datalist's ``modality`` field."""
     modality = content.get("modality")
@@ -227,50 +216,68 @@ def _channel_order(content: dict[str, Any], datalist: Path) -> tuple[int, int, i
     return int(ct[0]), int(pet[0]), len(names)
 
 
-def _datalist_case(entry: Any, index: int, root: Path, datalist: Path, order: tuple[int, int, int]) -> dict[str, str]:
+def _ct_and_pet(entry: Mapping[str, Any], order: tuple[int, int, int]) -> tuple[str, str] | None:
+    """The (CT, PET) paths of a datalist entry: its ``ct``/``pet`` keys or its ``image`` list; None if neither."""
     ct_channel, pet_channel, channels = order
-    images = entry.get("image") if isinstance(entry, dict) else None
-    if isinstance(entry, dict) and {"ct", "pet", "label"} <= entry.keys():
-        ct, pet = entry["ct"], entry["pet"]
-    elif isinstance(images, list) and len(images) == channels and "label" in entry:
-        ct, pet = images[ct_channel], images[pet_channel]
-    else:
-        raise ValueError(
-            f"datalist '{datalist}' training[{index}]: expected {{'ct': ..., 'pet': ..., 'label': ...}} or "
-            f"{{'image': [{channels} paths, CT channel {ct_channel}, PET channel {pet_channel}], 'label': ...}}, "
-            f"found {entry}"
-        )
-    label = str(root / entry["label"])
-    case_id = str(entry.get("case_id", case_id_from_path(label)))
-    for path, expected in ((ct, "CT"), (pet, "PT")):
-        named = _hecktor_name(path)
-        if named is not None and named != (case_id, expected):
-            raise ValueError(
-                f"datalist '{datalist}' training[{index}] (case '{case_id}'): {expected} entry '{path}' is named for "
-                f"case '{named[0]}' modality '{named[1]}'; expected '{case_id}__{expected}' (pairing is by case id)"
-            )
-    return {"case_id": case_id, "ct": str(root / ct), "pet": str(root / pet), "label": label}
+    images = entry.get("image")
+    if "ct" in entry and "pet" in entry:
+        return entry["ct"], entry["pet"]
+    if isinstance(images, list) and len(images) == channels:
+        return images[ct_channel], images[pet_channel]
+    return None
 
 
-def _cases_from_datalist(root: Path, datalist: Path) -> list[dict[str, str]]:
-    content = _read_datalist(datalist)
-    order = _channel_order(content, datalist)
-    cases = [_datalist_case(entry, i, root, datalist, order) for i, entry in enumerate(content["training"])]
-    missing = [c[role] for c in cases for role in ("ct", "pet", "label") if not Path(c[role]).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"datalist '{datalist}': {len(missing)} listed file(s) do not exist (paths are relative to '{root}'): "
-            f"{missing[:10]}"
-        )
+def _entry_form(order: tuple[int, int, int]) -> str:
+    """How a PET-CT datalist entry looks, for error messages."""
+    ct_channel, pet_channel, channels = order
+    return (
+        f"{{'ct': ..., 'pet': ..., 'label': ...}} or {{'image': [{channels} paths, CT channel {ct_channel}, PET "
+        f"channel {pet_channel}], 'label': ...}}"
+    )
+
+
+def _entry_check(order: tuple[int, int, int]) -> Callable[[Mapping[str, Any], str], None]:
+    """Check of a raw datalist entry for :func:`read_datalist`: CT and PET are there, named for the entry's case."""
+
+    def check(entry: Mapping[str, Any], where: str) -> None:
+        pair = _ct_and_pet(entry, order)
+        if pair is None or not all(isinstance(path, str) for path in pair):
+            raise ValueError(f"{where}: expected {_entry_form(order)}, found {entry}")
+        case_id = str(entry.get("case_id", case_id_from_path(entry["label"])))
+        for path, expected in zip(pair, ("CT", "PT")):
+            named = _hecktor_name(path)
+            if named is not None and named != (case_id, expected):
+                raise ValueError(
+                    f"{where} (case '{case_id}'): {expected} entry '{path}' is named for case '{named[0]}' modality "
+                    f"'{named[1]}'; expected '{case_id}__{expected}' (pairing is by case id)"
+                )
+
+    return check
+
+
+def _cases_from_datalist(datalist: Path) -> list[dict[str, str]]:
+    order = _channel_order(datalist_content(datalist), datalist)
+    entries = read_datalist(
+        datalist,
+        ("label",),
+        path_keys=("ct", "pet", "image", "label"),
+        check_files=True,
+        expected=_entry_form(order),
+        check_entry=_entry_check(order),
+    )
+    cases = []
+    for entry in entries:
+        ct, pet = _ct_and_pet(entry, order)
+        case_id = str(entry.get("case_id", case_id_from_path(entry["label"])))
+        cases.append({"case_id": case_id, "ct": ct, "pet": pet, "label": entry["label"]})
     return cases
 
 
 def _has_training_list(datalist: Path) -> bool:
     try:
-        content = json.loads(datalist.read_text())
-    except (OSError, json.JSONDecodeError):
+        return "training" in datalist_content(datalist)
+    except ValueError:
         return False
-    return isinstance(content, dict) and "training" in content
 
 
 def find_petct_cases(
@@ -302,22 +309,13 @@ def find_petct_cases(
         layout == "auto" and datalist.is_file() and (_has_training_list(datalist) or not (root / "imagesTr").is_dir())
     )
     if use_datalist:
-        cases = _cases_from_datalist(root, datalist)
+        cases = _cases_from_datalist(datalist)
     elif (root / "imagesTr").is_dir():
         cases = _cases_from_hecktor(root, config_key)
     else:
         cases = []
-    if not cases:
-        found = sorted(p.name for p in root.iterdir())[:10]
-        raise ValueError(
-            f"config key '{config_key}': no PET-CT cases in '{root}' (layout '{layout}'): expected a dataset.json "
-            f"datalist or imagesTr/<id>__CT.nii.gz + imagesTr/<id>__PT.nii.gz + labelsTr/<id>.nii.gz; found "
-            f"{found or 'an empty folder'}"
-        )
-    ids = [case["case_id"] for case in cases]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"config key '{config_key}': case ids occur more than once in '{root}': {duplicates[:10]}")
+    expected = "a dataset.json datalist or imagesTr/<id>__CT.nii.gz + imagesTr/<id>__PT.nii.gz + labelsTr/<id>.nii.gz"
+    require_cases(cases, root, "PET-CT cases", expected, f"layout '{layout}'", config_key)
     return cases
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import torch.distributed as dist
 
+from common.data.datalist import datalist_content
 from common.data.headers import check_case_headers, check_ct_case_headers, check_petct_headers, nifti_header
 from common.data.layouts import find_cases
 from common.data.petct import PetCtSettings, find_petct_cases
@@ -148,7 +148,7 @@ def prepare_dataset(
     has_validation = (
         layout in ("auto", "datalist")
         and (root / "dataset.json").is_file()
-        and "validation" in json.loads((root / "dataset.json").read_text())
+        and "validation" in datalist_content(root / "dataset.json")
     )
     if has_validation:
         val = find_cases(root, modalities, "datalist", section="validation")
@@ -194,10 +194,7 @@ def prepare_petct_dataset(
             :func:`split_by_patient`.
     """
     root = Path(dataset_dir)
-    if _is_main_process() and _needs_phantoms(root, phantom):
-        _write_phantoms(phantom)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    ensure_phantom_dataset(root, phantom)
     cases = find_petct_cases(root, layout)
     if check_headers:
         min_overlap = (settings or PetCtSettings()).min_overlap

@@ -1,21 +1,36 @@
-"""Sampling and evaluation workflows the bundle configs run (``run()`` writes a dataset or a report)."""
+"""Sampling and evaluation workflows the bundle configs run (``run()`` writes a dataset or a report).
+
+``base`` holds the two base classes, :class:`SamplingWorkflow` and :class:`EvaluationWorkflow`, with the shared loop,
+output checks, seeding, datalist and report writing; each bundle's workflow specialises one of them by its steps.
+"""
 
 from __future__ import annotations
 
+from common.workflows.base import (
+    EvaluationWorkflow,
+    SamplingItem,
+    SamplingWorkflow,
+    check_sampler_steps,
+    read_sample_datalist,
+    select_sampler,
+)
 from common.workflows.evaluation import SampleEvaluation, mask_id_of_sample
 from common.workflows.latent_evaluation import LatentEvaluation, list_samples
 from common.workflows.latent_sampling import LatentSampling, from_unit_range_hu
 from common.workflows.paired_evaluation import PairedEvaluation, load_sample_triples
 from common.workflows.paired_sampling import PairedSampling, from_unit_range, slice_affine, to_unit_range
-from common.workflows.sampling import MaskConditionedSampling, check_sampler_steps, list_masks, select_sampler
+from common.workflows.sampling import MaskConditionedSampling, list_masks
 
 __all__ = [
+    "EvaluationWorkflow",
     "LatentEvaluation",
     "LatentSampling",
     "MaskConditionedSampling",
     "PairedEvaluation",
     "PairedSampling",
     "SampleEvaluation",
+    "SamplingItem",
+    "SamplingWorkflow",
     "check_sampler_steps",
     "from_unit_range",
     "from_unit_range_hu",
@@ -23,6 +38,7 @@ __all__ = [
     "list_samples",
     "load_sample_triples",
     "mask_id_of_sample",
+    "read_sample_datalist",
     "select_sampler",
     "slice_affine",
     "to_unit_range",

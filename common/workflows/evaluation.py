@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,8 +20,9 @@ import torch
 from common.data.layouts import find_cases
 from common.metrics.image import diversity_ms_ssim
 from common.metrics.read_back import segment_enhancing_lesion
-from common.metrics.report import evaluate_sets, write_report
+from common.metrics.report import evaluate_sets
 from common.metrics.segmentation import mask_dice
+from common.workflows.base import EvaluationWorkflow
 
 __all__ = ["mask_id_of_sample", "SampleEvaluation"]
 
@@ -37,13 +37,12 @@ def mask_id_of_sample(case_id: str) -> str:
     return _SAMPLE_SUFFIX.sub("", case_id)
 
 
-class SampleEvaluation:
+class SampleEvaluation(EvaluationWorkflow):
     """Compare a folder of samples with the real dataset and write ``report.json`` / ``report.md``.
 
     Args:
         sample_dir: an inference ``output_dir`` (with its ``dataset.json``).
         real_dir: the real dataset folder (any layout :func:`common.data.layouts.find_cases` reads).
-        output_dir: where the report goes.
         modalities: image modality names.
         real_preprocessing: transform of a real case dict to ``{"image": (C, *spatial)}`` on the model grid, scaled
             to [-1, 1] like the training data.
@@ -53,8 +52,7 @@ class SampleEvaluation:
             lesion read back from the sample by :func:`common.metrics.read_back.segment_enhancing_lesion` (with
             ``largest``, only the largest connected bright region) is scored (Dice) against the sample's mask voxels
             with those labels.
-        max_samples: evaluate at most this many samples (None: all).
-        title: heading of the markdown report.
+        output_dir, max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
     """
 
     def __init__(
@@ -69,15 +67,13 @@ class SampleEvaluation:
         max_samples: int | None = None,
         title: str = "Samples against real cases",
     ) -> None:
+        super().__init__(output_dir, title, max_samples)
         self.sample_dir = sample_dir
         self.real_dir = real_dir
-        self.output_dir = Path(output_dir)
         self.modalities = list(modalities)
         self.real_preprocessing = real_preprocessing
         self.sample_preprocessing = sample_preprocessing
         self.lesion_rule = dict(lesion_rule) if lesion_rule else None
-        self.max_samples = max_samples
-        self.title = title
 
     def pairs(self) -> list[tuple[dict, dict]]:
         """(sample case, real case) pairs; samples whose mask is not a real case are left out (logged)."""
@@ -87,7 +83,7 @@ class SampleEvaluation:
             (s, reals[mask_id_of_sample(s["case_id"])]) for s in samples if mask_id_of_sample(s["case_id"]) in reals
         ]
         unpaired = len(samples) - len(paired)
-        paired = paired[: self.max_samples] if self.max_samples else paired
+        paired = self.limit(paired)
         if unpaired:
             logger.warning(
                 f"{unpaired} sample(s) in '{self.sample_dir}' come from masks that are not cases of '{self.real_dir}'"
@@ -110,7 +106,7 @@ class SampleEvaluation:
         target = torch.isin(label[0], torch.tensor(rule["labels"]))
         return mask_dice(lesion, target)
 
-    def run(self) -> dict[str, Any]:
+    def evaluate(self) -> dict[str, Any]:
         pairs = self.pairs()
         fakes, reals, lesion_scores, real_ids = [], [], [], []
         for sample, real in pairs:
@@ -139,6 +135,7 @@ class SampleEvaluation:
             results["lesion_dice_std"] = float(scores.std()) if len(scores) > 1 else 0.0
         results["sample_dir"] = str(self.sample_dir)
         results["real_dir"] = str(self.real_dir)
-        json_path, md_path = write_report(results, self.output_dir, title=self.title)
-        logger.info(f"evaluated {len(pairs)} sample(s) against {len(unique)} real case(s): '{json_path}', '{md_path}'")
         return results
+
+    def summary(self, results: Mapping[str, Any]) -> str:
+        return f"evaluated {results['n_pairs']} sample(s) against {results['n_real_cases']} real case(s)"

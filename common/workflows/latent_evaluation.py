@@ -13,7 +13,6 @@ versus synthetic latents written as PNG (thesis Fig. 6.12). JSON + markdown repo
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -27,12 +26,17 @@ from torch import nn
 from common.losses.autoencoder import kl_divergence
 from common.metrics.fid import fid_2d_slices
 from common.metrics.image import mean_pairwise, ms_ssim, psnr, ssim
-from common.metrics.report import write_report
 from common.metrics.tsne import scatter_png, tsne
+from common.workflows.base import EvaluationWorkflow, read_sample_datalist
 
 __all__ = ["list_samples", "LatentEvaluation"]
 
 logger = logging.getLogger(__name__)
+
+
+def _check_volume_entry(entry: Mapping[str, Any], where: str) -> None:
+    if not isinstance(entry["image"], str):
+        raise ValueError(f"{where}: expected 'image': one CT path (as LatentSampling writes), found {entry}")
 
 
 def list_samples(sample_dir: str | Path) -> list[dict[str, str]]:
@@ -40,24 +44,15 @@ def list_samples(sample_dir: str | Path) -> list[dict[str, str]]:
 
     Raises:
         FileNotFoundError: ``sample_dir`` or its ``dataset.json`` is missing, or a listed file does not exist.
-        ValueError: the datalist lists no volume.
+        ValueError: the datalist lists no volume, or is malformed.
     """
-    root = Path(sample_dir)
-    datalist = root / "dataset.json"
-    if not datalist.is_file():
-        raise FileNotFoundError(
-            f"config key 'sample_dir': '{root}' has no dataset.json; run inference.yaml first (it writes one)"
-        )
-    entries = json.loads(datalist.read_text()).get("training", [])
+    entries = read_sample_datalist(sample_dir, ("image",), check_files=True, check_entry=_check_volume_entry)
     if not entries:
-        raise ValueError(f"config key 'sample_dir': '{datalist}' lists no samples")
-    samples = []
-    for entry in entries:
-        path = root / entry["image"]
-        if not path.is_file():
-            raise FileNotFoundError(f"'{datalist}' lists '{entry['image']}', which does not exist")
-        samples.append({"case_id": entry.get("case_id", path.parent.name), "image": str(path)})
-    return samples
+        raise ValueError(f"config key 'sample_dir': '{Path(sample_dir) / 'dataset.json'}' lists no samples")
+    return [
+        {"case_id": entry.get("case_id", Path(entry["image"]).parent.name), "image": entry["image"]}
+        for entry in entries
+    ]
 
 
 def _ssim_window(spatial_shape: Sequence[int], largest: int = 7) -> int:
@@ -66,7 +61,7 @@ def _ssim_window(spatial_shape: Sequence[int], largest: int = 7) -> int:
     return max(1, min(largest, smallest if smallest % 2 else smallest - 1))
 
 
-class LatentEvaluation:
+class LatentEvaluation(EvaluationWorkflow):
     """Compute the paper's metrics and write ``report.json`` / ``report.md`` and ``tsne.png`` to ``output_dir``.
 
     Args:
@@ -75,7 +70,7 @@ class LatentEvaluation:
             reconstruction metrics.
         real: preprocessed real items (all cases) for the sample metrics.
         samples: preprocessed generated items, same format; None or empty skips the sample metrics.
-        output_dir: report folder.
+        output_dir: report folder (the report's title is 'latent_ct evaluation').
         hu_window: the training HU window (MSE is reported in HU^2).
         perceptual_loss: distance (a, b) -> scalar on volumes (e.g. ``FakeVolumePerceptualLoss``), or None.
         fid_axis: axis the FID slices are cut along (-1: axial).
@@ -106,11 +101,11 @@ class LatentEvaluation:
             raise ValueError("the real set is empty")
         if fid_pool is not None and int(fid_pool) < 1:
             raise ValueError(f"fid_pool must be a positive integer or None, got {fid_pool}")
+        super().__init__(output_dir, title="latent_ct evaluation")
         self.autoencoder = autoencoder.eval()
         self.held_out = held_out
         self.real = real
         self.samples = samples or []
-        self.output_dir = Path(output_dir)
         self.hu_half_width = (float(hu_window[1]) - float(hu_window[0])) / 2.0
         self.perceptual_loss = perceptual_loss
         self.fid_axis = int(fid_axis)
@@ -181,12 +176,14 @@ class LatentEvaluation:
         groups = {"real": embedding[: len(real_latents)], "synthetic": embedding[len(real_latents) :]}
         scatter_png(self.tsne_path(), groups)
 
-    def run(self) -> dict[str, Any]:
+    def evaluate(self) -> dict[str, Any]:
         results: dict[str, Any] = {"reconstruction": self.reconstruction_metrics()}
         if self.samples:
             results["samples"] = self.sample_metrics(self._stack(self.real), self._stack(self.samples))
         else:
             logger.warning("no samples given: only the reconstruction metrics are computed")
-        json_path, md_path = write_report(results, self.output_dir, title="latent_ct evaluation")
-        logger.info(f"evaluation written to '{json_path}' and '{md_path}'")
         return results
+
+    def summary(self, results: Mapping[str, Any]) -> str:
+        samples = results.get("samples", {}).get("samples", 0)
+        return f"evaluated the reconstruction of {results['reconstruction']['cases']} case(s) and {samples} sample(s)"

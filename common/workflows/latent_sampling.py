@@ -11,11 +11,7 @@ overwritten: the run stops before any sampling if one of its outputs exists.
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +23,10 @@ from common.data.latent_scale import LatentStats
 from common.data.phantoms.kinds import phantom_affine
 from common.inferers.conditional import ConditionalDiffusionInferer
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
-from common.io import atomic_write_nifti, atomic_write_text, save_preview_png
-from common.workflows.sampling import check_sampler_steps
+from common.io import atomic_write_nifti, save_preview_png
+from common.workflows.base import SamplingItem, SamplingWorkflow
 
 __all__ = ["from_unit_range_hu", "LatentSampling"]
-
-logger = logging.getLogger(__name__)
 
 
 def from_unit_range_hu(values: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
@@ -43,7 +37,7 @@ def from_unit_range_hu(values: torch.Tensor, window: Sequence[float]) -> torch.T
     return (values.float().clamp(-1.0, 1.0) + 1.0) / 2.0 * (high - low) + low
 
 
-class LatentSampling:
+class LatentSampling(SamplingWorkflow):
     """Generate ``num_samples`` CT volumes from a latent diffusion model and write them (see the module docstring).
 
     Args:
@@ -52,13 +46,9 @@ class LatentSampling:
         stats: :class:`common.data.latent_scale.LatentStats` loaded from the diffusion checkpoint (scale factor, pixdim).
         inferer: a :class:`common.inferers.conditional.ConditionalDiffusionInferer` (unconditional: ``mode="crossattn"``).
         scheduler: sampling scheduler.
-        num_inference_steps: steps given to ``scheduler.set_timesteps``.
         latent_shape: (C, *spatial) of one latent (e.g. (3, 32, 32, 32) for 128^3 volumes).
-        output_dir: output folder.
         hu_window: the (low, high) HU window mapped to [-1, 1] in training.
         num_samples: number of volumes.
-        seed: base seed; a given seed (and ``batch_size``) gives the same samples.
-        device: torch device of the diffusion model and the latents.
         batch_size: latents sampled together (decoding is one volume at a time).
         tiled_decode: decode tile by tile (:func:`common.inferers.tiled_decoding.decode_tiled_tail`: the decoder's attention head on
             the whole latent, its convolutional tail in tiles of ``decode_roi_size`` latent voxels) instead of whole.
@@ -67,9 +57,12 @@ class LatentSampling:
             tail's receptive radius, measured once).
         decode_group_norm: ``"whole"``: GroupNorm with whole-volume statistics (tiled == whole decoding to float
             precision, about 4x slower); ``"tile"``: each tile's own statistics (faster, approximate).
-        preview_samples: rows of the PNG montage.
-        verbose: progress bar.
+        device: torch device of the diffusion model and the latents.
+        num_inference_steps, output_dir, seed, preview_samples, verbose: as for
+            :class:`common.workflows.base.SamplingWorkflow`.
     """
+
+    unit = "volume"
 
     def __init__(
         self,
@@ -93,11 +86,11 @@ class LatentSampling:
         preview_samples: int = 4,
         verbose: bool = True,
     ) -> None:
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+        super().__init__(
+            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
+        )
         if len(latent_shape) < 3:
             raise ValueError(f"latent_shape must be (C, *spatial), got {tuple(latent_shape)}")
-        check_sampler_steps(scheduler, num_inference_steps)
         from_unit_range_hu(torch.zeros(1), hu_window)  # validates the window
         if not bool(stats.computed):
             raise ValueError(
@@ -108,22 +101,13 @@ class LatentSampling:
         self.autoencoder = autoencoder
         self.stats = stats
         self.inferer = inferer
-        self.scheduler = scheduler
-        self.num_inference_steps = int(num_inference_steps)
         self.latent_shape = tuple(int(s) for s in latent_shape)
-        self.output_dir = Path(output_dir)
         self.hu_window = tuple(float(w) for w in hu_window)
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
         self.tiled_decode = bool(tiled_decode)
         self.decode_roi_size = decode_roi_size
         self.decode_overlap = None if decode_overlap is None else float(decode_overlap)
         self.decode_group_norm = decode_group_norm
         self._margin: int | None = None
-        self.preview_samples = int(preview_samples)
-        self.verbose = verbose
 
     def case_id(self, index: int) -> str:
         return f"synthetic_seed{self.seed}_{index:04d}"
@@ -131,23 +115,16 @@ class LatentSampling:
     def image_path(self, index: int) -> Path:
         return self.output_dir / self.case_id(index) / "ct.nii.gz"
 
-    def preview_path(self) -> Path:
-        return self.output_dir / f"preview_seed{self.seed}.png"
+    def sample_files(self) -> Iterable[Path]:
+        return [self.image_path(i) for i in range(self.num_samples)]
 
-    def check_outputs_free(self) -> None:
-        planned = [self.preview_path()] + [self.image_path(i) for i in range(self.num_samples)]
-        existing = [str(p) for p in planned if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"output_dir '{self.output_dir}' already holds {len(existing)} of this run's files (e.g. {existing[:3]});"
-                " samples are never overwritten: choose another --output_dir or --seed"
-            )
+    def modules(self) -> Sequence[nn.Module]:
+        return (self.diffusion, self.autoencoder)
 
     @torch.no_grad()
     def sample_latents(self, first: int, count: int) -> torch.Tensor:
         """``count`` latents (count, *latent_shape), in the autoencoder's units (scale factor undone)."""
-        seed = zlib.crc32(f"{self.seed}/{first}".encode())
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator = self.generator(first)
         noise = torch.randn((count, *self.latent_shape), generator=generator, device=self.device)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         latents = self.inferer.sample(
@@ -190,46 +167,24 @@ class LatentSampling:
         """``count`` volumes (count, 1, *spatial) in HU."""
         return from_unit_range_hu(self.decode(self.sample_latents(first, count)), self.hu_window)
 
-    def run(self) -> list[dict[str, Any]]:
-        """Sample and write every volume; returns the written cases (``case_id``, ``image``)."""
-        self.check_outputs_free()
-        self.diffusion.eval()
-        self.autoencoder.eval()
-        pixdim = [float(p) for p in self.stats.pixdim]
-        written: list[dict[str, Any]] = []
-        preview: list[tuple[str, torch.Tensor]] = []
-        start = time.perf_counter()
-        for first in range(0, self.num_samples, self.batch_size):
-            count = min(self.batch_size, self.num_samples - first)
-            volumes = self.generate(first, count)
-            for offset, volume in enumerate(volumes):
-                index = first + offset
-                affine = phantom_affine(volume.shape[1:], pixdim)
-                path = atomic_write_nifti(volume, affine, self.image_path(index), dtype="int16")
-                written.append({"case_id": self.case_id(index), "image": str(path)})
-                if len(preview) < self.preview_samples:
-                    preview.append((self.case_id(index), volume))
-            logger.info(f"{first + count}/{self.num_samples} volume(s) written to '{self.output_dir}'")
-        self.finish(written, preview, time.perf_counter() - start)
-        return written
+    def sample_item(self, item: SamplingItem, first: int, count: int) -> torch.Tensor:
+        return self.generate(first, count)
 
-    def finish(self, written: list[dict[str, Any]], preview: list, seconds: float) -> None:
-        datalist = self.output_dir / "dataset.json"
-        previous = json.loads(datalist.read_text()).get("training", []) if datalist.is_file() else []
-        known = {c["case_id"] for c in written}
-        entries = [e for e in previous if e.get("case_id") not in known] + [
-            {"case_id": c["case_id"], "image": str(Path(c["image"]).relative_to(self.output_dir)), "masks": {}}
-            for c in written
-        ]
-        content = {
-            "name": "synthetic",
-            "description": "samples of the latent_ct bundle (CT in HU)",
-            "numTraining": len(entries),
-            "training": entries,
-        }
-        atomic_write_text(datalist, json.dumps(content, indent=2), overwrite=True)
-        save_preview_png(self.preview_path(), preview, value_range=self.hu_window)
-        logger.info(
-            f"wrote {len(written)} volume(s) in {seconds:.1f} s to '{self.output_dir}' "
-            f"(datalist '{datalist}', preview '{self.preview_path()}')"
-        )
+    def write_item(self, item: SamplingItem, index: int, sample: torch.Tensor) -> dict[str, Any]:
+        """One int16 HU volume with the training grid's voxel size (stored with the weights)."""
+        affine = phantom_affine(sample.shape[1:], [float(p) for p in self.stats.pixdim])
+        path = atomic_write_nifti(sample, affine, self.image_path(index), dtype="int16")
+        return {"case_id": self.case_id(index), "image": str(path)}
+
+    def preview_of(self, item: SamplingItem, index: int, sample: torch.Tensor) -> tuple[str, torch.Tensor]:
+        return self.case_id(index), sample
+
+    def write_preview(self, previews: list[tuple[str, torch.Tensor]]) -> None:
+        save_preview_png(self.preview_path(), previews, value_range=self.hu_window)
+
+    def datalist_fields(self) -> dict[str, Any]:
+        return {"name": "synthetic", "description": "samples of the latent_ct bundle (CT in HU)"}
+
+    def datalist_entry(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """As the bundle's own datalists: a CT ``image`` and its (here no) structure ``masks``."""
+        return {**super().datalist_entry(entry), "masks": {}}

@@ -15,8 +15,6 @@ Pairing metrics (computed on the samples and, as the reference, on the real slic
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,11 @@ import numpy as np
 import torch
 
 from common.metrics.pairing import pairing_metrics
-from common.metrics.report import evaluate_sets, write_report
+from common.metrics.report import evaluate_sets
+from common.workflows.base import EvaluationWorkflow, read_sample_datalist
 from common.workflows.paired_sampling import from_unit_range, to_unit_range
 
 __all__ = ["load_sample_triples", "PairedEvaluation"]
-
-logger = logging.getLogger(__name__)
 
 
 def _read_slice(path: str, key: str) -> torch.Tensor:
@@ -45,29 +42,32 @@ def _read_slice(path: str, key: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data))[None]
 
 
+def _check_triple_entry(entry: Mapping[str, Any], where: str) -> None:
+    if not isinstance(entry["image"], list) or len(entry["image"]) != 2:
+        raise ValueError(f"{where}: expected 'image': [CT path, PET path] (as PairedSampling writes), found {entry}")
+
+
 def load_sample_triples(sample_dir: str | Path, max_samples: int | None = None) -> list[dict[str, Any]]:
     """Read the triples listed in ``sample_dir/dataset.json`` (written by ``PairedSampling``) in output units.
 
     Returns:
         ``[{"case_id", "ct" (1, H, W) HU, "pet" (1, H, W) SUV, "mask" (1, H, W) {0, 1}, "seeded_from"?}]``.
+
+    Raises:
+        FileNotFoundError: ``sample_dir`` has no ``dataset.json``.
+        ValueError: a malformed datalist; an entry's files are not readable single-slice NIfTI.
     """
-    root = Path(sample_dir)
-    datalist = root / "dataset.json"
-    if not datalist.is_file():
-        raise FileNotFoundError(
-            f"config key 'sample_dir': '{root}' has no dataset.json; point it at an inference output_dir"
-        )
-    entries = json.loads(datalist.read_text()).get("training", [])
+    entries = read_sample_datalist(sample_dir, ("image", "label"), check_entry=_check_triple_entry)
     if max_samples:
         entries = entries[: int(max_samples)]
     triples = []
     for entry in entries:
-        ct_path, pet_path = (str(root / p) for p in entry["image"])
+        ct_path, pet_path = entry["image"]
         triple = {
-            "case_id": entry["case_id"],
+            "case_id": entry.get("case_id"),
             "ct": _read_slice(ct_path, "ct"),
             "pet": _read_slice(pet_path, "pet"),
-            "mask": _read_slice(str(root / entry["label"]), "mask"),
+            "mask": _read_slice(entry["label"], "mask"),
         }
         if "seeded_from" in entry:
             triple["seeded_from"] = entry["seeded_from"]
@@ -75,20 +75,18 @@ def load_sample_triples(sample_dir: str | Path, max_samples: int | None = None) 
     return triples
 
 
-class PairedEvaluation:
+class PairedEvaluation(EvaluationWorkflow):
     """Compare a folder of paired samples with real slices and write ``report.json`` / ``report.md``.
 
     Args:
         sample_dir: an inference ``output_dir`` (with its ``dataset.json``).
         real_data: real items as the training data (dicts with ``ct``, ``pet``, ``mask`` (1, H, W) in [-1, 1] and
             ``case_id``/``slice_index``), e.g. the bundle's held-out ``PairedSliceDataset``.
-        output_dir: where the report goes.
         ct_window: HU window of the CT scaling. Default (-1000, 1000).
         pet_window: SUV window of the PET scaling. Default (0, 10).
         hot_spot_suv: PET hot-spot threshold (SUV). Default 4.0.
         body_hu: CT body threshold (HU). Default -500.
-        max_samples: evaluate at most this many samples (None: all).
-        title: heading of the markdown report.
+        output_dir, max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
     """
 
     def __init__(
@@ -103,14 +101,12 @@ class PairedEvaluation:
         max_samples: int | None = None,
         title: str = "Paired samples against real slices",
     ) -> None:
+        super().__init__(output_dir, title, max_samples)
         self.sample_dir = sample_dir
         self.real_data = real_data
-        self.output_dir = Path(output_dir)
         self.windows = {"ct": tuple(ct_window), "pet": tuple(pet_window)}
         self.hot_spot_suv = float(hot_spot_suv)
         self.body_hu = float(body_hu)
-        self.max_samples = max_samples
-        self.title = title
 
     def real_items(self, samples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """The real slice of each sample: the one that seeded it, else real slices in order (cycling)."""
@@ -123,7 +119,7 @@ class PairedEvaluation:
             matched.append(by_name[name] if name in by_name else self.real_data[index % len(self.real_data)])
         return matched
 
-    def run(self) -> dict[str, Any]:
+    def evaluate(self) -> dict[str, Any]:
         samples = load_sample_triples(self.sample_dir, self.max_samples)
         if len(samples) < 2:
             raise ValueError(f"sample_dir '{self.sample_dir}': {len(samples)} sample(s), at least 2 are needed")
@@ -156,6 +152,7 @@ class PairedEvaluation:
         results["hot_spot_suv"] = self.hot_spot_suv
         results["body_hu"] = self.body_hu
         results["sample_dir"] = str(self.sample_dir)
-        json_path, md_path = write_report(results, self.output_dir, title=self.title)
-        logger.info(f"evaluated {len(samples)} paired sample(s): '{json_path}', '{md_path}'")
         return results
+
+    def summary(self, results: Mapping[str, Any]) -> str:
+        return f"evaluated {results['n_samples']} paired sample(s)"

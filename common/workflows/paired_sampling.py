@@ -12,11 +12,7 @@ Noise seeding (the paper's "seeded" configuration): sample ``i`` starts from rea
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +24,6 @@ from torch import nn
 from common.inferers.paired import PairedDiffusionInferer
 from common.io import (
     atomic_write_nifti,
-    atomic_write_text,
     enlarge_nearest,
     enlargement_factor,
     montage,
@@ -36,11 +31,9 @@ from common.io import (
     window_uint8,
     write_png,
 )
-from common.workflows.sampling import check_sampler_steps
+from common.workflows.base import SamplingItem, SamplingWorkflow
 
 __all__ = ["to_unit_range", "from_unit_range", "slice_affine", "PairedSampling"]
-
-logger = logging.getLogger(__name__)
 
 
 FILE_SUFFIX = {"ct": "__CT", "pet": "__PT"}
@@ -73,22 +66,18 @@ def slice_affine(spatial_size: Sequence[int], pixdim: Sequence[float]) -> np.nda
     return affine
 
 
-class PairedSampling:
+class PairedSampling(SamplingWorkflow):
     """Sample ``num_samples`` (CT, PET, mask) triples and write them (see the module docstring).
 
     Args:
         network: ``nn.ModuleDict`` of trained denoisers keyed by modality (EMA weights loaded).
         inferer: :class:`common.inferers.paired.PairedDiffusionInferer`.
         scheduler: sampling scheduler (the full ancestral sampler, or a fast one such as DPM-Solver++).
-        num_inference_steps: steps given to ``scheduler.set_timesteps``.
-        output_dir: output folder.
         spatial_size: (H, W) of the samples (the training crop).
         pixdim: voxel size (mm) written in the affine, 3 values (the slice thickness last).
         ct_window: HU window the CT was scaled with in training; samples are mapped back through it.
         pet_window: SUV window of the PET, likewise.
         num_samples: number of triples.
-        seed: base seed; a given seed (and ``batch_size``) gives the same samples.
-        device: torch device.
         batch_size: triples generated together.
         reference_data: noise seeding: a sequence of real training-style items (dicts with ``ct``, ``pet`` and
             ``mask`` tensors of shape (1, H, W) in [-1, 1], optionally ``case_id`` and ``slice_index``).
@@ -97,9 +86,11 @@ class PairedSampling:
         refine_rounds: agreement refinement rounds after sampling (see ``PairedDiffusionInferer.sample``); 0 is off.
         refine_fraction: the fraction of the schedule each refinement round goes back to.
         modalities: network keys, in condition order. Default ("ct", "pet", "mask").
-        preview_samples: rows of the PNG montage.
-        verbose: progress bar.
+        num_inference_steps, output_dir, seed, device, preview_samples, verbose: as for
+            :class:`common.workflows.base.SamplingWorkflow`.
     """
+
+    unit = "triple"
 
     def __init__(
         self,
@@ -124,9 +115,9 @@ class PairedSampling:
         refine_rounds: int = 0,
         refine_fraction: float = 0.1,
     ) -> None:
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-        check_sampler_steps(scheduler, num_inference_steps)
+        super().__init__(
+            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
+        )
         if seed_fraction is not None and not reference_data:
             raise ValueError(
                 "config key 'seed_fraction': noise seeding needs real reference triples ('reference_data'), got none"
@@ -135,18 +126,11 @@ class PairedSampling:
             raise ValueError(f"modalities must be ['ct', 'pet', 'mask'] (the file layout), got {list(modalities)}")
         self.network = network
         self.inferer = inferer
-        self.scheduler = scheduler
-        self.num_inference_steps = int(num_inference_steps)
-        self.output_dir = Path(output_dir)
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.affine = slice_affine(self.spatial_size, pixdim)
         self.windows = {"ct": tuple(ct_window), "pet": tuple(pet_window)}
         for window in self.windows.values():
             from_unit_range(torch.zeros(1), window)  # validates the window
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
         self.reference_data = reference_data
         self.seed_fraction = seed_fraction
         scheduler.set_timesteps(self.num_inference_steps)
@@ -162,8 +146,6 @@ class PairedSampling:
         self.refine_rounds = int(refine_rounds)
         self.refine_fraction = float(refine_fraction)
         self.modalities = list(modalities)
-        self.preview_samples = int(preview_samples)
-        self.verbose = verbose
 
     def sample_id(self, index: int) -> str:
         return f"synthetic_seed{self.seed}_{index:04d}"
@@ -176,17 +158,11 @@ class PairedSampling:
             "mask": self.output_dir / "labelsTr" / f"{case}.nii.gz",
         }
 
-    def preview_path(self) -> Path:
-        return self.output_dir / f"preview_seed{self.seed}.png"
+    def sample_files(self) -> Iterable[Path]:
+        return [p for i in range(self.num_samples) for p in self.paths(i).values()]
 
-    def check_outputs_free(self) -> None:
-        planned = [self.preview_path()] + [p for i in range(self.num_samples) for p in self.paths(i).values()]
-        existing = [str(p) for p in planned if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"output_dir '{self.output_dir}' already holds {len(existing)} of this run's files (e.g. {existing[:3]});"
-                " samples are never overwritten: choose another --output_dir or --seed"
-            )
+    def modules(self) -> Sequence[nn.Module]:
+        return (self.network,)
 
     def references(self, first: int, count: int) -> tuple[dict[str, torch.Tensor] | None, list[str | None]]:
         """The seeding references of samples ``first .. first + count - 1`` (cycling through reference_data)."""
@@ -208,7 +184,7 @@ class PairedSampling:
 
     def generate(self, first: int, count: int) -> tuple[dict[str, torch.Tensor], list[str | None]]:
         """``count`` triples starting at sample index ``first`` (unit range), and the reference of each."""
-        generator = torch.Generator(device=self.device).manual_seed(zlib.crc32(f"{self.seed}/{first}".encode()))
+        generator = self.generator(first)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         reference, names = self.references(first, count)
         samples = self.inferer.sample(
@@ -233,6 +209,14 @@ class PairedSampling:
             "mask": (samples["mask"] > 0).to(torch.uint8),
         }
 
+    def sample_item(
+        self, item: SamplingItem, first: int, count: int
+    ) -> list[tuple[dict[str, torch.Tensor], str | None]]:
+        """(triple in output units, name of the real slice that seeded it or None) per sample."""
+        samples, names = self.generate(first, count)
+        values = self.to_output_units(samples)
+        return [({m: values[m][k] for m in self.modalities}, names[k]) for k in range(count)]
+
     def write(self, index: int, sample: Mapping[str, torch.Tensor]) -> dict[str, str]:
         """Write one triple ((1, H, W) tensors in output units) as (H, W, 1) volumes sharing ``self.affine``."""
         paths = self.paths(index)
@@ -241,29 +225,20 @@ class PairedSampling:
             atomic_write_nifti(sample[m][..., None], self.affine, paths[m], dtype=dtype)
         return {key: str(path) for key, path in paths.items()}
 
-    def run(self) -> list[dict[str, Any]]:
-        """Sample and write everything; returns the datalist entries written."""
-        self.check_outputs_free()
-        self.network.eval()
-        start = time.perf_counter()
-        written: list[dict[str, Any]] = []
-        preview_rows: list[list[np.ndarray]] = []
-        for first in range(0, self.num_samples, self.batch_size):
-            count = min(self.batch_size, self.num_samples - first)
-            samples, names = self.generate(first, count)
-            values = self.to_output_units(samples)
-            for k in range(count):
-                index = first + k
-                triple = {m: values[m][k] for m in self.modalities}
-                paths = self.write(index, triple)
-                entry = {"case_id": self.sample_id(index), "image": [paths["ct"], paths["pet"]], "label": paths["mask"]}
-                if names[k] is not None:
-                    entry["seeded_from"] = names[k]
-                written.append(entry)
-                if len(preview_rows) < self.preview_samples:
-                    preview_rows.append(self.preview_row(triple))
-        self.finish(written, preview_rows, time.perf_counter() - start)
-        return written
+    def write_item(
+        self, item: SamplingItem, index: int, sample: tuple[dict[str, torch.Tensor], str | None]
+    ) -> dict[str, Any]:
+        triple, seeded_from = sample
+        paths = self.write(index, triple)
+        entry = {"case_id": self.sample_id(index), "image": [paths["ct"], paths["pet"]], "label": paths["mask"]}
+        if seeded_from is not None:
+            entry["seeded_from"] = seeded_from
+        return entry
+
+    def preview_of(
+        self, item: SamplingItem, index: int, sample: tuple[dict[str, torch.Tensor], str | None]
+    ) -> list[np.ndarray]:
+        return self.preview_row(sample[0])
 
     def preview_row(self, triple: Mapping[str, torch.Tensor]) -> list[np.ndarray]:
         """CT and PET with the mask outline, then the mask; rotated so anterior is up (RAS, as the 3D previews)."""
@@ -279,31 +254,13 @@ class PairedSampling:
         mask_cell = enlarge(mask.astype(np.uint8) * 255)
         return [*outlined, np.repeat(mask_cell[..., None], 3, axis=2)]
 
-    def finish(self, written: list[dict[str, Any]], preview_rows: list[list[np.ndarray]], seconds: float) -> None:
-        datalist = self.output_dir / "dataset.json"
-        previous: list[dict[str, Any]] = []
-        if datalist.is_file():
-            previous = json.loads(datalist.read_text()).get("training", [])
-        known = {entry["case_id"] for entry in written}
+    def write_preview(self, previews: list[list[np.ndarray]]) -> None:
+        write_png(self.preview_path(), montage(previews), text={"Description": "columns: CT, PET, mask"})
 
-        def relative(entry: dict[str, Any]) -> dict[str, Any]:
-            out = dict(entry)
-            out["image"] = [str(Path(p).relative_to(self.output_dir)) for p in entry["image"]]
-            out["label"] = str(Path(entry["label"]).relative_to(self.output_dir))
-            return out
-
-        entries = [e for e in previous if e.get("case_id") not in known] + [relative(e) for e in written]
-        description = {
+    def datalist_fields(self) -> dict[str, Any]:
+        return {
             "name": "synthetic_paired_petct",
             "description": "joint samples of the paired PET-CT bundle: CT in HU, PET in SUV, GTV mask {0, 1}",
             "modality": {"0": "CT", "1": "PT"},
             "labels": {"0": "background", "1": "GTV"},
-            "numTraining": len(entries),
-            "training": entries,
         }
-        atomic_write_text(datalist, json.dumps(description, indent=2) + "\n", overwrite=True)
-        write_png(self.preview_path(), montage(preview_rows), text={"Description": "columns: CT, PET, mask"})
-        logger.info(
-            f"wrote {len(written)} triple(s) in {seconds:.1f} s to '{self.output_dir}' "
-            f"(datalist '{datalist}', preview '{self.preview_path()}')"
-        )

@@ -281,7 +281,12 @@ FIND_ERRORS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...], type[Excep
     ),
     "duplicate ids": (_datalist_duplicate_ids, ("t1",), ValueError, ["more than once", "['a']"]),
     "unreadable dataset.json": (_datalist_not_json, ("t1",), ValueError, ["dataset.json", "not readable JSON"]),
-    "section not a list": (_datalist_section_not_a_list, ("t1",), ValueError, ["expected a list under 'training'"]),
+    "section not a list": (
+        _datalist_section_not_a_list,
+        ("t1",),
+        ValueError,
+        ["expected a list of cases under 'training'"],
+    ),
     "entry without label": (_datalist_entry_without_label, ("t1",), ValueError, ["training[0]", "'label'"]),
     "empty datalist": (_datalist_empty, ("t1",), ValueError, ["no usable cases"]),
 }
@@ -345,7 +350,7 @@ HEADER_ERRORS: dict[str, tuple[Callable[[dict], None], type[Exception], Callable
         lambda c: [c["label"], c["image"][0], "(8, 8, 6)", "(8, 8, 8)"],
     ),
     "spacing mismatch": (_spacing_mismatch, ValueError, lambda c: [c["image"][1], c["image"][0], "spacing [3.0"]),
-    "4D image": (_four_dimensional, ValueError, lambda c: [c["image"][0], "expected a 3D volume", "(8, 8, 8, 2)"]),
+    "4D image": (_four_dimensional, ValueError, lambda c: [c["image"][0], "must be a 3D volume", "(8, 8, 8, 2)"]),
     "truncated header": (_truncated, ValueError, lambda c: [c["label"], "cannot read NIfTI header"]),
     "not a NIfTI file": (_not_nifti, ValueError, lambda c: [c["image"][1], "cannot read NIfTI header"]),
 }

@@ -108,7 +108,9 @@ def test_find_ct_cases_names_a_missing_listed_file(phantom_dir, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(phantom_dir, folder)
     (folder / "LUNG_phantom_001" / "masks" / "Heart.nii.gz").unlink()
-    with pytest.raises(FileNotFoundError, match=r"training\[1\] \(case 'LUNG_phantom_001'\).*mask 'Heart' '.*Heart"):
+    with pytest.raises(
+        FileNotFoundError, match=r"training\[1\] \(case 'LUNG_phantom_001'\).*masks\['Heart'\] '.*Heart"
+    ):
         find_ct_cases(folder)
 
 

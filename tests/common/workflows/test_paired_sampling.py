@@ -94,6 +94,13 @@ def test_sampling_writes_triples_in_output_units(tmp_path: Path):
     assert (out / "preview_seed0.png").read_bytes().startswith(b"\x89PNG")
     triples = load_sample_triples(out)
     assert len(triples) == 3 and triples[0]["ct"].shape == (1, 8, 8)
+    assert [t["case_id"] for t in load_sample_triples(out, max_samples=2)] == [e["case_id"] for e in written[:2]]
+
+
+def test_load_sample_triples_wants_a_ct_and_a_pet_per_entry(tmp_path: Path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": "a__CT.nii.gz", "label": "a.nii.gz"}]}))
+    with pytest.raises(ValueError, match=r"training\[0\]: expected 'image': \[CT path, PET path\]"):
+        load_sample_triples(tmp_path)
 
 
 def test_sampling_is_seeded_and_never_overwrites(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Tests of common.workflows.sampling: resolving masks, choosing a sampler, and the mask-conditioned sampling workflow with a
+"""Tests of common.workflows.sampling: resolving masks and the mask-conditioned sampling workflow with a
 tiny random ``DiffusionModelUNet`` (layouts, affines, label remapping, datalist, preview, no overwriting, seeding)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from common.io import PNG_SIGNATURE, atomic_write_nifti
 from common.schedulers import DDIMClippedScheduler
 from common.transforms.conditions import LabelToConditiond
 from common.transforms.io import SafeLoadImaged
-from common.workflows.sampling import MaskConditionedSampling, list_masks, select_sampler
+from common.workflows.sampling import MaskConditionedSampling, list_masks
 
 T = 10
 STEPS = 2
@@ -144,15 +144,6 @@ def test_list_masks_errors(tmp_path: Path, masks: Callable[[Path], object], erro
     write_mask(folder / "m0.nii.gz", np.eye(4))
     with pytest.raises(error, match=match):
         list_masks(masks(folder))
-
-
-def test_select_sampler() -> None:
-    samplers = {"ddpm": DDPMScheduler(num_train_timesteps=T), "ddim": DDIMClippedScheduler(num_train_timesteps=T)}
-    assert select_sampler(samplers, "ddim") is samplers["ddim"]
-    with pytest.raises(
-        ValueError, match=r"config key 'sampler': unknown sampler 'plms'; choose one of \['ddim', 'ddpm'\]"
-    ):
-        select_sampler(samplers, "plms")
 
 
 # -------------------------------------------------------------------------------------------------- validation
