@@ -11,7 +11,7 @@ from common.data.headers import (
     nifti_header,
     world_bounding_box,
 )
-from common.data.latent_scale import LatentStats, compute_latent_scale_factor, compute_scale_factor, latent_scale_factor
+from common.data.latent_scale import LatentStats, compute_scale_factor, latent_scale_factor
 from common.data.layouts import LAYOUTS, NIFTI_SUFFIXES, case_id_from_path, case_paths, find_cases, write_datalist
 from common.data.petct import (
     PETCT_KEYS,
@@ -46,7 +46,6 @@ __all__ = [
     "check_case_headers",
     "check_ct_case_headers",
     "check_petct_headers",
-    "compute_latent_scale_factor",
     "compute_scale_factor",
     "ensure_phantom_dataset",
     "field_of_view_mm",
