@@ -46,9 +46,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import save_net_with_metadata
 
-from common.io import read_json_object
-
 from common.bundle import bundle_config_parser
+from common.io import read_json_object
 
 __all__ = [
     "FORMATS",

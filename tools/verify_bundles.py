@@ -206,7 +206,19 @@ def _check_vendored_code(root: Path) -> Iterator[str]:
     folders = [str(root / p) for p in (*VENDORED_PACKAGES, "scripts") if (root / p).is_dir()]
     if not folders:
         return
-    command = [sys.executable, "-m", "ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W", "--output-format", "concise"]
+    command = [
+        sys.executable,
+        "-m",
+        "ruff",
+        "check",
+        "--isolated",
+        "--line-length",
+        "120",
+        "--select",
+        "E,F,W",
+        "--output-format",
+        "concise",
+    ]
     try:
         result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=300)
     except FileNotFoundError as error:

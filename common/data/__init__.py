@@ -14,7 +14,7 @@ from common.data.headers import (
     read_case_headers,
     world_bounding_box,
 )
-from common.data.latent_scale import LatentStats, compute_latent_scale_factor, compute_scale_factor, latent_scale_factor
+from common.data.latent_scale import LatentStats, compute_scale_factor, latent_scale_factor
 from common.data.layouts import LAYOUTS, NIFTI_SUFFIXES, case_id_from_path, case_paths, find_cases, write_datalist
 from common.data.petct import (
     PETCT_KEYS,
@@ -50,7 +50,6 @@ __all__ = [
     "check_ct_case_headers",
     "check_petct_headers",
     "check_same_grid",
-    "compute_latent_scale_factor",
     "compute_scale_factor",
     "datalist_content",
     "ensure_phantom_dataset",

@@ -8,11 +8,10 @@ from common.engines.paired import (
     distributed_networks,
     paired_optimizers,
 )
-from common.engines.prepare_batch import AutoencoderPrepareBatch, OffsetNoisePrepareBatch, offset_noise
+from common.engines.prepare_batch import AutoencoderPrepareBatch, offset_noise
 
 __all__ = [
     "AutoencoderPrepareBatch",
-    "OffsetNoisePrepareBatch",
     "PairedDiffusionEvaluator",
     "PairedDiffusionTrainer",
     "distributed_networks",

@@ -6,9 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from monai.engines.utils import DiffusionPrepareBatch
 
-__all__ = ["offset_noise", "OffsetNoisePrepareBatch", "AutoencoderPrepareBatch"]
+__all__ = ["offset_noise", "AutoencoderPrepareBatch"]
 
 
 def offset_noise(like: torch.Tensor, scale: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -31,25 +30,6 @@ def offset_noise(like: torch.Tensor, scale: float = 0.1, generator: torch.Genera
     if scale > 0:
         noise = noise + scale * torch.randn((*like.shape[:2], *(1,) * (like.dim() - 2)), **options)
     return noise
-
-
-class OffsetNoisePrepareBatch(DiffusionPrepareBatch):
-    """``DiffusionPrepareBatch`` whose training noise is :func:`offset_noise` with ``offset_scale``.
-
-    Args:
-        num_train_timesteps: T.
-        offset_scale: scale of the per-sample, per-channel offset. Default 0.1 (the paper).
-        condition_name: batch key of the condition, as in ``DiffusionPrepareBatch``.
-    """
-
-    def __init__(self, num_train_timesteps: int, offset_scale: float = 0.1, condition_name: str | None = None) -> None:
-        if offset_scale < 0:
-            raise ValueError(f"offset_scale must be >= 0, got {offset_scale}")
-        super().__init__(num_train_timesteps, condition_name)
-        self.offset_scale = float(offset_scale)
-
-    def get_noise(self, images: torch.Tensor) -> torch.Tensor:
-        return offset_noise(images, self.offset_scale)
 
 
 class AutoencoderPrepareBatch:

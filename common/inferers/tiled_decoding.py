@@ -25,9 +25,8 @@ whole decoding to float precision (relative L1 ~1e-6) with tile-sized memory. Se
 ``with_decoder_nonlocal_attn``) mixes all voxels of a tile and cannot be tiled exactly; Gaussian blending
 (``mode="gaussian"``) at least turns such differences into smooth drifts rather than seams.
 
-Also here: :func:`latent_scale_factor` / :func:`compute_latent_scale_factor` (latent diffusion's ``1 / std`` of the
-training latents, Rombach et al. 2022) and :func:`measure_peak_rss`, which runs a function in a fresh Python process
-and reports its peak resident memory (for the whole-vs-tiled decoding benchmark).
+The latent scale factor (``1 / std`` of the training latents) is in :mod:`common.data.latent_scale`; the peak-memory
+probe of the whole-vs-tiled decoding benchmark is :func:`tools.bench.memory.measure_peak_rss`.
 """
 
 from __future__ import annotations

@@ -17,15 +17,10 @@ from common.metrics.image import (
     ssim,
 )
 from common.metrics.pairing import pairing_metrics
-from common.metrics.read_back import (
-    WHOLE_HEAD_TUMOUR_THRESHOLD,
-    fill_holes,
-    largest_component,
-    segment_enhancing_lesion,
-)
+from common.metrics.read_back import WHOLE_HEAD_TUMOUR_THRESHOLD, segment_enhancing_lesion
 from common.metrics.report import evaluate_sets, write_report
 from common.metrics.segmentation import dice, mask_dice
-from common.metrics.tsne import SCATTER_COLOURS, scatter_png, tsne, tsne_conditional_probabilities
+from common.metrics.tsne import SCATTER_COLOURS, scatter_png, tsne
 
 __all__ = [
     "FrechetDistanceMetric",
@@ -35,14 +30,11 @@ __all__ = [
     "SCATTER_COLOURS",
     "WHOLE_HEAD_TUMOUR_THRESHOLD",
     "dice",
-    "dice",
     "diversity_ms_ssim",
     "evaluate_sets",
     "fid_2d_slices",
-    "fill_holes",
-    "mask_dice",
     "frechet_distance",
-    "largest_component",
+    "mask_dice",
     "mean_pairwise",
     "mmd",
     "ms_ssim",
@@ -54,6 +46,5 @@ __all__ = [
     "segment_enhancing_lesion",
     "ssim",
     "tsne",
-    "tsne_conditional_probabilities",
     "write_report",
 ]

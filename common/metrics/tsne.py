@@ -1,8 +1,7 @@
-"""t-SNE embedding of feature sets and its scatter plot (real vs generated)."""
+"""t-SNE embedding of feature sets (scikit-learn's ``TSNE``) and its scatter plot (real vs generated)."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,27 +9,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.utils import convert_to_tensor
+from sklearn.manifold import TSNE
 
 from common.io import write_png
 
-__all__ = ["tsne_conditional_probabilities", "tsne", "SCATTER_COLOURS", "scatter_png"]
+__all__ = ["TSNE_INITS", "tsne", "SCATTER_COLOURS", "scatter_png"]
 
 
 # ------------------------------------------------------------------------------------------------------------ t-SNE
 
-TSNE_EXAGGERATION = 12.0
-"""Early exaggeration factor of P (van der Maaten 2014's setting; the 2008 paper used 4)."""
+TSNE_INITS = ("pca", "random")
+"""Initial embeddings :func:`tsne` accepts (those of scikit-learn's ``TSNE``)."""
 
 
-TSNE_MOMENTUM = (0.5, 0.8)
-"""Momentum during the early-exaggeration phase, then afterwards (van der Maaten & Hinton 2008)."""
-
-
-TSNE_MIN_GAIN = 0.01
-
-
-TSNE_INIT_STD = 1e-2
-"""Standard deviation of the initial Gaussian embedding (the paper's N(0, 1e-4 I))."""
+TSNE_MIN_ITER = 250
+"""Fewest iterations scikit-learn's ``TSNE`` runs: its early-exaggeration phase alone takes 250."""
 
 
 def _as_points(points: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -45,134 +38,52 @@ def _as_points(points: torch.Tensor | np.ndarray) -> np.ndarray:
     return array
 
 
-def _squared_distances(x: np.ndarray) -> np.ndarray:
-    """Pairwise squared Euclidean distances (N, N), exact zeros on the diagonal."""
-    norms = (x * x).sum(1)
-    distances = np.maximum(norms[:, None] + norms[None, :] - 2.0 * (x @ x.T), 0.0)
-    np.fill_diagonal(distances, 0.0)
-    return distances
-
-
-def tsne_conditional_probabilities(
-    points: torch.Tensor | np.ndarray, perplexity: float = 30.0, tol: float = 1e-5, max_iter: int = 200
-) -> np.ndarray:
-    """The conditional affinities p_{j|i} of t-SNE, each row calibrated to the perplexity (its Eq. 1).
-
-    ``p_{j|i} = exp(-beta_i d_ij^2) / sum_{k != i} exp(-beta_i d_ik^2)`` with ``beta_i = 1 / (2 sigma_i^2)`` found per
-    point by bisection so that the row entropy ``H(P_i) = -sum_j p_{j|i} log p_{j|i}`` equals ``log(perplexity)``
-    (natural logarithm; perplexity = exp(H)). All rows are searched together. A row that cannot reach the target
-    (e.g. a point with many exact duplicates) keeps the closest value found.
-
-    Args:
-        points: (N, D) points, N >= 3.
-        perplexity: effective number of neighbours, 1 <= perplexity < N - 1.
-        tol: tolerance on each row's entropy, in nats.
-        max_iter: bisection steps at most.
-
-    Returns:
-        (N, N) float64 array, rows summing to 1, zero diagonal.
-    """
-    x = _as_points(points)
-    n = x.shape[0]
-    if not (isinstance(perplexity, int | float) and math.isfinite(perplexity) and 1.0 <= perplexity < n - 1):
-        raise ValueError(f"perplexity must be in [1, N - 1) = [1, {n - 1}) for N={n} points, got {perplexity!r}.")
-    if not tol > 0 or isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"tol must be > 0 and max_iter a positive integer, got tol={tol!r}, max_iter={max_iter!r}.")
-    distances = _squared_distances(x)
-    off_diagonal = ~np.eye(n, dtype=bool)
-    # shift each row by its smallest distance: the nearest neighbour gets exp(0) = 1, so no row underflows to zero
-    nearest = np.where(off_diagonal, distances, np.inf).min(1, keepdims=True)
-    shifted = np.where(off_diagonal, distances - nearest, 0.0)
-    target = math.log(perplexity)
-    scale = shifted.sum(1) / (n - 1)
-    beta = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 1.0)
-    low, high = np.zeros(n), np.full(n, np.inf)
-    for _ in range(max_iter):
-        weights = np.exp(-shifted * beta[:, None]) * off_diagonal
-        total = weights.sum(1)
-        entropy = np.log(total) + beta * (shifted * weights).sum(1) / total
-        excess = entropy - target
-        if np.all(np.abs(excess) < tol):
-            break
-        too_flat = excess > 0  # entropy too high: sharpen (larger beta)
-        low = np.where(too_flat, beta, low)
-        high = np.where(too_flat, high, beta)
-        beta = np.where(np.isinf(high), beta * 2.0, (low + high) / 2.0)
-    return weights / total[:, None]
-
-
-def _student_t(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Student-t kernel ``(1 + |y_i - y_j|^2)^-1`` (zero diagonal) and the affinities Q of an embedding ``y``."""
-    kernel = 1.0 / (1.0 + _squared_distances(y))
-    np.fill_diagonal(kernel, 0.0)
-    return kernel, np.maximum(kernel / kernel.sum(), 1e-12)
-
-
-def _kl_gradient(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Gradient of KL(P || Q) with respect to the embedding ``y`` (the paper's Eq. 5)."""
-    kernel, q = _student_t(y)
-    weights = (p - q) * kernel
-    return 4.0 * (weights.sum(1)[:, None] * y - weights @ y)
-
-
-def _kl_divergence(p: np.ndarray, y: np.ndarray) -> float:
-    """KL(P || Q) of the embedding ``y`` (pairs with p_ij = 0 contribute 0)."""
-    _, q = _student_t(y)
-    mask = p > 0
-    return float((p[mask] * np.log(p[mask] / q[mask])).sum())
-
-
 def tsne(
     points: torch.Tensor | np.ndarray,
     perplexity: float = 30.0,
-    n_iter: int = 500,
+    max_iter: int = 1000,
     seed: int = 0,
     learning_rate: float | str = "auto",
+    init: str = "pca",
 ) -> np.ndarray:
-    """Exact t-SNE (van der Maaten & Hinton 2008) of (N, D) points into 2D, O(N^2) memory (fine up to ~1000 points).
+    """t-SNE (van der Maaten & Hinton 2008) of (N, D) points into 2D, by scikit-learn's ``TSNE``.
 
-    Gaussian conditional affinities calibrated to ``perplexity`` (:func:`tsne_conditional_probabilities`),
-    symmetrised ``p_ij = (p_{j|i} + p_{i|j}) / 2N``; Student-t (one degree of freedom) affinities ``q_ij`` in the
-    embedding; gradient descent on KL(P || Q) from ``N(0, TSNE_INIT_STD^2)`` with early exaggeration (P x 12) for
-    the first ``min(250, n_iter // 4)`` iterations, momentum 0.5 then 0.8, and per-coordinate adaptive gains
-    (+0.2 while the gradient keeps its direction, x0.8 when it flips, at least 0.01). The embedding is re-centred
-    after every step. Deterministic for a given ``seed``.
+    Barnes-Hut gradients (O(N log N)), early exaggeration 12 for the first 250 iterations, euclidean distances.
+    Deterministic for a given ``seed`` (the ``random_state`` of the initial embedding).
 
     Args:
         points: (N, D) points, N >= 3 (e.g. flattened latents).
-        perplexity: effective number of neighbours, 1 <= perplexity < N - 1.
-        n_iter: gradient steps.
+        perplexity: effective number of neighbours, 0 < perplexity < N (scikit-learn's bound); about (N - 1) / 3
+            at most makes sense for small sets.
+        max_iter: optimisation steps at most (it stops earlier without progress), >= 250.
         seed: seed of the initial embedding.
-        learning_rate: step size, or ``"auto"``: max(N / 12, 50) (Belkina et al. 2019: N / exaggeration).
+        learning_rate: step size, or ``"auto"``: max(N / 12 / 4, 50) (Belkina et al. 2019).
+        init: ``"pca"`` (the first two principal components, globally more faithful; the default) or ``"random"``.
 
     Returns:
         (N, 2) float64 embedding.
     """
-    conditional = tsne_conditional_probabilities(points, perplexity)
-    n = conditional.shape[0]
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}.")
-    if learning_rate == "auto":
-        rate = max(n / TSNE_EXAGGERATION, 50.0)
-    elif isinstance(learning_rate, int | float) and not isinstance(learning_rate, bool) and learning_rate > 0:
-        rate = float(learning_rate)
-    else:
+    x = _as_points(points)
+    n = x.shape[0]
+    if isinstance(perplexity, bool) or not isinstance(perplexity, int | float) or not 0 < perplexity < n:
+        raise ValueError(f"perplexity must be in (0, N) = (0, {n}) for N={n} points, got {perplexity!r}.")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < TSNE_MIN_ITER:
+        raise ValueError(f"max_iter must be an integer >= {TSNE_MIN_ITER}, got {max_iter!r}.")
+    if learning_rate != "auto" and (
+        isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float) or not learning_rate > 0
+    ):
         raise ValueError(f"learning_rate must be a positive number or 'auto', got {learning_rate!r}.")
-    p = np.maximum((conditional + conditional.T) / (2.0 * n), 1e-12)
-    np.fill_diagonal(p, 0.0)
-    y = np.random.default_rng(seed).normal(0.0, TSNE_INIT_STD, (n, 2))
-    step, gains = np.zeros_like(y), np.ones_like(y)
-    exaggeration_iters = min(250, n_iter // 4)
-    for iteration in range(n_iter):
-        early = iteration < exaggeration_iters
-        gradient = _kl_gradient(p * TSNE_EXAGGERATION if early else p, y)
-        momentum = TSNE_MOMENTUM[0] if early else TSNE_MOMENTUM[1]
-        same_direction = np.sign(gradient) != np.sign(step)  # the step goes against the gradient
-        gains = np.maximum(np.where(same_direction, gains + 0.2, gains * 0.8), TSNE_MIN_GAIN)
-        step = momentum * step - rate * gains * gradient
-        y = y + step
-        y -= y.mean(0)
-    return y
+    if init not in TSNE_INITS:
+        raise ValueError(f"init must be one of {TSNE_INITS}, got {init!r}.")
+    model = TSNE(
+        n_components=2,
+        perplexity=float(perplexity),
+        max_iter=max_iter,
+        learning_rate=learning_rate,
+        init=init,
+        random_state=seed,
+    )
+    return model.fit_transform(x).astype(np.float64)
 
 
 # -------------------------------------------------------------------------------------------------- scatter plots

@@ -1,4 +1,5 @@
-"""MONAI transforms of the bundles: loading, validation, conditions, CT structures, crops, latents, augmentation."""
+"""MONAI transforms of the bundles: loading, validation, conditions, CT structures, crops, latents, augmentation,
+binary morphology."""
 
 from __future__ import annotations
 
@@ -32,12 +33,11 @@ from common.transforms.ct import (
     MergeSegmentationd,
     MergeSegmentationDict,
     StructureSynonyms,
-    fill_holes,
-    largest_connected_component,
     normalise_structure_name,
 )
 from common.transforms.io import SafeLoadImageD, SafeLoadImaged, SafeLoadImageDict, source_name
 from common.transforms.latent import EncodeLatentd, SampleLatentd
+from common.transforms.morphology import binary_opening, fill_holes, largest_component
 from common.transforms.validation import ValidateCase, ValidateCaseD, ValidateCased, ValidateCaseDict
 
 __all__ = [
@@ -79,8 +79,9 @@ __all__ = [
     "ValidateCaseD",
     "ValidateCaseDict",
     "ValidateCased",
+    "binary_opening",
     "fill_holes",
-    "largest_connected_component",
+    "largest_component",
     "normalise_structure_name",
     "petct_augmentation",
     "source_name",

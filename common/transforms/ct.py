@@ -12,10 +12,8 @@ CT scans also show the patient couch, which a generative model would otherwise l
 air. :class:`CheckHURanged` stops, with the file named, a volume that is not in Hounsfield units (already
 normalised, raw stored values, NaN).
 
-The connected-component and hole-filling steps are written in torch here: MONAI's ``KeepLargestConnectedComponent``
-and ``FillHoles`` need scikit-image and SciPy, which are not dependencies of this project. Components are found by
-spreading the largest label along runs of foreground voxels, one axis after the other, until nothing changes; a
-pass costs a few vectorised operations per axis and compact shapes need only a handful of passes.
+The opening, connected-component and hole-filling steps are those of :mod:`common.transforms.morphology`
+(``scipy.ndimage``), shared with the lesion read-back rule of the benchmarks.
 
 Transforms come as array ``Transform`` (where natural) and dictionary ``MapTransform`` with ``d``/``D``/``Dict``
 aliases, as in MONAI itself.
@@ -31,12 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from common.transforms.io import SafeLoadImaged, source_name
+from common.transforms.morphology import binary_opening, fill_holes, largest_component
 
 __all__ = [
     "DEFAULT_STRUCTURES",
@@ -45,8 +43,6 @@ __all__ = [
     "StructureSynonyms",
     "LoadStructureMasksd",
     "MergeSegmentationd",
-    "largest_connected_component",
-    "fill_holes",
     "IsolateBody",
     "IsolateBodyd",
     "CheckHURange",
@@ -365,82 +361,6 @@ class MergeSegmentationd(MapTransform):
 # -------------------------------------------------------------------------------------------------- body isolation
 
 
-def _spread_max(values: torch.Tensor, mask: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
-    """Give every voxel of ``mask`` the largest value of its connected component (6-connected within ``axes``).
-
-    ``values`` must be 0 outside ``mask``. Each step gives every run of mask voxels along one axis the largest value
-    in the run; steps over all ``axes`` repeat until nothing changes.
-    """
-    steps = []
-    for axis in axes:  # the runs depend on the mask only: number them once per axis (0 outside the mask)
-        inside = mask.movedim(axis, -1)
-        starts = inside.clone()
-        starts[..., 1:] &= ~inside[..., :-1]
-        runs = torch.cumsum(starts.reshape(-1), 0) * inside.reshape(-1)
-        steps.append((axis, runs, int(runs.max()) + 1, inside.shape))
-    while True:
-        previous = values
-        for axis, runs, count, shape in steps:
-            moved = values.movedim(axis, -1).reshape(-1)
-            best = torch.zeros(count, dtype=values.dtype, device=values.device)
-            best = best.scatter_reduce(0, runs, moved, reduce="amax")
-            values = best[runs].reshape(shape).movedim(-1, axis)
-        if torch.equal(values, previous):
-            return values
-
-
-def largest_connected_component(mask: torch.Tensor) -> torch.Tensor:
-    """The largest 6-connected component of a 3D boolean mask (an empty mask stays empty).
-
-    Args:
-        mask: (X, Y, Z) boolean tensor.
-
-    Returns:
-        (X, Y, Z) boolean tensor.
-    """
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be 3D (X, Y, Z), got shape {tuple(mask.shape)}")
-    mask = mask.bool()
-    if not bool(mask.any()):
-        return mask
-    dtype = torch.int32 if mask.numel() < 2**31 - 1 else torch.int64
-    labels = torch.arange(1, mask.numel() + 1, dtype=dtype, device=mask.device).reshape(mask.shape) * mask
-    labels = _spread_max(labels, mask, (0, 1, 2))
-    sizes = torch.bincount(labels.reshape(-1))
-    sizes[0] = 0
-    return labels == int(torch.argmax(sizes))
-
-
-def fill_holes(mask: torch.Tensor, axes: Sequence[int] = (0, 1, 2)) -> torch.Tensor:
-    """Fill the holes of a 3D boolean mask: background not connected to the border along ``axes``.
-
-    Args:
-        mask: (X, Y, Z) boolean tensor.
-        axes: axes along which background connects and whose ends are the border. All three: 3D holes; the two
-            in-plane axes of a slice (e.g. ``(0, 1)`` for axial slices of a RAS volume): holes of each slice.
-
-    Returns:
-        (X, Y, Z) boolean tensor, ``mask`` with its holes set.
-    """
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be 3D (X, Y, Z), got shape {tuple(mask.shape)}")
-    axes = sorted({int(a) % 3 for a in axes})
-    background = ~mask.bool()
-    border = torch.zeros_like(background)
-    for axis in axes:
-        border.index_fill_(axis, torch.tensor([0, mask.shape[axis] - 1], device=mask.device), True)
-    outside = _spread_max((background & border).to(torch.uint8), background, axes)
-    return mask.bool() | (background & (outside == 0))
-
-
-def _opening(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Morphological opening of a 3D boolean mask by a cube of side ``2 radius + 1`` (max-pool erosion, dilation)."""
-    size = 2 * radius + 1
-    x = mask[None, None].to(torch.float32)
-    eroded = -F.max_pool3d(-x, size, stride=1, padding=radius)
-    return F.max_pool3d(eroded, size, stride=1, padding=radius)[0, 0] > 0.5
-
-
 _FILL_MODES = ("slices", "volume", "none")
 
 
@@ -500,13 +420,13 @@ class IsolateBody(Transform):
                 f"{float(volume.max()):g}]); expected a CT in Hounsfield units with the patient in it"
             )
         if self.opening_radius:
-            mask = _opening(mask, self.opening_radius)
+            mask = binary_opening(mask, self.opening_radius)
             if not bool(mask.any()):
                 raise ValueError(f"'{name}': the opening (radius {self.opening_radius} voxels) removed the whole body")
-        mask = largest_connected_component(mask)
+        mask = largest_component(mask)
         if self.fill_holes != "none":
-            axes = (0, 1, 2) if self.fill_holes == "volume" else [a for a in (0, 1, 2) if a != self.slice_axis]
-            mask = fill_holes(mask, axes)
+            axes = None if self.fill_holes == "volume" else [a for a in (0, 1, 2) if a != self.slice_axis]
+            mask = fill_holes(mask, axes=axes)
         return mask[None] if channel else mask
 
     def outside_to_air(self, image: np.ndarray | torch.Tensor, mask: torch.Tensor) -> np.ndarray | torch.Tensor:

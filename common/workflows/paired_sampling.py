@@ -36,9 +36,6 @@ from common.workflows.base import SamplingItem, SamplingWorkflow
 __all__ = ["to_unit_range", "from_unit_range", "slice_affine", "PairedSampling"]
 
 
-FILE_SUFFIX = {"ct": "__CT", "pet": "__PT"}
-
-
 def to_unit_range(values: torch.Tensor | np.ndarray, window: Sequence[float]) -> torch.Tensor:
     """Map ``window = (low, high)`` linearly to [-1, 1], clipping outside (the training intensity transform)."""
     low, high = float(window[0]), float(window[1])

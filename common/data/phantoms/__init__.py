@@ -21,9 +21,7 @@ from common.data.phantoms.mri import (
     BRATS_MODALITIES,
     BRATS_TISSUES,
     WHOLE_HEAD_TISSUES,
-    brats_mri_case,
     brats_mri_phantom,
-    whole_head_mri_case,
     whole_head_mri_phantom,
 )
 from common.data.phantoms.thorax import THORAX_STRUCTURES, THORAX_TISSUES, thorax_ct_phantom
@@ -41,14 +39,12 @@ __all__ = [
     "THORAX_STRUCTURES",
     "THORAX_TISSUES",
     "WHOLE_HEAD_TISSUES",
-    "brats_mri_case",
     "brats_mri_phantom",
     "get_phantom_kind",
     "head_neck_petct_phantom",
     "phantom_affine",
     "phantom_grid",
     "thorax_ct_phantom",
-    "whole_head_mri_case",
     "whole_head_mri_phantom",
     "write_phantom_dataset",
 ]

@@ -1,4 +1,4 @@
-"""Geometry shared by the digital phantoms: body frames, signed distances, smooth waves, tissue maps, blur."""
+"""Geometry shared by the digital phantoms: body frames, signed distances, smooth waves, tissue maps."""
 
 from __future__ import annotations
 
@@ -222,22 +222,6 @@ class _Tube:
         )
         centre_y = np.interp(z, self.z, self.centre_y).astype(np.float32)
         return _ellipsoid_distance(np.stack([points[0], points[1] - centre_y]), semi_axes)
-
-
-def _gaussian_blur(volume: np.ndarray, sigma_voxels: Sequence[float]) -> np.ndarray:
-    """Separable Gaussian blur of a 3D float32 volume (sigma in voxels per axis, > 0); the border voxels repeat."""
-    blurred = volume
-    for axis, sigma in enumerate(sigma_voxels):
-        radius = int(np.ceil(3.0 * sigma))
-        taps = np.exp(-0.5 * np.square(np.arange(-radius, radius + 1) / sigma))
-        taps = (taps / taps.sum()).astype(np.float32)
-        padded = np.pad(blurred, [(radius, radius) if k == axis else (0, 0) for k in range(3)], mode="edge")
-        length = blurred.shape[axis]
-        blurred = sum(
-            weight * padded[(slice(None),) * axis + (slice(offset, offset + length),)]
-            for offset, weight in enumerate(taps)
-        )
-    return blurred
 
 
 def _linear(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

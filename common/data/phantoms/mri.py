@@ -30,9 +30,7 @@ __all__ = [
     "WHOLE_HEAD_TISSUES",
     "BRATS_TISSUES",
     "whole_head_mri_phantom",
-    "whole_head_mri_case",
     "brats_mri_phantom",
-    "brats_mri_case",
 ]
 
 
@@ -295,14 +293,6 @@ def whole_head_mri_phantom(shape: Sequence[int], spacing: Sequence[float], rng: 
     )
 
 
-def whole_head_mri_case(
-    shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(image, label)`` of ``whole_head_mri_phantom``: T1c float32 (X, Y, Z) and uint8 labels 0/1/2 (X, Y, Z)."""
-    case = whole_head_mri_phantom(shape, spacing, rng)
-    return case.images["t1c"], case.label
-
-
 def brats_mri_phantom(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator) -> PhantomCase:
     """One skull-stripped BraTS-style case: four co-registered modalities and a BraTS tumour segmentation.
 
@@ -344,11 +334,3 @@ def brats_mri_phantom(shape: Sequence[int], spacing: Sequence[float], rng: np.ra
     seg[fractions["tumour"] >= 0.5] = 4
     seg[fractions["necrosis"] >= 0.5] = 1
     return PhantomCase(images, seg, _tissue_map(layers, BRATS_TISSUES), BRATS_TISSUES)
-
-
-def brats_mri_case(
-    shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``(images, seg)`` of ``brats_mri_phantom``: modality -> float32 (X, Y, Z), and uint8 BraTS labels (X, Y, Z)."""
-    case = brats_mri_phantom(shape, spacing, rng)
-    return case.images, case.label

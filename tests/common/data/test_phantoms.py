@@ -19,9 +19,7 @@ from common.data.phantoms.kinds import (
 )
 from common.data.phantoms.mri import (
     BRATS_MODALITIES,
-    brats_mri_case,
     brats_mri_phantom,
-    whole_head_mri_case,
     whole_head_mri_phantom,
 )
 from common.data.phantoms.thorax import THORAX_STRUCTURES, thorax_ct_phantom
@@ -107,7 +105,8 @@ def test_phantom_affine_is_ras_diagonal_and_centred():
 
 @pytest.mark.parametrize("shape, spacing", [((32, 32, 32), (6.0, 6.0, 6.0)), ((40, 48, 36), (4.8, 4.0, 5.3))])
 def test_whole_head_case_shapes_dtypes_labels(shape, spacing):
-    image, label = whole_head_mri_case(shape, spacing, _rng())
+    case = whole_head_mri_phantom(shape, spacing, _rng())
+    image, label = case.images["t1c"], case.label
     assert image.shape == label.shape == shape
     assert image.dtype == np.float32 and label.dtype == np.uint8
     assert set(np.unique(label)) == {0, 1, 2}
@@ -116,7 +115,8 @@ def test_whole_head_case_shapes_dtypes_labels(shape, spacing):
 
 
 def test_brats_case_shapes_dtypes_labels_and_zero_background():
-    images, seg = brats_mri_case((32, 32, 24), (6.0, 6.0, 6.0), _rng())
+    case = brats_mri_phantom((32, 32, 24), (6.0, 6.0, 6.0), _rng())
+    images, seg = case.images, case.label
     assert list(images) == list(BRATS_MODALITIES)
     assert seg.shape == (32, 32, 24) and seg.dtype == np.uint8
     assert set(np.unique(seg)) == {0, 1, 2, 4}
@@ -222,7 +222,7 @@ def test_write_whole_head_dataset(tmp_path):
         assert image.shape == label.shape == (16, 16, 16)
         np.testing.assert_allclose(image.affine, phantom_affine((16, 16, 16), (12.0, 12.0, 12.0)))
         assert set(np.unique(np.asanyarray(label.dataobj))) <= {0, 1, 2}
-    expected, _ = whole_head_mri_case((16, 16, 16), (12.0, 12.0, 12.0), np.random.default_rng((3, 1)))
+    expected = whole_head_mri_phantom((16, 16, 16), (12.0, 12.0, 12.0), np.random.default_rng((3, 1))).images["t1c"]
     np.testing.assert_array_equal(nib.load(out / "imagesTr/head_001.nii.gz").get_fdata(dtype=np.float32), expected)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.engines.prepare_batch import OffsetNoisePrepareBatch, offset_noise
+from common.engines.prepare_batch import offset_noise
 
 
 def test_offset_noise_statistics():
@@ -37,14 +37,3 @@ def test_offset_noise_errors():
         offset_noise(torch.zeros(1, 1, 4, 4), -0.1)
     with pytest.raises(ValueError, match=r"\(B, C, \*spatial\)"):
         offset_noise(torch.zeros(4, 4), 0.1)
-    with pytest.raises(ValueError, match="offset_scale must be >= 0"):
-        OffsetNoisePrepareBatch(10, offset_scale=-1)
-
-
-def test_offset_noise_prepare_batch():
-    torch.manual_seed(0)
-    prepare = OffsetNoisePrepareBatch(num_train_timesteps=10, offset_scale=0.5)
-    images, noise, args, kwargs = prepare({"image": torch.zeros(3000, 1, 8, 8)})
-    assert noise.shape == images.shape and kwargs["noise"] is noise
-    assert int(kwargs["timesteps"].min()) >= 0 and int(kwargs["timesteps"].max()) < 10
-    assert noise.mean(dim=(2, 3)).var().item() == pytest.approx(0.25 + 1 / 64, rel=0.15)

@@ -1,4 +1,4 @@
-"""Tests of common.inferers.tiled_decoding: tiled decoding vs whole decoding, receptive radius, latent scale factor, peak RSS."""
+"""Tests of common.inferers.tiled_decoding: tiled decoding vs whole decoding, receptive radius, peak RSS."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 from monai.networks.nets import AutoencoderKL
 
-from common.data.latent_scale import compute_latent_scale_factor, latent_scale_factor
 from common.inferers.tiled_decoding import TiledDecoder, decode, decoder_receptive_radius, tiled_decode
 from tools.bench.memory import measure_peak_rss
 
@@ -204,56 +203,6 @@ def test_tiled_decoder_rejects_inputs() -> None:
         TiledDecoder(8)(z, model, 3)
     with pytest.raises(ValueError, match="roi_size .* is required"):
         decode(model, z, tiled=True)
-
-
-# ----------------------------------------------------------------------------------------------- latent scale factor
-
-
-def test_latent_scale_factor_is_one_over_the_sample_std() -> None:
-    z = latents((4, 3, 5, 6), seed=2) * 3.0 + 1.0
-    expected = 1.0 / float(z.double().std())
-    assert latent_scale_factor(z) == pytest.approx(expected, rel=1e-12)
-    assert latent_scale_factor([z[:1], z[1:3].numpy(), z[3:]]) == pytest.approx(expected, rel=1e-12)
-    assert latent_scale_factor(torch.tensor([1.0, 3.0])) == pytest.approx(1 / math.sqrt(2))
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ([], "at least 2 latent values"),
-        (torch.ones(1), "at least 2 latent values"),
-        (torch.full((2, 3, 4, 4), 0.7), "zero standard deviation"),
-        (torch.tensor([1.0, float("nan")]), "must be finite"),
-    ],
-)
-def test_latent_scale_factor_rejects(value, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        latent_scale_factor(value)
-
-
-def test_compute_latent_scale_factor_matches_encoding_by_hand() -> None:
-    model = autoencoder(2)
-    batches = [{"image": latents((2, 1, 8, 8), seed=s)[:, :1]} for s in range(3)]
-    torch.manual_seed(5)
-    factor = compute_latent_scale_factor(model, batches, max_batches=2)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        by_hand = torch.cat([model.encode_stage_2_inputs(b["image"]) for b in batches[:2]])
-    assert factor == pytest.approx(1.0 / float(by_hand.double().std()), rel=1e-9)
-    torch.manual_seed(5)
-    assert compute_latent_scale_factor(model, [b["image"] for b in batches[:2]]) == pytest.approx(factor, rel=1e-9)
-
-
-def test_compute_latent_scale_factor_rejects() -> None:
-    model = autoencoder(2)
-    with pytest.raises(ValueError, match="batch 0 has no key 'image'"):
-        compute_latent_scale_factor(model, [{"ct": torch.zeros(1, 1, 8, 8)}])
-    with pytest.raises(ValueError, match="loader yielded no batches"):
-        compute_latent_scale_factor(model, [])
-    with pytest.raises(ValueError, match="max_batches must be a positive integer"):
-        compute_latent_scale_factor(model, [], max_batches=0)
-    with pytest.raises(TypeError, match="encode_stage_2_inputs"):
-        compute_latent_scale_factor(local_decoder(2), [])
 
 
 # ------------------------------------------------------------------------------------------------------- peak RSS

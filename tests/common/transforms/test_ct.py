@@ -26,8 +26,6 @@ from common.transforms.ct import (
     LoadStructureMasksd,
     MergeSegmentationd,
     StructureSynonyms,
-    fill_holes,
-    largest_connected_component,
     normalise_structure_name,
 )
 from common.transforms.io import SafeLoadImaged
@@ -362,37 +360,6 @@ def test_load_structure_masks_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- body isolation
-
-
-def test_largest_connected_component_is_six_connected():
-    mask = torch.zeros(6, 6, 6, dtype=torch.bool)
-    mask[:2, :2, :2] = True  # 8 voxels
-    mask[3:6, 3:6, 3:6] = True  # 27 voxels, touching the first one only at a corner
-    mask[2, 2, 2] = True  # corner-connected bridge: not a face neighbour
-    kept = largest_connected_component(mask)
-    assert int(kept.sum()) == 27 and kept[3:, 3:, 3:].all()
-    assert not largest_connected_component(torch.zeros(3, 3, 3, dtype=torch.bool)).any()
-    snake = torch.zeros(5, 5, 1, dtype=torch.bool)  # a winding path needs several passes
-    snake[0, :, 0] = snake[:, 4, 0] = snake[4, :, 0] = snake[2, :4, 0] = snake[2:, 0, 0] = True
-    snake[0, 0, 0] = False
-    torch.testing.assert_close(largest_connected_component(snake), snake)
-    with pytest.raises(ValueError, match=r"mask must be 3D \(X, Y, Z\), got shape \(3, 3\)"):
-        largest_connected_component(torch.ones(3, 3, dtype=torch.bool))
-
-
-def test_fill_holes_per_slice_and_in_3d():
-    tube = torch.zeros(7, 7, 5, dtype=torch.bool)  # a hollow tube along z, open at both ends
-    tube[1:6, 1:6] = True
-    tube[2:5, 2:5] = False
-    assert not fill_holes(tube)[3, 3].any()  # its lumen reaches the z ends: no 3D hole
-    assert fill_holes(tube, axes=(0, 1))[2:5, 2:5].all()  # but a hole of every axial slice
-    shell = torch.zeros(7, 7, 7, dtype=torch.bool)  # a closed hollow cube
-    shell[1:6, 1:6, 1:6] = True
-    shell[2:5, 2:5, 2:5] = False
-    filled = fill_holes(shell)
-    assert filled[2:5, 2:5, 2:5].all() and int(filled.sum()) == 5 * 5 * 5
-    with pytest.raises(ValueError, match=r"mask must be 3D \(X, Y, Z\), got shape \(7, 7\)"):
-        fill_holes(tube[:, :, 0])
 
 
 def test_isolate_body_removes_the_couch_and_keeps_the_body():
