@@ -70,11 +70,33 @@ def run_torchrun(bundle: str, names: tuple[str, ...], args: list[str], port: int
     )
 
 
-# A stand-in for ``python -m monai.bundle ...`` that also reports where every loaded module came from: ``-c`` puts the
-# current directory first on sys.path exactly as ``-m`` does.
+# A stand-in for ``python -m monai.bundle ...`` run as if only the release's listed packages were installed: ``-c``
+# puts the current directory first on sys.path exactly as ``-m`` does; a finder placed before all others makes every
+# module of an unlisted distribution (and any ``common`` not inside the release folder) fail to import, as a missing
+# package would, so MONAI's optional imports fall back and our code gets no help from this checkout. It reports where
+# every loaded module came from.
 _RUNNER = """
-import json, os, runpy, sys
+import importlib.machinery, json, os, runpy, sys
 report = os.environ.pop("MODULE_REPORT")
+blocked = set(json.loads(os.environ.pop("BLOCKED_MODULES")))
+folder = os.path.realpath(os.environ.pop("RELEASE_FOLDER"))
+
+
+class Unlisted:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        top = name.split(".")[0]
+        if top == "common" and "." not in name:
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            origin = os.path.realpath(spec.origin) if spec and spec.origin else ""
+            if not origin.startswith(folder + os.sep):
+                raise ModuleNotFoundError(f"no vendored module {name!r} in {folder}", name=name)
+        elif top in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r} (not listed in the release's metadata)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Unlisted)
 sys.argv = ["monai.bundle", *sys.argv[1:]]
 try:
     runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
@@ -82,6 +104,43 @@ finally:
     with open(report, "w") as handle:
         json.dump({name: getattr(module, "__file__", None) for name, module in list(sys.modules.items())}, handle)
 """
+
+
+def _listed_distributions(folder: Path) -> set[str]:
+    """The distributions the release's metadata lists (monai, torch, numpy and required_packages_version), with
+    everything pip installs along with them."""
+    import importlib.metadata
+    import json
+    import re
+
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    allowed: set[str] = set()
+    pending = ["monai", "torch", "numpy", *metadata["required_packages_version"]]
+    while pending:
+        name = re.split(r"[^A-Za-z0-9_.\-]", pending.pop(), maxsplit=1)[0].lower().replace("_", "-")
+        if name in allowed:
+            continue
+        allowed.add(name)
+        try:
+            requirements = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pending += [r for r in requirements if "extra ==" not in r]
+    return allowed
+
+
+def _blocked_modules(folder: Path) -> list[str]:
+    """Top-level modules of installed distributions that the release does not list (``common`` is judged apart)."""
+    import importlib.metadata
+
+    allowed = _listed_distributions(folder)
+    blocked = []
+    for module, owners in importlib.metadata.packages_distributions().items():
+        if module in sys.stdlib_module_names or module == "common":
+            continue
+        if not {owner.lower().replace("_", "-") for owner in owners} & allowed:
+            blocked.append(module)
+    return sorted(blocked)
 
 
 def release_and_unpack(bundle: str, trained_root: Path, work: Path) -> Path:
@@ -106,66 +165,37 @@ def release_and_unpack(bundle: str, trained_root: Path, work: Path) -> Path:
 
 
 def run_released(folder: Path, config: str, args: list[str], inside: bool, report: Path) -> dict[str, str | None]:
-    """Run ``monai.bundle run`` of the released ``folder``'s ``configs/<config>``: from inside the folder with a
-    relative path, or from the repository root with an absolute path and the folder on PYTHONPATH (the documented
-    way). Returns {module name: file} of every module the run loaded."""
+    """Run ``monai.bundle run`` of the released ``folder``'s ``configs/<config>`` with only the packages its metadata
+    lists importable: from inside the folder with a relative path, or from another folder with an absolute
+    path and the folder on PYTHONPATH (the documented way). Returns {module name: file} of every module loaded; an
+    unlisted import fails the run."""
     import json
     import os
 
     path = f"configs/{config}" if inside else str(folder / "configs" / config)
-    env = {**os.environ, "MODULE_REPORT": str(report)}
+    env = {
+        **os.environ,
+        "MODULE_REPORT": str(report),
+        "BLOCKED_MODULES": json.dumps(_blocked_modules(folder)),
+        "RELEASE_FOLDER": str(folder),
+    }
     if not inside:
         env["PYTHONPATH"] = str(folder)
     result = subprocess.run(
         [sys.executable, "-c", _RUNNER, "run", "--config_file", path, *args],
-        cwd=folder if inside else REPO_ROOT,
+        cwd=folder if inside else folder.parent.parent,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "Error" in line or "No module" in line]
+    assert result.returncode == 0, "\n".join([*errors[-20:], result.stderr[-2000:]])
     return json.loads(report.read_text())
 
 
 def assert_self_contained(folder: Path, modules: dict[str, str | None]) -> None:
-    """Every ``common`` module came from the released folder, and every other module loaded belongs to the standard
-    library or to a distribution the release's metadata lists (or one they depend on)."""
-    import importlib.metadata
-    import json
-    import re
-
-    ours = {name: file for name, file in modules.items() if name == "common" or name.startswith("common.")}
-    assert ours and all(file and Path(file).resolve().is_relative_to(folder.resolve()) for file in ours.values()), {
-        n: f for n, f in ours.items() if not (f and Path(f).resolve().is_relative_to(folder.resolve()))
-    }
-    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
-    allowed: set[str] = set()
-    pending = ["monai", "torch", "numpy", *metadata["required_packages_version"]]
-    while pending:  # the listed distributions and everything pip installs with them
-        name = re.split(r"[^A-Za-z0-9_.\-]", pending.pop(), maxsplit=1)[0].lower().replace("_", "-")
-        if name in allowed:
-            continue
-        allowed.add(name)
-        try:
-            requirements = importlib.metadata.requires(name) or []
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        pending += [r for r in requirements if "extra ==" not in r]
-    distributions = importlib.metadata.packages_distributions()
-    startup = set(
-        json.loads(
-            subprocess.run(
-                [sys.executable, "-c", "import sys, json; print(json.dumps(list(sys.modules)))"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-    )
-    unlisted = {}
-    for name in {m.split(".")[0] for m in modules} - startup - set(sys.stdlib_module_names) - {"common", "__main__"}:
-        owners = {d.lower().replace("_", "-") for d in distributions.get(name, [])}
-        if owners and not owners & allowed:
-            unlisted[name] = sorted(owners)
-    assert not unlisted, f"modules from distributions that {folder}/configs/metadata.json does not list: {unlisted}"
+    """Every ``common`` module the run loaded came from the released folder, and nothing of this checkout's tools."""
+    ours = {name: file for name, file in modules.items() if name.split(".")[0] in ("common", "tools")}
+    outside = {n: f for n, f in ours.items() if not (f and Path(f).resolve().is_relative_to(folder.resolve()))}
+    assert ours and not outside, f"modules loaded from outside {folder}: {outside}"

@@ -9,7 +9,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import config_files, error_chain, load_plain_weights, make_workflow, run_torchrun, run_workflow
+from bundle_helpers import (
+    assert_self_contained,
+    config_files,
+    error_chain,
+    load_plain_weights,
+    make_workflow,
+    release_and_unpack,
+    run_released,
+    run_torchrun,
+    run_workflow,
+)
 
 from common.io import atomic_write_nifti
 
@@ -284,3 +294,16 @@ def test_torchrun_stage_two_on_cpu(trained, tmp_path: Path) -> None:
     load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **MODEL, **UNET)  # unwrapped
     scale = json.loads((tmp_path / "models" / "latent_scale.json").read_text())
     assert scale["scale_factor"] == pytest.approx(float(next(iter(factors))), rel=1e-3)
+
+
+def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
+    """The release zip, unpacked elsewhere, samples on the tiny checkpoint with its own vendored code and only the
+    packages its metadata lists, writing into its own folder."""
+    root, _, _ = trained
+    folder = release_and_unpack(BUNDLE, root, tmp_path)
+    args = [arg for key, value in {**MODEL, **UNET}.items() for arg in (f"--{key}", repr(value))]
+    modules = run_released(
+        folder, "inference.yaml", [*args, "--num_samples", "1", "--seed", "0"], True, tmp_path / "modules.json"
+    )
+    assert_self_contained(folder, modules)
+    assert list((folder / "samples").rglob("*.nii.gz"))

@@ -11,7 +11,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO_ROOT, config_files, error_chain, load_plain_weights, make_workflow, run_workflow
+from bundle_helpers import (
+    REPO_ROOT,
+    assert_self_contained,
+    config_files,
+    error_chain,
+    load_plain_weights,
+    make_workflow,
+    release_and_unpack,
+    run_released,
+    run_workflow,
+)
 
 from common.io import atomic_write_nifti
 
@@ -236,3 +246,16 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
     assert not any(".module." in key for key in content["network"])  # unwrapped
     assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"]  # one epoch
     load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # loadable by inference
+
+
+def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
+    """The release zip, unpacked elsewhere, samples on the tiny checkpoint with its own vendored code and only the
+    packages its metadata lists, writing into its own folder."""
+    root, _ = trained
+    folder = release_and_unpack(BUNDLE, root, tmp_path)
+    args = [arg for key, value in SHARED.items() for arg in (f"--{key}", repr(value))]
+    modules = run_released(
+        folder, "inference.yaml", [*args, "--num_samples", "1", "--seed", "0"], True, tmp_path / "modules.json"
+    )
+    assert_self_contained(folder, modules)
+    assert list((folder / "samples").rglob("*.nii.gz"))

@@ -385,3 +385,16 @@ def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path, insi
     assert _files(REPO_ROOT / "bundles" / BUNDLE) == checkout
     new = [p for p in set(_files(tmp_path)) - set(work) if p != "modules.json"]
     assert all(p.startswith("unpacked/semantic_mri/samples") for p in new), new
+
+
+def test_release_run_fails_without_a_package_the_code_needs(trained: Path, tmp_path: Path) -> None:
+    """The check above can fail: with nibabel missing from the metadata, the released code cannot import it."""
+    folder = release_and_unpack(BUNDLE, trained, tmp_path)
+    metadata_path = folder / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    del metadata["required_packages_version"]["nibabel"]
+    metadata_path.write_text(json.dumps(metadata))
+    args = [arg for key, value in SHARED.items() for arg in (f"--{key}", repr(value))]
+    args += ["--masks", phantom_masks(trained, 1)[0], "--num_samples", "1"]
+    with pytest.raises(AssertionError, match="nibabel"):
+        run_released(folder, "inference.yaml", args, True, tmp_path / "modules.json")
