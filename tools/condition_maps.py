@@ -7,7 +7,8 @@ map on the model grid as ``<out>/<case_id>.nii.gz``. Point inference's ``--masks
 
 Usage::
 
-    python -m tools.condition_maps --config_file "['bundles/semantic_mri/configs/train.yaml','bundles/semantic_mri/configs/brats.yaml']" --out D
+    python -m tools.condition_maps \\
+        --config_file "['bundles/semantic_mri/configs/train.yaml','bundles/semantic_mri/configs/brats.yaml']" --out D
     python -m tools.condition_maps --config_file bundles/semantic_mri/configs/train.yaml --out D --dataset_dir R
 """
 

@@ -17,7 +17,8 @@ then moved into place. Read them back with ``monai.data.load_net_with_metadata(p
 Usage::
 
     python -m tools.export --config_file bundles/semantic_mri/configs/inference.yaml --out models/model.ts
-    python -m tools.export --config_file "['bundles/semantic_mri/configs/inference.yaml','bundles/semantic_mri/configs/demo.yaml']" \\
+    python -m tools.export \\
+        --config_file "['bundles/semantic_mri/configs/inference.yaml','bundles/semantic_mri/configs/demo.yaml']" \\
         --out models/model.pt2 --format export
     # the exported module is called as model(x, timesteps): x (B, C_in, *spatial) float32, timesteps (B,) int64
     python -m tools.export --config_file bundles/paired_petct/configs/inference.yaml --out models/petct.ts
@@ -80,7 +81,8 @@ class DenoiserSignature(torch.nn.Module):
 
 
 class ConditionedDenoiserSignature(torch.nn.Module):
-    """Fixes the call signature to ``(x, timesteps, conditions)`` (``common.networks.paired_denoiser.PairedDenoiser``)."""
+    """Fixes the call signature to ``(x, timesteps, conditions)``
+    (``common.networks.paired_denoiser.PairedDenoiser``)."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
@@ -91,7 +93,8 @@ class ConditionedDenoiserSignature(torch.nn.Module):
 
 
 class DecoderSignature(torch.nn.Module):
-    """The decoder of an ``AutoencoderKL`` as ``(z) -> image`` (latent diffusion bundles export it beside the denoiser)."""
+    """The decoder of an ``AutoencoderKL`` as ``(z) -> image`` (latent diffusion bundles export it beside the
+    denoiser)."""
 
     def __init__(self, autoencoder: torch.nn.Module) -> None:
         super().__init__()

@@ -9,8 +9,8 @@ Usage::
 
 ``kind`` is a registered phantom kind (``whole_head_mri``, ``brats_mri``, ``head_neck_petct``, ``thorax_ct``) or a
 bundle alias (``semantic_mri``, ``semantic_mri_brats``, ``paired_petct``, ``latent_ct``); see
-``common.data.phantoms.kinds.PHANTOM_KINDS``. ``--size`` is the number of voxels along the first axis (the field of view stays
-fixed, so a larger size is a finer grid). ``--out`` must not exist or be empty.
+``common.data.phantoms.kinds.PHANTOM_KINDS``. ``--size`` is the number of voxels along the first axis (the field of
+view stays fixed, so a larger size is a finer grid). ``--out`` must not exist or be empty.
 
 ``head_neck_petct`` writes HECKTOR 2022-style files (``imagesTr/HN_phantom_000__CT.nii.gz``, ``__PT.nii.gz``,
 ``labelsTr/HN_phantom_000.nii.gz``); the grid printed is the CT and label grid, the PET has its own coarser grid

@@ -223,7 +223,8 @@ def _large_files(source: Path, folder: Path, shipped: list[Path]) -> str:
         digest = sha256(file)
         if entry.get("hash_val") and (entry.get("hash_type") or "sha256") == "sha256" and entry["hash_val"] != digest:
             raise ValueError(
-                f"'{file}' does not match its large_files.yml entry: expected sha256 {entry['hash_val']}, found {digest}"
+                f"'{file}' does not match its large_files.yml entry: "
+                f"expected sha256 {entry['hash_val']}, found {digest}"
             )
         entry.update(hash_val=digest, hash_type="sha256")
     header = [

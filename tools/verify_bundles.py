@@ -14,7 +14,8 @@ Usage::
 
     python -m tools.verify_bundles --schema ../shared/reference/meta_schema_20240725.json
     python -m tools.verify_bundles semantic_mri --schema ../shared/reference/meta_schema_20240725.json
-    python -m tools.verify_bundles --release dist/semantic_mri_v0.1.0.zip --schema ../shared/reference/meta_schema_20240725.json
+    python -m tools.verify_bundles --release dist/semantic_mri_v0.1.0.zip \\
+        --schema ../shared/reference/meta_schema_20240725.json
 
 Prints one line per problem and exits with status 1 if there is any.
 """

@@ -197,8 +197,8 @@ def find_cases(
     else:
         cases = _cases_from_brats(root, modalities)
     expected = (
-        f"a dataset.json datalist, imagesTr/ + labelsTr/ folders, or BraTS files <id>_{{{','.join(modalities)}}}.nii.gz "
-        "+ <id>_seg.nii.gz"
+        "a dataset.json datalist, imagesTr/ + labelsTr/ folders, or BraTS files "
+        f"<id>_{{{','.join(modalities)}}}.nii.gz + <id>_seg.nii.gz"
     )
     require_cases(cases, root, "usable cases", expected, f"layout '{layout}'", config_key)
     for case in cases:

@@ -171,7 +171,8 @@ def prepare_petct_dataset(
     settings: PetCtSettings | None = None,
     check_headers: bool = True,
 ) -> dict[str, list[Mapping[str, Any]]]:
-    """Find, check and split the PET-CT cases of ``dataset_dir``; write the phantom dataset first when it is the default.
+    """Find, check and split the PET-CT cases of ``dataset_dir``; write the phantom dataset first when it is the
+    default.
 
     Args:
         dataset_dir: the ``dataset_dir`` config value.

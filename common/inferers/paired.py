@@ -1,4 +1,5 @@
-"""Joint sampling of paired diffusion networks (one denoiser per modality), with noise seeding and agreement refinement."""
+"""Joint sampling of paired diffusion networks (one denoiser per modality), with noise seeding and agreement
+refinement."""
 
 from __future__ import annotations
 

@@ -144,7 +144,8 @@ def _check_coverage(size: int, roi: int, overlap: float, margin: int, axis: int)
         raise ValueError(
             f"tiles of {roi} latent voxels with overlap {overlap} along spatial axis {axis} (latent size {size}) leave "
             f"latent voxel {covered_to} inside the {margin}-voxel margin of every tile: use an overlap of at least "
-            f"2 * margin = {2 * margin} voxels (overlap >= {2 * margin / roi:.3f}), a larger roi_size or a smaller margin."
+            f"2 * margin = {2 * margin} voxels (overlap >= {2 * margin / roi:.3f}), "
+            "a larger roi_size or a smaller margin."
         )
 
 

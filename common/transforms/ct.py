@@ -166,8 +166,8 @@ def _as_synonyms(synonyms: StructureSynonyms | Mapping[str, Sequence[str]] | Non
 class LoadStructureMasksd(MapTransform):
     """Load the structure masks of a case: ``data[key]`` ``{name: path}`` becomes ``{name: MetaTensor (1, H, W, D)}``.
 
-    Uses MONAI's ``LoadImage`` (through :class:`common.transforms.io.SafeLoadImaged`, whose errors name the file), so each
-    mask keeps its affine and file name. Values that are already arrays or tensors are kept as they are.
+    Uses MONAI's ``LoadImage`` (through :class:`common.transforms.io.SafeLoadImaged`, whose errors name the file), so
+    each mask keeps its affine and file name. Values that are already arrays or tensors are kept as they are.
 
     Args:
         keys: keys holding the ``{structure name: path}`` dicts (the ``masks`` of :func:`find_ct_cases`).

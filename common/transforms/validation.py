@@ -37,7 +37,8 @@ class ValidateCase(Transform):
         name = source_name(image)
         if image.shape[0] != self.num_channels:
             raise ValueError(
-                f"'{name}': expected {self.num_channels} image channel(s), found {image.shape[0]} (shape {tuple(image.shape)})"
+                f"'{name}': expected {self.num_channels} image channel(s), found {image.shape[0]} "
+                f"(shape {tuple(image.shape)})"
             )
         finite = torch.isfinite(image)
         if not bool(finite.all()):

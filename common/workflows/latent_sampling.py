@@ -2,8 +2,8 @@
 
 Each sample is drawn in latent space with the chosen scheduler (the paper's 1000-step DDPM, or a fast sampler from
 ``common.schedulers``), divided by the latent scale factor stored with the weights, decoded by the autoencoder —
-whole, or tile by tile with overlap (:func:`common.inferers.tiled_decoding.decode`) so volumes larger than memory allows can be
-decoded — mapped from [-1, 1] back to Hounsfield units through the training window and written as
+whole, or tile by tile with overlap (:func:`common.inferers.tiled_decoding.decode`) so volumes larger than memory
+allows can be decoded — mapped from [-1, 1] back to Hounsfield units through the training window and written as
 ``<output_dir>/<case_id>/ct.nii.gz`` with the voxel size of the training grid (also stored with the weights), the
 same layout the bundle reads, plus a ``dataset.json`` and a PNG montage of central slices. Existing files are never
 overwritten: the run stops before any sampling if one of its outputs exists.
@@ -43,15 +43,18 @@ class LatentSampling(SamplingWorkflow):
     Args:
         diffusion: trained latent denoiser (eval mode, weights loaded).
         autoencoder: trained ``AutoencoderKL`` (eval mode, weights loaded).
-        stats: :class:`common.data.latent_scale.LatentStats` loaded from the diffusion checkpoint (scale factor, pixdim).
-        inferer: a :class:`common.inferers.conditional.ConditionalDiffusionInferer` (unconditional: ``mode="crossattn"``).
+        stats: :class:`common.data.latent_scale.LatentStats` loaded from the diffusion checkpoint (scale factor,
+            pixdim).
+        inferer: a :class:`common.inferers.conditional.ConditionalDiffusionInferer` (unconditional:
+            ``mode="crossattn"``).
         scheduler: sampling scheduler.
         latent_shape: (C, *spatial) of one latent (e.g. (3, 32, 32, 32) for 128^3 volumes).
         hu_window: the (low, high) HU window mapped to [-1, 1] in training.
         num_samples: number of volumes.
         batch_size: latents sampled together (decoding is one volume at a time).
-        tiled_decode: decode tile by tile (:func:`common.inferers.tiled_decoding.decode_tiled_tail`: the decoder's attention head on
-            the whole latent, its convolutional tail in tiles of ``decode_roi_size`` latent voxels) instead of whole.
+        tiled_decode: decode tile by tile (:func:`common.inferers.tiled_decoding.decode_tiled_tail`: the decoder's
+            attention head on the whole latent, its convolutional tail in tiles of ``decode_roi_size`` latent voxels)
+            instead of whole.
         decode_roi_size: tile size in latent voxels.
         decode_overlap: tile overlap fraction in [0, 1); None: the least that keeps tiles seam-free (twice the
             tail's receptive radius, measured once).

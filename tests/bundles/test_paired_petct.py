@@ -1,4 +1,5 @@
-"""End-to-end tests of the paired_petct bundle through its configs (in-process ``monai.bundle`` workflows, tiny sizes)."""
+"""End-to-end tests of the paired_petct bundle through its configs (in-process ``monai.bundle`` workflows,
+tiny sizes)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def test_bundle_root_of_empty_list() -> None:
 
 
 def test_workflow_in_a_renamed_copy_resolves_to_the_copy(tmp_path: Path) -> None:
-    """The case that used to resolve to the checkout: a copy of a real bundle's configs, renamed as zoo downloads are."""
+    """The case that used to resolve to the checkout: a copy of a real bundle's configs, renamed as zoo downloads
+    are."""
     copy = tmp_path / "semantic_mri_v0.1.0"
     shutil.copytree(REPO_ROOT / "bundles" / "semantic_mri" / "configs", copy / "configs")
     workflow = ConfigWorkflow(

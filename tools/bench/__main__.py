@@ -26,7 +26,8 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
 
 
 def main(bundle: str, out: str | None = None, **options: Any) -> None:
-    """Run the benchmark of ``bundle``, print the markdown table and write it (default benchmarks/results/<bundle>.md)."""
+    """Run the benchmark of ``bundle``, print the markdown table and write it (default
+    benchmarks/results/<bundle>.md)."""
     if bundle not in BENCHMARKS:
         raise ValueError(f"no benchmark for bundle '{bundle}'; available: {sorted(BENCHMARKS)}")
     markdown, results = BENCHMARKS[bundle](**options)

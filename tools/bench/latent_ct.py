@@ -9,9 +9,10 @@ side in one process:
 2. both stages trained for a fixed number of epochs, then seconds per volume (latent sampling + decoding) for the
    paper's 1000-step DDPM sampler and the fast samplers of ``common.schedulers``, with a quality figure for each:
    the 2D-slice FID on the bundle's own autoencoder latents against the real phantoms (lower is better);
-3. peak resident memory (a fresh process per measurement, ``tools.bench.memory.measure_peak_rss``) of decoding one latent
-   whole vs tile by tile (``common.inferers.tiled_decoding.decode_tiled_tail``: attention head whole, convolutional tail in tiles,
-   exact) with the demo autoencoder, for 128^3 and 256^3 volumes, and the largest difference between the two.
+3. peak resident memory (a fresh process per measurement, ``tools.bench.memory.measure_peak_rss``) of decoding one
+   latent whole vs tile by tile (``common.inferers.tiled_decoding.decode_tiled_tail``: attention head whole,
+   convolutional tail in tiles, exact) with the demo autoencoder, for 128^3 and 256^3 volumes, and the largest
+   difference between the two.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def _memory(
     root: Path, volume_sizes: tuple[int, ...], exact_sizes: tuple[int, ...], decode_roi: int | None
 ) -> list[dict[str, Any]]:
     """Whole vs tiled decoding per volume size: the exact mode (whole-volume GroupNorm statistics) where asked, and
-    the tile-statistics mode everywhere (the same tile-sized activations, one pass over the tiles instead of several)."""
+    the tile-statistics mode everywhere (the same tile-sized activations, one pass over the tiles instead of
+    several)."""
     workflow = bundle_workflow(config_files(BUNDLE, "inference", "demo"), None, bundle_root=str(root))
     autoencoder = workflow.parser.get_parsed_content("autoencoder").cpu().eval()
     margin = tail_receptive_radius(autoencoder)
@@ -321,7 +323,8 @@ def bench_latent_ct(
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; networks and "
         "sizes from `configs/demo.yaml` (32^3 volumes, 8^3 x 3 latents).",
         "",
-        "## Training throughput (same networks, losses, data and batch; median of per-iteration times, alternating rounds)",
+        "## Training throughput (same networks, losses, data and batch; median of per-iteration times, "
+        "alternating rounds)",
         "",
         markdown_table(
             throughput_rows,
@@ -332,8 +335,9 @@ def bench_latent_ct(
         f"({training['autoencoder']['seconds'] / 60:.1f} min) and {training['diffusion']['epochs']} diffusion epochs "
         f"({training['diffusion']['seconds'] / 60:.1f} min)",
         "",
-        f"{num_samples} volumes per sampler; seconds per volume include decoding. FID: 2D-slice Frechet distance of the "
-        "samples' autoencoder latents (axial slices averaged to 2 x 2) to the real phantoms' (lower is better).",
+        f"{num_samples} volumes per sampler; seconds per volume include decoding. FID: 2D-slice Frechet "
+        "distance of the samples' autoencoder latents (axial slices averaged to 2 x 2) to the real phantoms' "
+        "(lower is better).",
         "",
         markdown_table(
             sampler_rows, ["sampler", "network evaluations", "s / volume", "speed-up", "FID (latent slices)"]

@@ -169,7 +169,8 @@ def _train(work: Path, epochs: int, seed: int = 0) -> tuple[Path, dict[str, Any]
 
 
 def compare_to_reference(sampler: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float]:
-    """(mean pairing Dice difference to ``reference``, its standard error): independent samples, errors add in quadrature."""
+    """(mean pairing Dice difference to ``reference``, its standard error): independent samples, errors add in
+    quadrature."""
     difference = sampler["pairing_dice_mean"] - reference["pairing_dice_mean"]
     return difference, math.hypot(sampler["pairing_dice_se"], reference["pairing_dice_se"])
 
@@ -465,9 +466,9 @@ def bench_paired_petct(
             "error over the triples where either is non-empty (triples scored / generated); the difference to the "
             "full sampler carries the standard error of a difference of independent means. The held-out real "
             f"slices score {reference['pairing_dice_mean']:.3f} ({reference['n_slices']} slices; mask in body "
-            f"{reference['mask_in_body']:.3f}). Refined rows: the seeded sampler, then the finished triple noised again "
-            "to the largest kept timestep at or below the given fraction of the schedule and sampled down from there, "
-            "the given number of times (`refine_rounds`; evaluations included).",
+            f"{reference['mask_in_body']:.3f}). Refined rows: the seeded sampler, then the finished triple noised "
+            "again to the largest kept timestep at or below the given fraction of the schedule and sampled down "
+            "from there, the given number of times (`refine_rounds`; evaluations included).",
             markdown_table(
                 _sampler_rows(samplers, full),
                 [

@@ -222,8 +222,8 @@ def bench_semantic_mri(
             "# semantic_mri benchmark (Med-DDPM, 32^3 whole-head phantoms, CPU)",
             f"Command: `python -m tools.bench semantic_mri --eval_masks {eval_masks} --fast_steps {fast_steps}"
             f"{f' --train_epochs {train_epochs}' if train_epochs else ''}`  \n"
-            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-            f"network and sizes from `configs/demo.yaml`.",
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}; network and sizes from `configs/demo.yaml`.",
             "## Training throughput (same network, data and batch; median of per-iteration times, alternating rounds)",
             markdown_table(
                 [
@@ -239,11 +239,11 @@ def bench_semantic_mri(
             f"## Samplers after {training['train_seconds'] / 60:.1f} CPU minutes of training "
             f"(demo overlay: {training['train_epochs']} epochs, {training['train_iterations']} iterations of batch "
             f"{training['batch_size']}; EMA weights)",
-            f"Dice: tumour label of each held-out conditioning mask ({eval_masks} masks, unseen in training) vs the tumour "
-            f"read back from the sample: voxels above {WHOLE_HEAD_TUMOUR_THRESHOLD} on the [-1, 1] image, the largest "
-            f"connected region of them, holes filled. The last column reads the threshold alone (every bright voxel, "
-            f"wherever it is in the head). The same rules on the real phantom images score {ceiling[0]:.3f} and "
-            f"{ceiling[1]:.3f}.",
+            f"Dice: tumour label of each held-out conditioning mask ({eval_masks} masks, unseen in training) vs the "
+            f"tumour read back from the sample: voxels above {WHOLE_HEAD_TUMOUR_THRESHOLD} on the [-1, 1] image, "
+            f"the largest connected region of them, holes filled. The last column reads the threshold alone (every "
+            f"bright voxel, wherever it is in the head). The same rules on the real phantom images score "
+            f"{ceiling[0]:.3f} and {ceiling[1]:.3f}.",
             markdown_table(
                 rows,
                 [

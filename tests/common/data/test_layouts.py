@@ -1,5 +1,6 @@
-"""Tests of common.data (layouts, headers, splits, preparation): the three folder layouts, pairing by case id, every error branch, header checks, the
-train/validation split, phantom writing in ``prepare_dataset``, ``case_paths`` and ``write_datalist``."""
+"""Tests of common.data (layouts, headers, splits, preparation): the three folder layouts, pairing by case id,
+every error branch, header checks, the train/validation split, phantom writing in ``prepare_dataset``,
+``case_paths`` and ``write_datalist``."""
 
 from __future__ import annotations
 

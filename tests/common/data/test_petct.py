@@ -1,6 +1,6 @@
-"""Tests of common.data.petct (with its crop, augmentation and split): PET-CT case discovery (both layouts, every error branch), per-case validation and
-resampling by the affines, intensity windows, tumour-slice selection, the smart crop, the slice dataset, augmentation,
-the split by patient and ``prepare_petct_dataset``.
+"""Tests of common.data.petct (with its crop, augmentation and split): PET-CT case discovery (both layouts, every
+error branch), per-case validation and resampling by the affines, intensity windows, tumour-slice selection, the
+smart crop, the slice dataset, augmentation, the split by patient and ``prepare_petct_dataset``.
 
 The synthetic cases are built in world coordinates: a CT of 40 x 40 x 16 voxels at 3 mm in LPS-like orientation, a PET
 of 20 x 20 x 8 voxels at 6 mm (RAS) with another origin, and a mask with a tumour sphere on the CT grid; the PET has a

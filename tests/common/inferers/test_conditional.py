@@ -1,4 +1,5 @@
-"""Tests of common.inferers.conditional: conditioning modes, the training call, seeded sampling, start timesteps, noising."""
+"""Tests of common.inferers.conditional: conditioning modes, the training call, seeded sampling, start timesteps,
+noising."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of common.networks.feature_extractors and common.losses.perceptual: the VGG-16 layout and offline loading, the small extractor, the distance, the factory."""
+"""Tests of common.networks.feature_extractors and common.losses.perceptual: the VGG-16 layout and offline loading,
+the small extractor, the distance, the factory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of common.transforms.ct and common.data.ct_cases: case discovery, structure names, mask merging, body isolation, HU checks."""
+"""Tests of common.transforms.ct and common.data.ct_cases: case discovery, structure names, mask merging, body
+isolation, HU checks."""
 
 from __future__ import annotations
 

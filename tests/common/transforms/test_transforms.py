@@ -1,4 +1,5 @@
-"""Tests of common.transforms (io, validation, conditions): safe loading, case validation, the brain label and the one-hot condition."""
+"""Tests of common.transforms (io, validation, conditions): safe loading, case validation, the brain label and the
+one-hot condition."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of common.workflows.evaluation: sample-to-mask ids and the sample evaluation workflow on a tiny synthetic folder."""
+"""Tests of common.workflows.evaluation: sample-to-mask ids and the sample evaluation workflow on a tiny synthetic
+folder."""
 
 from __future__ import annotations
 
