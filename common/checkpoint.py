@@ -16,6 +16,7 @@ weights).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,8 @@ __all__ = [
     "check_state_dict_fits",
     "plain_state_dict",
     "read_checkpoint",
+    "file_hash",
+    "check_listed_hash",
     "load_network_weights",
     "save_state_json",
     "load_state_json",
@@ -114,14 +117,57 @@ def _bundle_of(path: Path, entry: str) -> Path | None:
     return Path(*path.parts[: -len(tail)]) if len(path.parts) > len(tail) else Path(".")
 
 
-def _listed_in(listing: Path, entry: str) -> bool:
+def _listed_entry(listing: Path, entry: str) -> dict | None:
+    """The ``large_files.yml`` entry whose ``path`` is ``entry`` (None when the listing or the entry is missing)."""
     try:
         content = yaml.safe_load(listing.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
-        return False
+        return None
     entries = content.get("large_files", []) if isinstance(content, dict) else []
     wanted = Path(entry).parts
-    return any(isinstance(e, dict) and Path(str(e.get("path", ""))).parts == wanted for e in entries or [])
+    found = [e for e in entries or [] if isinstance(e, dict) and Path(str(e.get("path", ""))).parts == wanted]
+    return found[0] if found else None
+
+
+def _listed_in(listing: Path, entry: str) -> bool:
+    return _listed_entry(listing, entry) is not None
+
+
+def file_hash(path: str | Path, hash_type: str = "sha256") -> str:
+    """Hex digest of a file (``hash_type``: any ``hashlib`` algorithm, e.g. sha256 or md5), read in 1 MiB blocks."""
+    try:
+        digest = hashlib.new(str(hash_type).lower())
+    except ValueError as e:
+        raise ValueError(f"hash_type '{hash_type}' is not a hashlib algorithm (e.g. sha256, md5)") from e
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_listed_hash(path: str | Path, large_files_entry: str, config_key: str = "ckpt_path") -> None:
+    """Compare ``path`` with the hash its bundle's ``large_files.yml`` entry records, when there is one.
+
+    The bundle is the folder ``path`` lies in with ``large_files_entry`` as its tail (``<bundle>/models/x.pt``).
+    Nothing is checked when the file lies elsewhere, the bundle lists no such entry or the entry has no hash.
+
+    Raises:
+        ValueError: naming the config key, the file and both hashes, when the file does not match its entry.
+    """
+    path = Path(path)
+    bundle = _bundle_of(path, large_files_entry)
+    entry = _listed_entry(bundle / "large_files.yml", large_files_entry) if bundle is not None else None
+    if not entry or not entry.get("hash_val"):
+        return
+    hash_type = entry.get("hash_type") or "md5"  # MONAI's download_url default
+    found = file_hash(path, hash_type)
+    if found != str(entry["hash_val"]).lower():
+        raise ValueError(
+            f"config key '{config_key}': '{path}' does not match its large_files.yml entry '{large_files_entry}' "
+            f"of '{bundle}': expected {hash_type} {entry['hash_val']}, found {found} (a damaged or different "
+            "download: fetch it again with `python -m monai.bundle download_large_files --bundle_path "
+            f"{bundle}`)"
+        )
 
 
 def _missing_file_error(
@@ -159,15 +205,19 @@ def read_checkpoint(
         config_key: config key that holds ``path``, named in errors.
         hint: appended to the missing-file error (e.g. which command trains the model).
         large_files_entry: ``path`` of the file's entry in the bundle's ``large_files.yml``; the missing-file error
-            names it and says whether the bundle lists it (then ``download_large_files`` fetches it).
+            names it and says whether the bundle lists it (then ``download_large_files`` fetches it), and a listed
+            hash is checked (:func:`check_listed_hash`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be read with ``weights_only=True`` or does not hold a dict.
+        ValueError: the file does not match its listed hash, cannot be read with ``weights_only=True`` or does not
+            hold a dict.
     """
     path = Path(path)
     if not path.is_file():
         raise _missing_file_error(path, config_key, "weight file", hint, large_files_entry)
+    if large_files_entry:
+        check_listed_hash(path, large_files_entry, config_key)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

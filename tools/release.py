@@ -26,7 +26,6 @@ and from outside it with the folder on ``PYTHONPATH`` (MONAI 1.6 adds the bundle
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -43,6 +42,8 @@ from typing import Any
 import fire
 import torch
 import yaml
+
+from common.checkpoint import file_hash
 
 __all__ = [
     "CONSUMER_WEIGHTS",
@@ -124,12 +125,8 @@ def read_metadata(folder: Path) -> dict[str, Any]:
 
 
 def sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 hex digest of a file."""
+    return file_hash(path, "sha256")
 
 
 def _python_files(folder: Path) -> Iterator[Path]:

@@ -328,7 +328,7 @@ def load_vgg16_features(
         "beforehand, e.g. `python -m monai.bundle download_large_files --bundle_path <bundle>`; nothing is "
         f"downloaded at run time. It is torchvision's ImageNet VGG-16, {VGG16_WEIGHTS_URL}."
     )
-    content = read_checkpoint(weights_path, config_key, hint)
+    content = read_checkpoint(weights_path, config_key, hint, large_files_entry)
     state = _features_state_dict(content, f"config key '{config_key}': '{weights_path}'")
     network = VGG16Features(layers, input_range)
     try:

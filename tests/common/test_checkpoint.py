@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from common.checkpoint import (
     atomic_torch_save,
+    check_listed_hash,
     check_state_dict_fits,
+    file_hash,
     latest_checkpoint,
     load_network_weights,
     load_state_json,
@@ -301,3 +305,44 @@ def test_load_state_json_rejects(tmp_path: Path, text: str | None, match: str) -
     with pytest.raises((FileNotFoundError, ValueError), match=match):
         load_state_json(stats, path, "latent_scale_file", large_files_entry="models/latent_scale.json")
     assert float(stats.scale_factor) == 1.0 and not bool(stats.computed)
+
+
+# ------------------------------------------------------------------------------------------- large-file hashes
+
+
+def _listed_bundle(tmp_path: Path, hash_val: str | None, hash_type: str = "sha256") -> Path:
+    (tmp_path / "b" / "models").mkdir(parents=True)
+    weights = tmp_path / "b" / "models" / "w.pt"
+    torch.save({"layer.weight": torch.ones(2)}, weights)
+    entry = {"path": "models/w.pt", "url": "", "hash_val": hash_val, "hash_type": hash_type}
+    (tmp_path / "b" / "large_files.yml").write_text(yaml.safe_dump({"large_files": [entry]}))
+    return weights
+
+
+def test_file_hash_matches_hashlib(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    assert file_hash(path) == hashlib.sha256(b"abc").hexdigest()
+    assert file_hash(path, "MD5") == hashlib.md5(b"abc").hexdigest()
+    with pytest.raises(ValueError, match="hash_type 'nope'"):
+        file_hash(path, "nope")
+
+
+def test_listed_hash_is_checked_on_load(tmp_path: Path) -> None:
+    weights = _listed_bundle(tmp_path, "0" * 64)
+    with pytest.raises(ValueError) as error:
+        read_checkpoint(weights, "perceptual_weights", large_files_entry="models/w.pt")
+    message = str(error.value)
+    assert "perceptual_weights" in message and str(weights) in message
+    assert "0" * 64 in message and file_hash(weights) in message  # both hashes
+    assert read_checkpoint(weights)  # without the entry nothing is checked
+
+
+@pytest.mark.parametrize("hash_val", [None, "match"])
+def test_matching_or_unrecorded_hash_loads(tmp_path: Path, hash_val: str | None) -> None:
+    weights = _listed_bundle(tmp_path, None)
+    if hash_val == "match":
+        _listed_bundle(tmp_path / "again", file_hash(weights))
+        weights = tmp_path / "again" / "b" / "models" / "w.pt"
+    assert set(read_checkpoint(weights, large_files_entry="models/w.pt")) == {"layer.weight"}
+    check_listed_hash(weights, "models/other.pt")  # not listed: nothing to check
