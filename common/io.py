@@ -104,7 +104,7 @@ def read_json_object(path: str | os.PathLike, source: str) -> dict:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{source}: cannot read '{path}' as JSON ({e})") from e
+        raise ValueError(f"{source}: '{path}' is not readable JSON ({e})") from e
     if not isinstance(content, dict):
         raise ValueError(f"{source}: '{path}' holds a JSON {type(content).__name__}, not an object")
     return content

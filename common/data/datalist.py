@@ -22,7 +22,7 @@ from typing import Any
 
 from monai.data import load_decathlon_datalist
 
-from common.io import atomic_write_text
+from common.io import atomic_write_text, read_json_object
 
 __all__ = ["DECATHLON_PATH_KEYS", "EntryCheck", "datalist_content", "read_datalist", "save_datalist"]
 
@@ -45,13 +45,7 @@ def datalist_content(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"datalist '{path}' does not exist")
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"datalist '{path}' is not readable JSON: {e}") from e
-    if not isinstance(content, dict):
-        raise ValueError(f"datalist '{path}': expected a JSON object with sections, found {type(content).__name__}")
-    return content
+    return read_json_object(path, "datalist")
 
 
 def _is_path_value(value: Any) -> bool:

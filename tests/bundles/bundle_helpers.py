@@ -199,3 +199,26 @@ def assert_self_contained(folder: Path, modules: dict[str, str | None]) -> None:
     ours = {name: file for name, file in modules.items() if name.split(".")[0] in ("common", "tools")}
     outside = {n: f for n, f in ours.items() if not (f and Path(f).resolve().is_relative_to(folder.resolve()))}
     assert ours and not outside, f"modules loaded from outside {folder}: {outside}"
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def check_release_samples(
+    bundle: str, trained_root: Path, work: Path, settings: dict[str, Any], args: list[str], inside: bool = True
+) -> Path:
+    """The contract's "a bundle travels" on a tiny checkpoint: release the trained bundle, unpack it in ``work``,
+    sample with its inference config (``settings`` as --key repr(value) overrides, then ``args``) with only the
+    listed packages, and check that the code came from the folder and that nothing was written outside its
+    ``samples/``. Returns the unpacked folder."""
+    folder = release_and_unpack(bundle, trained_root, work)
+    checkout, before = _files(REPO_ROOT / "bundles" / bundle), _files(work)
+    overrides = [arg for key, value in settings.items() for arg in (f"--{key}", repr(value))]
+    modules = run_released(folder, "inference.yaml", [*overrides, *args], inside, work / "modules.json")
+    assert_self_contained(folder, modules)
+    assert list((folder / "samples").rglob("*.nii.gz")), f"no sample written under {folder / 'samples'}"
+    assert _files(REPO_ROOT / "bundles" / bundle) == checkout
+    new = [p for p in set(_files(work)) - set(before) if p != "modules.json"]
+    assert all(p.startswith(f"unpacked/{bundle}/samples") for p in new), new
+    return folder

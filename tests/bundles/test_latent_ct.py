@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import (
-    assert_self_contained,
+    check_release_samples,
     config_files,
     error_chain,
     load_plain_weights,
     make_workflow,
-    release_and_unpack,
-    run_released,
     run_torchrun,
     run_workflow,
 )
@@ -297,13 +295,6 @@ def test_torchrun_stage_two_on_cpu(trained, tmp_path: Path) -> None:
 
 
 def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
-    """The release zip, unpacked elsewhere, samples on the tiny checkpoint with its own vendored code and only the
-    packages its metadata lists, writing into its own folder."""
+    """The release zip, unpacked elsewhere, samples on the tiny checkpoint (bundle_helpers.check_release_samples)."""
     root, _, _ = trained
-    folder = release_and_unpack(BUNDLE, root, tmp_path)
-    args = [arg for key, value in {**MODEL, **UNET}.items() for arg in (f"--{key}", repr(value))]
-    modules = run_released(
-        folder, "inference.yaml", [*args, "--num_samples", "1", "--seed", "0"], True, tmp_path / "modules.json"
-    )
-    assert_self_contained(folder, modules)
-    assert list((folder / "samples").rglob("*.nii.gz"))
+    check_release_samples(BUNDLE, root, tmp_path, {**MODEL, **UNET}, ["--num_samples", "1", "--seed", "0"])

@@ -16,7 +16,7 @@ import pytest
 import torch
 from bundle_helpers import (
     REPO_ROOT,
-    assert_self_contained,
+    check_release_samples,
     config_files,
     error_chain,
     load_plain_weights,
@@ -367,25 +367,12 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # unwrapped EMA weights
 
 
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
 @pytest.mark.parametrize("inside", [True, False], ids=["inside_the_folder", "outside_with_pythonpath"])
 def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path, inside: bool) -> None:
-    """The release zip, unpacked elsewhere, samples on the tiny checkpoint with its own vendored code and writes only
-    into its own folder (the contract's "A bundle travels")."""
-    folder = release_and_unpack(BUNDLE, trained, tmp_path)
-    checkout, work = _files(REPO_ROOT / "bundles" / BUNDLE), _files(tmp_path)
-    args = [arg for key, value in SHARED.items() for arg in (f"--{key}", repr(value))]
-    args += ["--masks", phantom_masks(trained, 1)[0], "--num_samples", "1", "--seed", "0"]
-    modules = run_released(folder, "inference.yaml", args, inside, tmp_path / "modules.json")
-    assert_self_contained(folder, modules)
+    args = ["--masks", phantom_masks(trained, 1)[0], "--num_samples", "1", "--seed", "0"]
+    folder = check_release_samples(BUNDLE, trained, tmp_path, SHARED, args, inside)
     written = sorted(str(p.relative_to(folder)) for p in (folder / "samples").rglob("*.nii.gz"))
     assert len(written) == 2 and any("imagesTr" in p for p in written)  # the sample and its mask
-    assert _files(REPO_ROOT / "bundles" / BUNDLE) == checkout
-    new = [p for p in set(_files(tmp_path)) - set(work) if p != "modules.json"]
-    assert all(p.startswith("unpacked/semantic_mri/samples") for p in new), new
 
 
 def test_release_run_fails_without_a_package_the_code_needs(trained: Path, tmp_path: Path) -> None:

@@ -287,7 +287,7 @@ def test_state_json_round_trip(tmp_path: Path) -> None:
     "text, match",
     [
         (None, r"config key 'latent_scale_file': file '.*latent_scale.json' does not exist.*entry 'models/latent"),
-        ("{not json", r"cannot read .* as JSON"),
+        ("{not json", r"is not readable JSON"),
         ("[1, 2]", r"holds a JSON list, not an object"),
         ('{"scale_factor": 1.0, "computed": true}', r"lacks entry 'pixdim'"),
         ('{"scale_factor": 1.0, "pixdim": [1, 1, 1], "computed": true, "x": 1}', r"has layer 'x'"),

@@ -363,7 +363,7 @@ def test_read_json_object(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^config key 'k': '.*a.json' holds a JSON list, not an object"):
         read_json_object(path, "config key 'k'")
     path.write_text("{broken")
-    with pytest.raises(ValueError, match=r"^--meta_file: cannot read '.*a.json' as JSON"):
+    with pytest.raises(ValueError, match=r"^--meta_file: '.*a.json' is not readable JSON"):
         read_json_object(path, "--meta_file")
-    with pytest.raises(ValueError, match=r"cannot read '.*absent.json'"):
+    with pytest.raises(ValueError, match=r"'.*absent.json' is not readable JSON"):
         read_json_object(tmp_path / "absent.json", "--meta_file")

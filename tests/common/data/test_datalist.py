@@ -84,13 +84,13 @@ def test_missing_datalist(tmp_path: Path) -> None:
 
 def test_unreadable_json(tmp_path: Path) -> None:
     (tmp_path / "dataset.json").write_text('{"training": [')
-    with pytest.raises(ValueError, match=r"datalist '.*dataset.json' is not readable JSON"):
+    with pytest.raises(ValueError, match=r"datalist: '.*dataset.json' is not readable JSON"):
         read_datalist(tmp_path / "dataset.json")
 
 
 def test_top_level_not_an_object(tmp_path: Path) -> None:
     path = write_json(tmp_path, [{"image": "a.nii.gz"}])
-    with pytest.raises(ValueError, match="expected a JSON object with sections, found list"):
+    with pytest.raises(ValueError, match=r"datalist: '.*' holds a JSON list, not an object"):
         read_datalist(path)
 
 
