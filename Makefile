@@ -9,7 +9,7 @@ BUNDLE := bundles/semantic_mri/configs
 STAMP := $(shell date +%Y%m%d_%H%M%S)
 DEMO_OUT ?= out/demo_$(STAMP)
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-slow lint
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -37,6 +37,10 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The longer tests (marked slow); CI runs them after `make test`. Exit status 5 = none collected, not a failure.
+test-slow: install
+	$(BIN)/python -m pytest -m slow || test $$? -eq 5
 
 lint: install
 	$(BIN)/ruff check .
