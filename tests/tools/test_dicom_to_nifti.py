@@ -1,10 +1,15 @@
-"""Tests of tools/dicom_to_nifti.py on tiny synthetic DICOM cases written with pydicom (and highdicom for SEG)."""
+"""Tests of tools/dicom_to_nifti.py on tiny synthetic DICOM cases written with pydicom (and highdicom for SEG).
+
+The round-trip tests write masks as RTSTRUCTs with rt-utils and read RTSTRUCTs back with rt-utils and dcmrtstruct2nii
+(the ``dev`` extra installs them) to check the rasterisation rule against the tools that write and read such data.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -42,14 +47,35 @@ def slice_position(s: int) -> np.ndarray:
     return ORIGIN - s * SLICE_SPACING * NORMAL
 
 
+@dataclass(frozen=True)
+class Grid:
+    """Size and pixel spacing of a synthetic CT series (orientation, origin and slice positions as above)."""
+
+    rows: int = ROWS
+    columns: int = COLUMNS
+    slices: int = N_SLICES
+    row_spacing: float = ROW_SPACING
+    column_spacing: float = COLUMN_SPACING
+
+    def to_lps(self, i: float, j: float, s: int) -> np.ndarray:
+        """DICOM's own mapping: column i, row j of slice s -> patient LPS mm (PS3.3 C.7.6.2.1.1)."""
+        return slice_position(s) + i * self.column_spacing * ROW_DIR + j * self.row_spacing * COL_DIR
+
+
+SMALL = Grid()
+# rt-utils 1.2.7 is right only for square images with square pixels (it sizes its masks Columns x Rows and swaps the
+# two PixelSpacing values), so the round trips through it use such a grid: 24 slices of 40 x 40 voxels.
+ROUND_TRIP = Grid(rows=40, columns=40, slices=24, row_spacing=0.75, column_spacing=0.75)
+
+
 def voxel_to_lps(i: float, j: float, s: int) -> np.ndarray:
-    """DICOM's own mapping: column i, row j of slice s -> patient LPS mm (PS3.3 C.7.6.2.1.1)."""
-    return slice_position(s) + i * COLUMN_SPACING * ROW_DIR + j * ROW_SPACING * COL_DIR
+    """:meth:`Grid.to_lps` of the small grid most tests use."""
+    return SMALL.to_lps(i, j, s)
 
 
-def raw_pixels(s: int) -> np.ndarray:
+def raw_pixels(s: int, grid: Grid = SMALL) -> np.ndarray:
     """Stored values of slice s, (rows, columns): every voxel differs, so any flip or transpose shows."""
-    r, c = np.mgrid[:ROWS, :COLUMNS]
+    r, c = np.mgrid[: grid.rows, : grid.columns]
     return (1000 + c + 20 * r + 300 * s).astype(np.uint16)
 
 
@@ -82,7 +108,7 @@ def _patient_study(ds: Dataset, study: dict) -> None:
     ds.FrameOfReferenceUID = study["frame_uid"]
 
 
-def ct_slice(s: int, study: dict, series_uid: str, position: np.ndarray | None = None) -> Dataset:
+def ct_slice(s: int, study: dict, series_uid: str, position: np.ndarray | None = None, grid: Grid = SMALL) -> Dataset:
     ds = Dataset()
     _patient_study(ds, study)
     ds.SOPClassUID, ds.SOPInstanceUID = CT_STORAGE, generate_uid()
@@ -91,11 +117,11 @@ def ct_slice(s: int, study: dict, series_uid: str, position: np.ndarray | None =
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.ImageOrientationPatient = [round(float(v), 10) for v in np.concatenate([ROW_DIR, COL_DIR])]
     ds.ImagePositionPatient = [round(float(v), 10) for v in (slice_position(s) if position is None else position)]
-    ds.PixelSpacing, ds.SliceThickness = [ROW_SPACING, COLUMN_SPACING], SLICE_SPACING
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = ROWS, COLUMNS, 1, "MONOCHROME2"
+    ds.PixelSpacing, ds.SliceThickness = [grid.row_spacing, grid.column_spacing], SLICE_SPACING
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = grid.rows, grid.columns, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = INTERCEPT, 1, "HU"
-    ds.PixelData = raw_pixels(s).tobytes()
+    ds.PixelData = raw_pixels(s, grid).tobytes()
     return ds
 
 
@@ -132,6 +158,11 @@ def rtstruct(study: dict, series_uid: str, rois: dict[str, list[list[float]]]) -
     ds.StructureSetLabel = "test"
     series = Dataset()
     series.SeriesInstanceUID = series_uid
+    series.ContourImageSequence = Sequence()
+    for image in study.get("slices", []):
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CT_STORAGE, image.SOPInstanceUID
+        series.ContourImageSequence.append(item)
     study_item = Dataset()
     study_item.ReferencedSOPInstanceUID = study["study_uid"]
     study_item.RTReferencedSeriesSequence = Sequence([series])
@@ -139,11 +170,15 @@ def rtstruct(study: dict, series_uid: str, rois: dict[str, list[list[float]]]) -
     frame.FrameOfReferenceUID = study["frame_uid"]
     frame.RTReferencedStudySequence = Sequence([study_item])
     ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
-    ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(), Sequence()
+    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = Sequence(), Sequence(), Sequence()
     for number, (name, contours) in enumerate(rois.items(), start=1):
         roi = Dataset()
         roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, study["frame_uid"]
         ds.StructureSetROISequence.append(roi)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "ORGAN", ""
+        ds.RTROIObservationsSequence.append(observation)
         item = Dataset()
         item.ReferencedROINumber = number
         if contours:
@@ -161,17 +196,24 @@ DEFAULT_ROIS = {"GTV-1": GTV_CONTOURS, "Lung:Left": RING_CONTOURS, "Esophagus": 
 
 
 def write_case(
-    case: Path, flat: bool = False, slices: range | list[int] = range(N_SLICES), rois: dict | None = None
+    case: Path,
+    flat: bool = False,
+    slices: range | list[int] | None = None,
+    rois: dict | None = None,
+    grid: Grid = SMALL,
 ) -> dict:
-    """Write a case: CT slices (files named against their order) and an RTSTRUCT, nested TCIA-style or flat."""
+    """Write a case: CT slices (files named against their order) and an RTSTRUCT, nested TCIA-style or flat.
+
+    ``slices`` defaults to all of the grid's; ``rois=False`` writes no RTSTRUCT.
+    """
     study = {"study_uid": generate_uid(), "frame_uid": generate_uid(), "series_uid": generate_uid()}
     ct_folder = case if flat else case / "01-01-2000-NA-study-12345" / "2.000000-CT-67890"
     rt_folder = case if flat else case / "01-01-2000-NA-study-12345" / "3.000000-RTSTRUCT-13579"
     study["slices"] = []
-    for s in slices:
-        ds = ct_slice(s, study, study["series_uid"])
+    for s in range(grid.slices) if slices is None else slices:
+        ds = ct_slice(s, study, study["series_uid"], grid=grid)
         study["slices"].append(ds)
-        _save(ds, ct_folder / f"1-{N_SLICES - s:02d}.dcm", CT_STORAGE)
+        _save(ds, ct_folder / f"1-{grid.slices - s:02d}.dcm", CT_STORAGE)
     if rois is not False:
         _save(
             rtstruct(study, study["series_uid"], DEFAULT_ROIS if rois is None else rois),
@@ -256,10 +298,22 @@ def expected_heart() -> np.ndarray:
     return expected
 
 
-def write_seg(case: Path, study: dict, kind: str = "BINARY", edit=None) -> Path:
-    """Write a highdicom SEG of :func:`seg_labels` on the case's CT; ``edit(seg)`` may spoil it before saving."""
+SEG_CODES = {"Heart": "80891009", "GTV-1": "108369006"}  # SNOMED CT codes; other segments are coded as Tissue
+
+
+def write_seg(
+    case: Path, study: dict, kind: str = "BINARY", edit=None, segments: dict[str, np.ndarray] | None = None
+) -> Path:
+    """Write a highdicom SEG on the case's CT; ``edit(seg)`` may spoil it before saving.
+
+    ``segments`` maps names to (columns, rows, slices) masks; by default the Heart and GTV-1 of :func:`seg_labels`.
+    """
     hd = pytest.importorskip("highdicom")
-    labels = seg_labels()
+    if segments is None:
+        labels, names = seg_labels(), ["Heart", "GTV-1"]
+    else:
+        labels = np.stack([np.transpose(mask, (2, 1, 0)) for mask in segments.values()], axis=-1).astype(bool)
+        names = list(segments)
     if kind == "FRACTIONAL":  # 0.8 inside; a 0.3 halo, below the 0.5 threshold, around the Heart on slice 1
         halo = np.zeros_like(labels)
         halo[1, 3:10, 1:7, 0] = True
@@ -270,10 +324,10 @@ def write_seg(case: Path, study: dict, kind: str = "BINARY", edit=None) -> Path:
             segment_number=n,
             segment_label=label,
             segmented_property_category=tissue,
-            segmented_property_type=hd.sr.CodedConcept(code, "SCT", label),
+            segmented_property_type=hd.sr.CodedConcept(SEG_CODES.get(label, "85756007"), "SCT", label),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )
-        for n, label, code in [(1, "Heart", "80891009"), (2, "GTV-1", "108369006")]
+        for n, label in enumerate(names, start=1)
     ]
     seg = hd.seg.Segmentation(
         source_images=study["slices"],
@@ -378,6 +432,267 @@ def test_convert_collection_stops_or_skips_bad_cases(tmp_path):
     listed = json.loads(path.read_text())
     assert listed["numTraining"] == 2 and listed["training"][1]["masks"] == {}
     assert listed["training"][0]["masks"] == {"GTV-1": "LUNG1-001/masks/GTV-1.nii.gz"}
+
+
+# --- round trips through the tools that write and read RTSTRUCTs and SEGs -------------------------------------------
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two masks (1.0: the same voxels)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def disc(radius: float, centre: tuple[float, float], grid: Grid = ROUND_TRIP) -> np.ndarray:
+    """(columns, rows) voxels whose centre lies strictly within ``radius`` voxels of ``centre`` (i, j)."""
+    i, j = np.mgrid[: grid.columns, : grid.rows]
+    return (i - centre[0]) ** 2 + (j - centre[1]) ** 2 < radius**2
+
+
+def round_trip_masks() -> dict[str, np.ndarray]:
+    """(columns, rows, slices) masks on the ROUND_TRIP grid, all in one RTSTRUCT or SEG.
+
+    "disc": the issue's disc of radius 10 (305 voxels) on 12 slices; "sphere": a disc whose radius changes from slice
+    to slice; "ring": holes on 8 slices, with an island in the hole on one; "thin": one voxel wide structures (a T of
+    lines, a diagonal line, one voxel, two voxels).
+    """
+    shape = (ROUND_TRIP.columns, ROUND_TRIP.rows, ROUND_TRIP.slices)
+    masks = {name: np.zeros(shape, bool) for name in ("disc", "sphere", "ring", "thin")}
+    masks["disc"][:, :, 6:18] = disc(10, (19, 20))[:, :, None]
+    for s in range(4, 21):
+        masks["sphere"][:, :, s] = disc(11 * math.sqrt(1 - ((s - 12) / 9) ** 2), (21.3, 18.6))
+    masks["ring"][:, :, 2:10] = (disc(12, (20, 20)) & ~disc(5, (18.5, 21)))[:, :, None]
+    masks["ring"][:, :, 5] |= disc(2, (18.5, 21))
+    thin = masks["thin"][:, :, 10:14]
+    thin[3:37, 30], thin[8, 2:31] = True, True
+    thin[np.arange(24, 36), np.arange(2, 14)] = True
+    thin[37, 20], thin[30:32, 22] = True, True
+    return masks
+
+
+def _normal_order(grid: Grid) -> np.ndarray:
+    """Slice indices (InstanceNumber order) sorted by position along the normal: rt-utils' slice order."""
+    return np.argsort([float(slice_position(s) @ NORMAL) for s in range(grid.slices)])
+
+
+def to_rt_utils(mask: np.ndarray, grid: Grid = ROUND_TRIP) -> np.ndarray:
+    """Our (columns, rows, slices) layout -> rt-utils' (rows, columns, slices along the normal)."""
+    return mask.transpose(1, 0, 2)[:, :, _normal_order(grid)].astype(bool)
+
+
+def from_rt_utils(mask: np.ndarray, grid: Grid = ROUND_TRIP) -> np.ndarray:
+    """rt-utils' (rows, columns, slices along the normal) -> our (columns, rows, slices) layout."""
+    ours = np.zeros((grid.columns, grid.rows, grid.slices), bool)
+    ours[:, :, _normal_order(grid)] = mask.transpose(1, 0, 2)
+    return ours
+
+
+def write_rt_utils_rtstruct(study: dict, masks: dict[str, np.ndarray], approximate_contours: bool = True) -> Path:
+    """Write ``masks`` as an RTSTRUCT with rt-utils (contours through the centres of the boundary voxels)."""
+    rt_utils = pytest.importorskip("rt_utils")
+    builder = rt_utils.RTStructBuilder.create_new(dicom_series_path=str(study["ct_folder"]))
+    for name, mask in masks.items():
+        builder.add_roi(mask=to_rt_utils(mask), name=name, approximate_contours=approximate_contours)
+    path = study["rt_folder"] / "rt-utils.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    builder.save(str(path))
+    return path
+
+
+def read_with_rt_utils(study: dict, path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """rt-utils' reading of an RTSTRUCT, in our layout."""
+    rt_utils = pytest.importorskip("rt_utils")
+    structures = rt_utils.RTStructBuilder.create_from(str(study["ct_folder"]), str(path))
+    return {name: from_rt_utils(structures.get_roi_mask_by_name(name)) for name in names}
+
+
+def on_grid(image: nib.Nifti1Image, reference: nib.Nifti1Image) -> np.ndarray:
+    """``image``'s voxels reordered onto ``reference``'s grid (the same voxels, axes possibly permuted or flipped)."""
+    transform = nib.orientations.ornt_transform(nib.io_orientation(image.affine), nib.io_orientation(reference.affine))
+    moved = image.as_reoriented(transform)
+    np.testing.assert_allclose(moved.affine, reference.affine, atol=1e-3)
+    return np.asarray(moved.dataobj)
+
+
+def read_with_dcmrtstruct2nii(
+    study: dict, path: Path, out: Path, references: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, np.ndarray]:
+    """dcmrtstruct2nii's reading of an RTSTRUCT: each structure moved onto the grid of its file in ``references``."""
+    # dcmrtstruct2nii 5 (the latest release) still calls pydicom.read_file, which pydicom 3 renamed to dcmread.
+    monkeypatch.setattr(pydicom, "read_file", pydicom.dcmread, raising=False)
+    converter = pytest.importorskip("dcmrtstruct2nii").dcmrtstruct2nii
+    converter(str(path), str(study["ct_folder"]), str(out), mask_foreground_value=1, convert_original_dicom=False)
+    return {
+        name: on_grid(nib.load(out / f"mask_{name}.nii.gz"), nib.load(reference)).astype(bool)
+        for name, reference in references.items()
+    }
+
+
+@pytest.mark.parametrize("approximate_contours", [True, False])
+def test_rtstruct_written_by_rt_utils_round_trips_exactly(tmp_path, approximate_contours):
+    study = write_case(tmp_path / "case", rois=False, grid=ROUND_TRIP)
+    masks = round_trip_masks()
+    path = write_rt_utils_rtstruct(study, masks, approximate_contours)
+    entry = d2n.convert_case(tmp_path / "case", tmp_path / "out")
+    assert sorted(entry["masks"]) == sorted(masks)
+    oracle = read_with_rt_utils(study, path, list(masks))
+    for name, written in masks.items():
+        ours = load(tmp_path / "out" / entry["masks"][name])[0].astype(bool)
+        assert np.array_equal(ours, written), f"{name}: {int((ours != written).sum())} voxels differ"
+        assert dice(ours, written) == 1.0
+        np.testing.assert_array_equal(oracle[name], written)  # the writer's own reading agrees too
+    per_slice = load(tmp_path / "out" / entry["masks"]["disc"])[0].sum(axis=(0, 1))
+    assert per_slice.tolist() == [0] * 6 + [305] * 12 + [0] * 6  # the issue: 280 with the half-open rule
+
+
+def test_seg_written_by_highdicom_round_trips_exactly(tmp_path):
+    study = write_case(tmp_path / "case", rois=False, grid=ROUND_TRIP)
+    masks = round_trip_masks()
+    write_seg(tmp_path / "case", study, segments=masks)
+    entry = d2n.convert_case(tmp_path / "case", tmp_path / "out")
+    assert sorted(entry["masks"]) == sorted(masks)
+    for name, written in masks.items():
+        np.testing.assert_array_equal(load(tmp_path / "out" / entry["masks"][name])[0], written.astype(np.uint8))
+
+
+def polygon_on_slice(radius: float, centre: tuple[float, float], n: int, phase: float = 0.0) -> np.ndarray:
+    """(n, 2) voxel (i, j) vertices of a regular n-gon: a contour that does not pass through voxel centres."""
+    angles = phase + 2 * np.pi * np.arange(n) / n
+    return np.stack([centre[0] + radius * np.cos(angles), centre[1] + radius * np.sin(angles)], axis=1)
+
+
+# (slice, (n, 2) voxel vertices) of contours off the voxel centres: a circle on 3 slices, a ring (hole) on 2 slices,
+# and a sliver 1.3 voxels wide at a slant.
+OFF_CENTRE = {
+    "circle": [(s, polygon_on_slice(7.3, (19.37, 20.61), 40)) for s in (3, 4, 5)],
+    "ring": [
+        (s, vertices)
+        for s in (8, 9)
+        for vertices in (polygon_on_slice(11.2, (20.2, 19.7), 48), polygon_on_slice(4.6, (18.9, 21.3), 24, 0.3))
+    ],
+    "sliver": [(12, np.array([[5.2, 33.4], [33.7, 30.1], [33.9, 31.4], [5.4, 34.7]]))],
+}
+
+
+def off_centre_rtstruct(study: dict) -> Dataset:
+    """An RTSTRUCT of :data:`OFF_CENTRE`, each contour naming its CT slice (rt-utils finds contours that way)."""
+    rois = {
+        name: [[float(v) for i, j in vertices for v in ROUND_TRIP.to_lps(i, j, s)] for s, vertices in contours]
+        for name, contours in OFF_CENTRE.items()
+    }
+    ds = rtstruct(study, study["series_uid"], rois)
+    for item, contours in zip(ds.ROIContourSequence, OFF_CENTRE.values()):
+        for contour, (s, _) in zip(item.ContourSequence, contours):
+            image = Dataset()
+            image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = CT_STORAGE, study["slices"][s].SOPInstanceUID
+            contour.ContourImageSequence = Sequence([image])
+    return ds
+
+
+def distance_to_contours(voxels: np.ndarray, name: str) -> np.ndarray:
+    """Distance (voxels) from each (i, j, s) voxel centre to the nearest edge of OFF_CENTRE[name] on its slice."""
+    distances = np.full(len(voxels), np.inf)
+    for s, vertices in OFF_CENTRE[name]:
+        here = voxels[:, 2] == s
+        points, start = voxels[here, :2].astype(np.float64), vertices
+        edge = np.roll(vertices, -1, axis=0) - start
+        t = np.clip(((points[:, None] - start) * edge).sum(-1) / (edge * edge).sum(-1), 0, 1)
+        nearest = np.linalg.norm(points[:, None] - (start + t[..., None] * edge), axis=-1).min(axis=1)
+        distances[here] = np.minimum(distances[here], nearest)
+    return distances
+
+
+# How far from the contour the oracles' voxels may differ from ours. rt-utils rounds the vertices to whole voxels and
+# fills with the boundary included, so its masks grow by up to one voxel (Dice 0.91 on the circle, 0.66 on the
+# sliver); dcmrtstruct2nii tests voxel centres against the polygon as we do and differs only at centres on a contour
+# (it XORs a hole's contour with its boundary included, so it drops those).
+OFF_CENTRE_TOLERANCE = {"rt-utils": 1.0, "dcmrtstruct2nii": 0.01}
+
+
+def test_contours_off_voxel_centres_agree_with_rt_utils_and_dcmrtstruct2nii(tmp_path, monkeypatch):
+    study = write_case(tmp_path / "case", rois=False, grid=ROUND_TRIP)
+    path = study["rt_folder"] / "rt.dcm"
+    _save(off_centre_rtstruct(study), path, RTSTRUCT_STORAGE)
+    entry = d2n.convert_case(tmp_path / "case", tmp_path / "out")
+    assert sorted(entry["masks"]) == sorted(OFF_CENTRE)
+    ours = {name: tmp_path / "out" / relative for name, relative in entry["masks"].items()}
+    oracles = {
+        "rt-utils": read_with_rt_utils(study, path, list(OFF_CENTRE)),
+        "dcmrtstruct2nii": read_with_dcmrtstruct2nii(study, path, tmp_path / "dcmrtstruct2nii", ours, monkeypatch),
+    }
+    for name in OFF_CENTRE:
+        mask = load(ours[name])[0].astype(bool)
+        for oracle, masks in oracles.items():
+            differ = np.argwhere(mask != masks[name])
+            far = differ[distance_to_contours(differ, name) > OFF_CENTRE_TOLERANCE[oracle]]
+            assert not len(far), (
+                f"{name}: {oracle} differs from us (Dice {dice(mask, masks[name]):.3f}) farther than "
+                f"{OFF_CENTRE_TOLERANCE[oracle]} voxels from the contour, at {far.tolist()}"
+            )
+
+
+def test_slice_mask_reproduces_masks_from_rt_utils_contours():
+    """Random masks (blobs with holes, speckle, one voxel wide outlines) -> rt-utils' contours -> the same mask."""
+    image_helper = pytest.importorskip("rt_utils.image_helper")
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for trial in range(90):
+        shape = (int(rng.integers(6, 40)), int(rng.integers(6, 40)))
+        noise = rng.standard_normal(shape)
+        if trial % 3 == 0:
+            mask = ndimage.gaussian_filter(noise, rng.uniform(0.5, 3)) > rng.uniform(-0.3, 0.5)
+        elif trial % 3 == 1:
+            mask = rng.random(shape) < rng.uniform(0.05, 0.6)
+        else:
+            mask = ndimage.gaussian_filter(noise, 2) > 0
+            mask ^= ndimage.binary_erosion(mask)
+        for approximate in (True, False):
+            contours = image_helper.find_mask_contours(mask.T.astype(np.uint8), approximate)[0] if mask.any() else []
+            polygons = [(np.array(c, float)[:, 0], np.array(c, float)[:, 1]) for c in contours]
+            np.testing.assert_array_equal(d2n.slice_mask(polygons, shape), mask, err_msg=f"trial {trial}")
+
+
+@pytest.mark.parametrize(
+    "xs, ys",
+    [
+        ([2, 9, 9, 2], [1, 1, 7, 7]),  # square through centres
+        ([1, 8, 4], [1, 3, 8]),  # triangle, slanted edges through some centres
+        ([0.5, 8.5, 8.5, 4.5, 4.5, 0.5], [0.5, 0.5, 7.5, 7.5, 3.5, 3.5]),  # concave L on voxel edges
+        ([2, 6, 6, 4, 4, 2], [2, 2, 6, 6, 2.5, 2.5]),  # touching itself
+        ([1.2, 9.7, 4.1], [0.3, 3.9, 8.8]),  # off the centres
+        ([-3, 14, 14, -3], [2, 2, 20, 20]),  # beyond the grid
+    ],
+)
+def test_contour_centres_and_polygon_mask_agree_with_scikit_image(xs, ys):
+    """scikit-image's grid_points_in_poly labels centres outside (0), inside (1), on a vertex (2) or an edge (3)."""
+    measure = pytest.importorskip("skimage.measure")
+    shape = (11, 9)
+    labels = measure.grid_points_in_poly(shape, np.column_stack([xs, ys]).astype(float), binarize=False)
+    on = d2n.contour_centres(np.array(xs, float), np.array(ys, float), shape)
+    np.testing.assert_array_equal(on, labels >= 2)
+    np.testing.assert_array_equal(
+        d2n.polygon_mask(np.array(xs, float), np.array(ys, float), shape)[~on], labels[~on] == 1
+    )
+    np.testing.assert_array_equal(d2n.slice_mask([(np.array(xs, float), np.array(ys, float))], shape), labels > 0)
+
+
+def test_centres_within_the_tolerance_of_a_contour_are_on_it():
+    xs, ys, shape = np.array([2.0, 9.0, 9.0, 2.0]), np.array([1.0, 1.0, 7.0, 7.0]), (12, 10)
+    through_centres = np.zeros(shape, bool)
+    through_centres[2:10, 1:8] = True
+    np.testing.assert_array_equal(d2n.slice_mask([(xs, ys)], shape), through_centres)
+    assert d2n.polygon_mask(xs, ys, shape).sum() == 7 * 6  # the half-open rule alone drops the high edges
+    for shift in (0.004, -0.004):  # rounding in decimal strings or single precision: still through the centres
+        np.testing.assert_array_equal(d2n.slice_mask([(xs + shift, ys - shift)], shape), through_centres)
+    off = d2n.slice_mask([(xs - 0.05, ys - 0.05)], shape)  # 0.05 voxels off: the centres inside count
+    np.testing.assert_array_equal(off, through_centres & (np.arange(12)[:, None] < 9) & (np.arange(10) < 7))
+    # Contours without an interior (a line there and back, one point) hold the centres they pass through; scikit-image
+    # labels such centres outside (its edge test needs an edge that crosses the row).
+    line = d2n.slice_mask(
+        [(np.array([3.0, 3.0, 9.0]), np.array([4.0, 4.0, 4.0])), (np.array([5.0]), np.array([8.0]))], shape
+    )
+    assert np.argwhere(line).tolist() == [[3, 4], [4, 4], [5, 4], [5, 8], [6, 4], [7, 4], [8, 4], [9, 4]]
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
