@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ class IterationClock:
         if self._last is not None:
             self.intervals.append(now - self._last)
         self._last = now
+
+
+def loop_intervals(loader: Iterable[Any], step: Callable[[Any], None], iterations: int) -> list[float]:
+    """Intervals of a bare training loop: ``step(batch)`` over ``loader``, epoch after epoch, until ``iterations``
+    steps ran (the reference a bundle's trainer is compared with; clocked as :func:`bundle_intervals` is)."""
+    clock, done = IterationClock(), 0
+    while done < iterations:
+        clock.epoch_started()
+        for batch in loader:
+            step(batch)
+            clock.tick()
+            done += 1
+            if done >= iterations:
+                break
+    return clock.intervals
 
 
 def bundle_intervals(trainer: Any, epochs: int) -> list[float]:

@@ -28,7 +28,7 @@ import torch
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
 from common.losses.autoencoder import kl_divergence
 from common.metrics.fid import fid_2d_slices
-from tools.bench.harness import IterationClock, bundle_intervals, bundle_workflow, config_files, markdown_table
+from tools.bench.harness import bundle_intervals, bundle_workflow, config_files, loop_intervals, markdown_table
 from tools.bench.memory import measure_peak_rss
 
 __all__ = ["bench_latent_ct"]
@@ -55,32 +55,27 @@ def _autoencoder_bare_intervals(parser: Any, loader: Any, iterations: int) -> li
     kl_w, p_w, a_w = (parser.get_parsed_content(k) for k in ("kl_weight", "perceptual_weight", "adversarial_weight"))
     g_opt = torch.optim.Adam(autoencoder.parameters(), lr=parser.get_parsed_content("learning_rate"))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=parser.get_parsed_content("disc_learning_rate"))
-    clock, done = IterationClock(), 0
-    while done < iterations:
-        clock.epoch_started()
-        for batch in loader:
-            x = batch["image"]
-            reconstruction, z_mu, z_sigma = autoencoder(x)
-            g_loss = (
-                torch.nn.functional.l1_loss(reconstruction, x)
-                + kl_w * kl_divergence(z_mu, z_sigma)
-                + p_w * perceptual(reconstruction, x)
-                + a_w * adversarial(discriminator(reconstruction)[-1], target_is_real=True, for_discriminator=False)
-            )
-            g_opt.zero_grad(set_to_none=True)
-            g_loss.backward()
-            g_opt.step()
-            fake = adversarial(discriminator(reconstruction.detach())[-1], target_is_real=False, for_discriminator=True)
-            real = adversarial(discriminator(x)[-1], target_is_real=True, for_discriminator=True)
-            d_loss = a_w * 0.5 * (fake + real)
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
-            clock.tick()
-            done += 1
-            if done >= iterations:
-                break
-    return clock.intervals
+
+    def step(batch: Any) -> None:
+        x = batch["image"]
+        reconstruction, z_mu, z_sigma = autoencoder(x)
+        g_loss = (
+            torch.nn.functional.l1_loss(reconstruction, x)
+            + kl_w * kl_divergence(z_mu, z_sigma)
+            + p_w * perceptual(reconstruction, x)
+            + a_w * adversarial(discriminator(reconstruction)[-1], target_is_real=True, for_discriminator=False)
+        )
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+        fake = adversarial(discriminator(reconstruction.detach())[-1], target_is_real=False, for_discriminator=True)
+        real = adversarial(discriminator(x)[-1], target_is_real=True, for_discriminator=True)
+        d_loss = a_w * 0.5 * (fake + real)
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+
+    return loop_intervals(loader, step, iterations)
 
 
 def _diffusion_bare_intervals(parser: Any, loader: Any, iterations: int) -> list[float]:
@@ -89,22 +84,17 @@ def _diffusion_bare_intervals(parser: Any, loader: Any, iterations: int) -> list
     scheduler = parser.get_parsed_content("noise_scheduler")
     optimizer = torch.optim.Adam(network.parameters(), lr=parser.get_parsed_content("learning_rate"))
     timesteps = parser.get_parsed_content("num_train_timesteps")
-    clock, done = IterationClock(), 0
-    while done < iterations:
-        clock.epoch_started()
-        for batch in loader:
-            z = batch["image"]
-            noise = torch.randn_like(z)
-            t = torch.randint(0, timesteps, (z.shape[0],))
-            loss = torch.nn.functional.mse_loss(network(scheduler.add_noise(z, noise, t), timesteps=t), noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            clock.tick()
-            done += 1
-            if done >= iterations:
-                break
-    return clock.intervals
+
+    def step(batch: Any) -> None:
+        z = batch["image"]
+        noise = torch.randn_like(z)
+        t = torch.randint(0, timesteps, (z.shape[0],))
+        loss = torch.nn.functional.mse_loss(network(scheduler.add_noise(z, noise, t), timesteps=t), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return loop_intervals(loader, step, iterations)
 
 
 def _throughput(workflow: Any, bare: Any, rounds: int, epochs: int) -> dict[str, Any]:

@@ -43,10 +43,10 @@ from common.networks.paired_denoiser import stack_conditions
 from common.schedulers import RespacedDDPMScheduler
 from common.workflows.paired_sampling import from_unit_range
 from tools.bench.harness import (
-    IterationClock,
     bundle_intervals,
     bundle_workflow,
     config_files,
+    loop_intervals,
     markdown_table,
     mean_standard_error,
 )
@@ -76,28 +76,23 @@ def _bare_loop_intervals(
     """The reference: a plain PyTorch loop doing the paired training step (shared noise loss, one optimiser each)."""
     scheduler = DDPMScheduler(num_train_timesteps=timesteps)
     optimizers = {m: torch.optim.Adam(network[m].parameters(), lr=lr) for m in MODALITIES}
-    clock, done = IterationClock(), 0
     network.train()
-    while done < iterations:
-        clock.epoch_started()
-        for batch in loader:
-            t = torch.randint(0, timesteps, (batch["ct"].shape[0],))
-            noise = {m: offset_noise(batch[m], offset) for m in MODALITIES}
-            noisy = {m: scheduler.add_noise(batch[m], noise[m], t) for m in MODALITIES}
-            loss = sum(
-                torch.nn.functional.mse_loss(network[m](noisy[m], t, stack_conditions(noisy, MODALITIES, m)), noise[m])
-                for m in MODALITIES
-            )
-            for optimizer in optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers.values():
-                optimizer.step()
-            clock.tick()
-            done += 1
-            if done >= iterations:
-                break
-    return clock.intervals
+
+    def step(batch: Any) -> None:
+        t = torch.randint(0, timesteps, (batch["ct"].shape[0],))
+        noise = {m: offset_noise(batch[m], offset) for m in MODALITIES}
+        noisy = {m: scheduler.add_noise(batch[m], noise[m], t) for m in MODALITIES}
+        loss = sum(
+            torch.nn.functional.mse_loss(network[m](noisy[m], t, stack_conditions(noisy, MODALITIES, m)), noise[m])
+            for m in MODALITIES
+        )
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in optimizers.values():
+            optimizer.step()
+
+    return loop_intervals(loader, step, iterations)
 
 
 def _timing_workflow(work: str | Path, epochs: int, perceptual: bool = False) -> Any:

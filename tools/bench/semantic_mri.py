@@ -36,7 +36,7 @@ from monai.networks.schedulers import DDPMScheduler
 from common.data.phantoms.kinds import write_phantom_dataset
 from common.metrics.read_back import WHOLE_HEAD_TUMOUR_THRESHOLD, segment_enhancing_lesion
 from common.metrics.segmentation import mask_dice
-from tools.bench.harness import IterationClock, bundle_intervals, bundle_workflow, config_files, markdown_table
+from tools.bench.harness import bundle_intervals, bundle_workflow, config_files, loop_intervals, markdown_table
 
 __all__ = ["bench_semantic_mri"]
 
@@ -47,24 +47,19 @@ def _bare_loop_intervals(
     """The reference: a plain PyTorch loop doing the same training step as the bundle (Med-DDPM, Algorithm 1)."""
     scheduler = DDPMScheduler(num_train_timesteps=timesteps, schedule="cosine")
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-    clock, done = IterationClock(), 0
     network.train()
-    while done < iterations:
-        clock.epoch_started()
-        for batch in loader:
-            image, condition = batch["image"], batch["condition"]
-            noise = torch.randn_like(image)
-            t = torch.randint(0, timesteps, (image.shape[0],))
-            prediction = network(torch.cat([scheduler.add_noise(image, noise, t), condition], 1), timesteps=t)
-            loss = torch.nn.functional.l1_loss(prediction, noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            clock.tick()
-            done += 1
-            if done >= iterations:
-                break
-    return clock.intervals
+
+    def step(batch: Any) -> None:
+        image, condition = batch["image"], batch["condition"]
+        noise = torch.randn_like(image)
+        t = torch.randint(0, timesteps, (image.shape[0],))
+        prediction = network(torch.cat([scheduler.add_noise(image, noise, t), condition], 1), timesteps=t)
+        loss = torch.nn.functional.l1_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return loop_intervals(loader, step, iterations)
 
 
 def _measure_overhead(work: Path, rounds: int, epochs: int) -> dict[str, Any]:
