@@ -18,12 +18,24 @@ from __future__ import annotations
 
 import gc
 import inspect
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 __all__ = ["bundle_config_parser", "bundle_root_of", "loaded_bundle_root"]
+
+logger = logging.getLogger(__name__)
+
+
+def _root_of_folder(folder: Path) -> str:
+    """MONAI's rule: the parent of a ``configs/`` folder, else the folder itself. The folder's own name is read from
+    its absolute path (``inference.yaml`` given from inside ``configs/`` has the relative parent ``.``), and a
+    relative folder gives a relative answer."""
+    if folder.absolute().name != "configs":
+        return str(folder)
+    return str(folder / "..") if folder in (Path("."), Path("")) else str(folder.parent)
 
 
 def bundle_root_of(config_file: str | Path | Sequence[str | Path]) -> str:
@@ -32,29 +44,46 @@ def bundle_root_of(config_file: str | Path | Sequence[str | Path]) -> str:
     first = config_file if isinstance(config_file, (str, Path)) else next(iter(config_file), None)
     if first is None:
         raise ValueError("config_file: expected a config file or a non-empty list of them, got an empty list")
-    folder = Path(first).parent
-    return str(folder.parent if folder.name == "configs" else folder)
+    return _root_of_folder(Path(first).parent)
 
 
-def _workflow_on_stack() -> ConfigWorkflow | None:
+def _owner_of(parser: ConfigParser) -> ConfigWorkflow | None:
+    """The ``ConfigWorkflow`` whose ``parser`` is ``parser`` (found through the objects that refer to it)."""
+    for holder in gc.get_referrers(parser):
+        if isinstance(holder, ConfigWorkflow) and holder.parser is parser:  # attributes stored inline (3.11+)
+            return holder
+        if isinstance(holder, dict) and holder.get("parser") is parser:
+            for workflow in gc.get_referrers(holder):
+                if isinstance(workflow, ConfigWorkflow) and workflow.__dict__ is holder:
+                    return workflow
+    return None
+
+
+def _loading_workflow() -> ConfigWorkflow | None:
+    """The workflow that owns the innermost ``ConfigParser`` evaluating on the call stack (so a workflow that, inside
+    its own run, evaluates another workflow's parser gets the other one's answer)."""
     frame = inspect.currentframe()
-    parsers = []
     while frame is not None:
         owner = frame.f_locals.get("self")
-        if isinstance(owner, ConfigWorkflow):
-            return owner
         if isinstance(owner, ConfigParser):
-            parsers.append(owner)
+            return _owner_of(owner)
+        if isinstance(owner, ConfigWorkflow):  # a workflow method evaluating its own parser's expressions
+            return owner
         frame = frame.f_back
-    for parser in parsers:  # evaluated outside the workflow's own methods: find the workflow holding this parser
-        for holder in gc.get_referrers(parser):
-            if isinstance(holder, ConfigWorkflow) and holder.parser is parser:  # attributes stored inline (3.11+)
-                return holder
-            if isinstance(holder, dict) and holder.get("parser") is parser:
-                for workflow in gc.get_referrers(holder):
-                    if isinstance(workflow, ConfigWorkflow) and workflow.__dict__ is holder:
-                        return workflow
     return None
+
+
+def _warn_if_common_is_not_vendored(root: str) -> None:
+    """A bundle that carries its own ``common`` package should run with it (see tools/release.py)."""
+    vendored = Path(root, "common", "__init__.py")
+    loaded = Path(__file__).resolve().parent / "__init__.py"
+    if vendored.is_file() and vendored.resolve() != loaded:
+        logger.warning(
+            "bundle '%s' carries its own 'common' package, but '%s' was imported: run from inside the bundle folder "
+            "or put it first on PYTHONPATH",
+            root,
+            loaded.parent,
+        )
 
 
 def loaded_bundle_root() -> str:
@@ -63,15 +92,16 @@ def loaded_bundle_root() -> str:
     Raises:
         RuntimeError: when no ``ConfigWorkflow`` loaded the configs (a bare ``ConfigParser``): pass ``bundle_root``.
     """
-    workflow = _workflow_on_stack()
+    workflow = _loading_workflow()
     if workflow is None:
         raise RuntimeError(
             "config key 'bundle_root': cannot tell which config files were loaded (no monai.bundle ConfigWorkflow "
             "evaluates this config); run it with 'python -m monai.bundle run --config_file ...', or set "
             "'bundle_root' yourself (--bundle_root <folder>, or common.bundle.bundle_config_parser for a parser)"
         )
-    root = workflow.config_root_path
-    return str(root.parent if root.name == "configs" else root)
+    root = _root_of_folder(Path(workflow.config_root_path))
+    _warn_if_common_is_not_vendored(root)
+    return root
 
 
 def bundle_config_parser(config_file: str | Path | Sequence[str | Path], **overrides: object) -> ConfigParser:

@@ -118,11 +118,17 @@ def _bundle_of(path: Path, entry: str) -> Path | None:
 
 
 def _listed_entry(listing: Path, entry: str) -> dict | None:
-    """The ``large_files.yml`` entry whose ``path`` is ``entry`` (None when the listing or the entry is missing)."""
+    """The ``large_files.yml`` entry whose ``path`` is ``entry`` (None when the listing or the entry is missing).
+
+    Raises:
+        ValueError: naming the listing, when it exists but cannot be read as YAML.
+    """
+    if not listing.is_file():
+        return None
     try:
         content = yaml.safe_load(listing.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"'{listing}' is not a readable large_files.yml ({e})") from e
     entries = content.get("large_files", []) if isinstance(content, dict) else []
     wanted = Path(entry).parts
     found = [e for e in entries or [] if isinstance(e, dict) and Path(str(e.get("path", ""))).parts == wanted]
@@ -130,7 +136,10 @@ def _listed_entry(listing: Path, entry: str) -> dict | None:
 
 
 def _listed_in(listing: Path, entry: str) -> bool:
-    return _listed_entry(listing, entry) is not None
+    try:
+        return _listed_entry(listing, entry) is not None
+    except ValueError:  # only for wording a missing-file error: an unreadable listing is reported when loading
+        return False
 
 
 def file_hash(path: str | Path, hash_type: str = "sha256") -> str:
@@ -146,10 +155,12 @@ def file_hash(path: str | Path, hash_type: str = "sha256") -> str:
 
 
 def check_listed_hash(path: str | Path, large_files_entry: str, config_key: str = "ckpt_path") -> None:
-    """Compare ``path`` with the hash its bundle's ``large_files.yml`` entry records, when there is one.
+    """Compare ``path`` with the hash its bundle's ``large_files.yml`` entry records, when it is a download.
 
     The bundle is the folder ``path`` lies in with ``large_files_entry`` as its tail (``<bundle>/models/x.pt``).
-    Nothing is checked when the file lies elsewhere, the bundle lists no such entry or the entry has no hash.
+    Only entries with a ``url`` are checked (what ``download_large_files`` fetched): a file a release ships (empty
+    url) is checked by ``tools.verify_bundles --release`` instead, and may be retrained in place. Nothing is checked
+    when the file lies elsewhere, the bundle lists no such entry or the entry has no hash.
 
     Raises:
         ValueError: naming the config key, the file and both hashes, when the file does not match its entry.
@@ -157,7 +168,7 @@ def check_listed_hash(path: str | Path, large_files_entry: str, config_key: str 
     path = Path(path)
     bundle = _bundle_of(path, large_files_entry)
     entry = _listed_entry(bundle / "large_files.yml", large_files_entry) if bundle is not None else None
-    if not entry or not entry.get("hash_val"):
+    if not entry or not entry.get("hash_val") or not entry.get("url"):
         return
     hash_type = entry.get("hash_type") or "md5"  # MONAI's download_url default
     found = file_hash(path, hash_type)
@@ -249,7 +260,8 @@ def load_network_weights(
             checkpoint.
         config_key: config key that holds ``path``, named in errors.
         hint: appended to the missing-file error (e.g. which command trains the model).
-        large_files_entry: ``path`` of the file's ``large_files.yml`` entry, named in the missing-file error.
+        large_files_entry: ``path`` of the file's ``large_files.yml`` entry, named in the missing-file error; a
+            downloaded file is checked against the entry's hash (:func:`check_listed_hash`).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -301,11 +313,14 @@ def load_state_json(
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message names ``config_key`` and the ``large_files.yml`` entry).
-        ValueError: not a JSON object, an entry missing or of the wrong shape (the entry is named).
+        ValueError: not matching its listed hash (:func:`check_listed_hash`), not a JSON object, an entry missing or
+            of the wrong shape (the entry is named).
     """
     path = Path(path)
     if not path.is_file():
         raise _missing_file_error(path, config_key, "file", hint, large_files_entry)
+    if large_files_entry:
+        check_listed_hash(path, large_files_entry, config_key)
     values = read_json_object(path, f"config key '{config_key}'")
     expected = unwrap(module).state_dict()
     missing = [name for name in expected if name not in values]

@@ -69,8 +69,9 @@ class TrainingCheckpointer:
       such as the latent scale factor; :func:`common.checkpoint.save_state_json`).
 
     Every file is written to a temporary name and renamed (a crash never leaves a corrupt file), only on rank 0
-    under ``torchrun``. A run that fails keeps the files of its last checkpoint: the inference files always match
-    the newest training state. (MONAI's ``CheckpointSaver`` writes non-atomically and saves on exceptions too.)
+    under ``torchrun``. A run that fails keeps the files of its last checkpoint; the inference files are written
+    first, so a crash between the two leaves them at most one checkpoint newer than the newest training state, never
+    older. (MONAI's ``CheckpointSaver`` writes non-atomically and saves on exceptions too.)
 
     Args:
         save_dir: output folder (the bundle's ``models/``).
@@ -142,12 +143,12 @@ class TrainingCheckpointer:
     def save_interval_checkpoint(self, engine: Engine) -> None:
         if not _is_main_process():
             return
+        written = self.save_inference_files()  # first: a crash after it leaves them newer, never older, than the state
         path = atomic_torch_save(self.state(), self.save_dir / f"{self.prefix}_epoch={engine.state.epoch}.pt")
         self._saved_iteration = engine.state.iteration
         kept = sorted(self.save_dir.glob(f"{self.prefix}_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
         for old in kept[: -self.n_saved]:
             old.unlink()
-        written = self.save_inference_files()
         logger.info(f"saved checkpoint '{path}'" + (f" and {[p.name for p in written]}" if written else ""))
 
     def save_final(self, engine: Engine) -> None:

@@ -47,7 +47,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import save_net_with_metadata
 
-from common.bundle import bundle_config_parser
+from common.bundle import bundle_config_parser, bundle_root_of
 from common.io import read_json_object
 
 __all__ = [
@@ -145,7 +145,8 @@ def export_extra_files(parser: ConfigParser, config_file: str | list[str], meta_
     """``{"metadata.json": ..., "inference.json": ...}`` (JSON text) for the export of ``parser``'s network.
 
     ``meta_file`` defaults to the ``metadata.json`` next to the first config file (the bundle's ``configs/``);
-    ``inference.json`` is the parser's config: the config files merged, with the overrides applied.
+    ``inference.json`` is the parser's config: the config files merged, with the overrides applied, and
+    ``bundle_root`` left as the configs' own expression unless it was overridden (no local folder is embedded).
 
     Raises:
         FileNotFoundError / ValueError: ``meta_file`` missing or not a JSON object (the path is named).
@@ -157,6 +158,9 @@ def export_extra_files(parser: ConfigParser, config_file: str | list[str], meta_
         )
     metadata = read_json_object(meta_path, "--meta_file")
     config = {k: v for k, v in parser.get().items() if k != "_meta_"}
+    raw = ConfigParser.load_config_files([str(p) for p in _config_paths(config_file)])
+    if "bundle_root" in raw and config.get("bundle_root") == bundle_root_of(_config_paths(config_file)):
+        config["bundle_root"] = raw["bundle_root"]  # the configs' own rule, not this machine's folder
     return {EXTRA_FILES[0]: json.dumps(metadata), EXTRA_FILES[1]: json.dumps(config)}
 
 

@@ -50,7 +50,9 @@ __all__ = [
     "RUNTIME_MODULES",
     "VENDORED_PACKAGES",
     "bundle_folder",
+    "check_weights_only",
     "consumer_weight_files",
+    "inference_files",
     "read_metadata",
     "release",
     "required_packages",
@@ -63,8 +65,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENDORED_PACKAGES = ("common",)
 CONSUMER_WEIGHTS = ("models/model.pt", "models/model_*.pt", "models/*.json")
-"""Files of ``models/`` a consumer needs (weights-only state dicts and small JSON side files); everything else
-there (checkpoints with optimiser and engine state, pretrained training-only extractors) stays out of a release."""
+"""Files of ``models/`` a consumer needs when the inference config names none (see :func:`inference_files`);
+everything else there (checkpoints with optimiser and engine state, training-only extractors) stays out of a release."""
 RUNTIME_MODULES = {
     "yaml": "the configs are YAML, which monai.bundle reads with PyYAML",
     "fire": "the 'python -m monai.bundle' command line",
@@ -75,6 +77,7 @@ RUNTIME_MODULES = {
 _FRAMEWORK = {"monai": "monai_version", "torch": "pytorch_version", "numpy": "numpy_version"}
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed member times: the same inputs give the same archive
 _SKIP = {"__pycache__", ".pytest_cache"}
+_LARGE_FILES_ENTRY = re.compile(r"large_files_entry\s*=\s*['\"]([^'\"]+)['\"]")
 
 
 def bundle_folder(bundle: str | Path) -> Path:
@@ -181,13 +184,37 @@ def required_packages(folder: Path, code_roots: Iterable[Path] | None = None) ->
     return dict(sorted(required.items()))
 
 
-def consumer_weight_files(folder: Path) -> list[Path]:
-    """The files of :data:`CONSUMER_WEIGHTS` present in ``folder`` (relative paths, sorted)."""
+def inference_files(folder: Path) -> list[Path]:
+    """The files the bundle's inference config loads from its folder: every ``large_files_entry='...'`` it names
+    (``models/model.pt``, ``models/model_autoencoder.pt``, ``models/latent_scale.json``, ...); when it names none,
+    :data:`CONSUMER_WEIGHTS` (hidden files, e.g. a temp file of an interrupted write, never count)."""
+    configs = sorted((folder / "configs").glob("inference.*"))
+    named = {Path(m) for path in configs for m in _LARGE_FILES_ENTRY.findall(path.read_text())}
+    if named:
+        return sorted(named)
     found = {p.relative_to(folder) for pattern in CONSUMER_WEIGHTS for p in folder.glob(pattern) if p.is_file()}
-    return sorted(found)
+    return sorted(p for p in found if not p.name.startswith("."))
 
 
-def _check_weights_only(path: Path) -> None:
+def consumer_weight_files(folder: Path) -> list[Path]:
+    """The :func:`inference_files` present in ``folder`` (relative paths, sorted): all of them, or none.
+
+    Raises:
+        FileNotFoundError: naming the missing ones, when only some are present (inference would fail).
+    """
+    wanted = inference_files(folder)
+    present = [p for p in wanted if (folder / p).is_file()]
+    if present and len(present) < len(wanted):
+        missing = [str(p) for p in wanted if p not in present]
+        raise FileNotFoundError(
+            f"bundle '{folder}': inference needs {[str(p) for p in wanted]}, but {missing} is missing "
+            "(train every stage first, or remove the partial weights)"
+        )
+    return present
+
+
+def check_weights_only(path: Path) -> None:
+    """Refuse a ``.pt`` file that is not a flat state dict of tensors loadable with ``weights_only=True``."""
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -207,12 +234,12 @@ def _large_files(source: Path, folder: Path, shipped: list[Path]) -> str:
     path = source / "large_files.yml"
     content = yaml.safe_load(path.read_text()) if path.is_file() else None
     entries = list((content or {}).get("large_files") or [])
-    listed = {entry.get("path"): entry for entry in entries}
+    listed = {Path(str(entry.get("path"))).parts: entry for entry in entries}
     for weight in shipped:
-        if str(weight) not in listed:
+        if weight.parts not in listed:
             entry = {"path": str(weight), "url": "", "hash_val": None, "hash_type": "sha256"}
             entries.append(entry)
-            listed[str(weight)] = entry
+            listed[weight.parts] = entry
     for entry in entries:
         file = source / str(entry.get("path"))
         if not file.is_file():
@@ -255,7 +282,7 @@ def _stage(source: Path, stage: Path, metadata: dict[str, Any]) -> dict[str, Any
     (stage / "models").mkdir(exist_ok=True)
     for weight in shipped:
         if weight.suffix == ".pt":
-            _check_weights_only(source / weight)
+            check_weights_only(source / weight)
         shutil.copy2(source / weight, stage / weight)
     (stage / "large_files.yml").write_text(_large_files(source, stage, shipped))
     metadata = dict(metadata)
@@ -263,7 +290,7 @@ def _stage(source: Path, stage: Path, metadata: dict[str, Any]) -> dict[str, Any
         metadata[key] = importlib.metadata.version(module)
     metadata["required_packages_version"] = required_packages(stage)
     (stage / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=4) + "\n")
-    return {"weights": [str(w) for w in shipped], "trained": (source / "models" / "model.pt").is_file()}
+    return {"weights": [str(w) for w in shipped], "trained": bool(shipped)}
 
 
 def _zip(stage: Path, target: Path) -> None:
@@ -297,9 +324,9 @@ def release(bundle: str | Path, out: str | Path = "dist") -> dict[str, Any]:
         _zip(stage, target)
     if not held["trained"]:
         logger.warning(
-            "bundle '%s' is not trained ('%s' does not exist): the release ships no weights",
+            "bundle '%s' is not trained (none of %s exists): the release ships no weights",
             name,
-            source / "models" / "model.pt",
+            [str(p) for p in inference_files(source)],
         )
     return {"zip": str(target), "bundle": name, "version": version, **held}
 

@@ -22,6 +22,7 @@ Prints one line per problem and exits with status 1 if there is any.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import subprocess
@@ -37,7 +38,8 @@ import yaml
 from monai.bundle import ConfigParser
 
 from common.bundle import bundle_config_parser
-from tools.release import VENDORED_PACKAGES, read_metadata, required_packages, sha256
+from common.checkpoint import file_hash
+from tools.release import VENDORED_PACKAGES, check_weights_only, inference_files, read_metadata, required_packages
 
 __all__ = [
     "REQUIRED_FILES",
@@ -149,10 +151,19 @@ def _check_large_files(root: Path) -> Iterator[str]:
             yield f"large_files.yml entry {i}: missing {missing}"
             continue
         file = root / str(entry["path"])
-        if file.is_file() and entry["hash_type"] == "sha256" and sha256(file) != entry["hash_val"]:
+        if not file.is_file():
+            if not entry.get("url"):
+                yield f"large_files.yml entry {i}: '{file}' has no url and is not there: nothing can fetch it"
+            continue
+        try:
+            found = file_hash(file, str(entry["hash_type"]))
+        except ValueError as error:
+            yield f"large_files.yml entry {i}: {error}"
+            continue
+        if found != str(entry["hash_val"]).lower():
             yield (
-                f"large_files.yml entry {i}: '{file}' does not match: expected sha256 {entry['hash_val']}, "
-                f"found {sha256(file)}"
+                f"large_files.yml entry {i}: '{file}' does not match: expected {entry['hash_type']} "
+                f"{entry['hash_val']}, found {found}"
             )
 
 
@@ -207,27 +218,38 @@ def _check_vendored_code(root: Path) -> Iterator[str]:
     folders = [str(root / p) for p in (*VENDORED_PACKAGES, "scripts") if (root / p).is_dir()]
     if not folders:
         return
-    command = [
-        sys.executable,
-        "-m",
-        "ruff",
-        "check",
-        "--isolated",
-        "--line-length",
-        "120",
-        "--select",
-        "E,F,W",
-        "--output-format",
-        "concise",
-    ]
-    try:
-        result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=300)
-    except FileNotFoundError as error:
-        yield f"cannot lint the vendored code ({error}); install the dev extra"
+    if importlib.util.find_spec("ruff") is None:
+        yield "cannot lint the vendored code: ruff is not installed (pip install -e '.[dev]')"
         return
+    command = [sys.executable, "-m", "ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W"]
+    command += ["--output-format", "concise"]
+    result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         lines = [line for line in result.stdout.splitlines() if line.strip()]
         yield f"vendored code fails ruff: {' | '.join(lines[:10]) or result.stderr.strip()}"
+
+
+def _check_release_models(root: Path) -> Iterator[str]:
+    """A release ships what inference loads and nothing of the training: every inference file listed in
+    ``large_files.yml``, ``.pt`` files that are plain state dicts, no training checkpoints, data, samples or logs."""
+    listing = root / "large_files.yml"
+    content = yaml.safe_load(listing.read_text()) if listing.is_file() else None
+    entries = (content or {}).get("large_files") or [] if isinstance(content, dict) else []
+    listed = {Path(str(e.get("path"))).parts for e in entries if isinstance(e, dict)}
+    for weight in inference_files(root):
+        if (root / weight).is_file() and weight.parts not in listed:
+            yield f"'{root / weight}' ships without a large_files.yml entry (no hash to check it against)"
+    for path in sorted((root / "models").glob("*.pt")) if (root / "models").is_dir() else []:
+        if "checkpoint" in path.name:
+            yield f"'{path}' looks like resumable training state: a release ships inference weights only"
+            continue
+        try:
+            check_weights_only(path)
+        except ValueError as error:
+            yield str(error)
+    for folder in ("data", "samples", "runs", "eval"):
+        if (root / folder).exists():
+            yield f"'{root / folder}' is in the release: data, samples and logs are not part of a bundle"
 
 
 def _check_release_metadata(root: Path) -> Iterator[str]:
@@ -269,6 +291,7 @@ def verify_release(path: str | Path, schema: dict) -> tuple[list[str], list[str]
         problems += _check_metadata(path, schema)
         problems += _check_release_metadata(path)
     problems += _check_large_files(path)
+    problems += _check_release_models(path)
     problems += _check_vendored_code(path)
     return problems, warnings
 

@@ -42,6 +42,24 @@ def test_bundle_root_of(config, expected) -> None:
     assert Path(bundle_root_of(config)) == Path(expected)
 
 
+def test_bundle_root_of_from_inside_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "b" / "configs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "b" / "configs")
+    assert Path(bundle_root_of("inference.yaml")).resolve() == tmp_path / "b"
+
+
+def test_another_workflows_parser_gets_its_own_root(tmp_path: Path) -> None:
+    """A workflow whose run evaluates another workflow's parser: the expression answers for the parser's owner."""
+    first, second = _bundle(tmp_path / "first"), _bundle(tmp_path / "second")
+    other = ConfigWorkflow(config_file=str(second), workflow_type=None, logging_file=False)
+    outer = ConfigWorkflow(config_file=str(first), workflow_type=None, logging_file=False, run=["$@other_root"])
+    outer.parser["other_root"] = lambda: other.parser.get_parsed_content("bundle_root")
+    outer.parser["run"] = ["$@other_root()"]
+    outer.initialize()
+    assert [Path(p) for p in outer.run()] == [tmp_path / "second"]
+    assert Path(outer.parser.get_parsed_content("bundle_root")) == tmp_path / "first"
+
+
 def test_bundle_root_of_empty_list() -> None:
     with pytest.raises(ValueError, match="config_file"):
         bundle_root_of([])

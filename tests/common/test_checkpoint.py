@@ -314,7 +314,7 @@ def _listed_bundle(tmp_path: Path, hash_val: str | None, hash_type: str = "sha25
     (tmp_path / "b" / "models").mkdir(parents=True)
     weights = tmp_path / "b" / "models" / "w.pt"
     torch.save({"layer.weight": torch.ones(2)}, weights)
-    entry = {"path": "models/w.pt", "url": "", "hash_val": hash_val, "hash_type": hash_type}
+    entry = {"path": "models/w.pt", "url": "https://example.org/w.pt", "hash_val": hash_val, "hash_type": hash_type}
     (tmp_path / "b" / "large_files.yml").write_text(yaml.safe_dump({"large_files": [entry]}))
     return weights
 
@@ -346,3 +346,15 @@ def test_matching_or_unrecorded_hash_loads(tmp_path: Path, hash_val: str | None)
         weights = tmp_path / "again" / "b" / "models" / "w.pt"
     assert set(read_checkpoint(weights, large_files_entry="models/w.pt")) == {"layer.weight"}
     check_listed_hash(weights, "models/other.pt")  # not listed: nothing to check
+
+
+def test_shipped_files_and_unreadable_listings(tmp_path: Path) -> None:
+    weights = _listed_bundle(tmp_path, "0" * 64)
+    listing = tmp_path / "b" / "large_files.yml"
+    content = yaml.safe_load(listing.read_text())
+    content["large_files"][0]["url"] = ""  # shipped in a release: retraining in place must not break loading
+    listing.write_text(yaml.safe_dump(content))
+    check_listed_hash(weights, "models/w.pt")
+    listing.write_text("large_files: [unclosed")
+    with pytest.raises(ValueError, match=r"large_files\.yml.*is not a readable large_files\.yml"):
+        check_listed_hash(weights, "models/w.pt")

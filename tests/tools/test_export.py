@@ -112,6 +112,7 @@ def test_export_embeds_metadata_and_inference_config(tmp_path: Path, checkpoint:
     assert metadata == _metadata(INFERENCE)
     assert config["spatial_size"] == TINY["spatial_size"] and config["ckpt_path"] == str(checkpoint)
     assert "network_def" in config and "inferer" in config
+    assert config["bundle_root"] == "$common.bundle.loaded_bundle_root()"  # the rule, not the exporting folder
     assert all(n.startswith("model/") for n in names)  # one root folder, the final name (no temporary name)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "model.pt"])  # no temporary left
     if fmt == "torchscript":

@@ -54,10 +54,10 @@ def test_trained_release_ships_consumer_weights_with_hashes(tmp_path: Path) -> N
     weights = {"layer.weight": torch.ones(2, 2)}
     torch.save(weights, folder / "models" / "model.pt")
     torch.save({"network": weights, "optimizer": {"state": {}}}, folder / "models" / "checkpoint_epoch=1.pt")
-    (folder / "models" / "latent_scale.json").write_text('{"scale_factor": 0.5}')
+    (folder / "models" / ".tmp-1234-model.pt").write_bytes(b"left by an interrupted write")
     held = release(folder, tmp_path / "dist")
     assert held["trained"] is True
-    assert held["weights"] == ["models/latent_scale.json", "models/model.pt"]
+    assert held["weights"] == ["models/model.pt"]  # what inference.yaml loads; no temp file, no training state
     members = _members(held["zip"])
     assert "semantic_mri/models/model.pt" in members and "semantic_mri/models/checkpoint_epoch=1.pt" not in members
     with zipfile.ZipFile(held["zip"]) as archive:
@@ -147,3 +147,17 @@ def test_metadata_lists_every_package_the_code_imports(bundle: str) -> None:
     listed = json.loads((folder / "configs" / "metadata.json").read_text())["required_packages_version"]
     missing = sorted(set(required_packages(folder)) - set(listed))
     assert not missing, f"{bundle}/configs/metadata.json: required_packages_version lacks {missing}"
+
+
+def test_partial_weights_are_an_error_naming_the_missing_files(tmp_path: Path) -> None:
+    folder = _copy(tmp_path, "latent_ct")
+    torch.save({"w": torch.ones(1)}, folder / "models" / "model.pt")  # stage 2 weights without stage 1 or the scale
+    with pytest.raises(FileNotFoundError, match=r"model_autoencoder\.pt.*latent_scale\.json.*missing"):
+        release(folder, tmp_path / "dist")
+    torch.save({"w": torch.ones(1)}, folder / "models" / "model_autoencoder.pt")
+    (folder / "models" / "latent_scale.json").write_text('{"scale_factor": 0.5}')
+    assert release(folder, tmp_path / "dist")["weights"] == [
+        "models/latent_scale.json",
+        "models/model.pt",
+        "models/model_autoencoder.pt",
+    ]

@@ -156,8 +156,28 @@ def test_release_breakage_is_reported(released: Path, schema: dict, breakage, ex
     assert any(expected in p for p in problems), problems
 
 
+def _drop_entries(released: Path) -> None:
+    (released / "large_files.yml").write_text("large_files: []\n")
+
+
 def test_release_without_weights_warns(released: Path, schema: dict) -> None:
     (released / "models" / "model.pt").unlink()
-    _edit_yaml(released / "large_files.yml", "models/model.pt", "models/other.pt")
+    _drop_entries(released)
     problems, warnings = verify_release(released, schema)
     assert problems == [] and warnings == ["no models/model.pt (preferred)"]
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda r: (r / "models" / "model.pt").unlink(), "has no url and is not there"),
+        (_drop_entries, "ships without a large_files.yml entry"),
+        (lambda r: torch.save({"network": {}}, r / "models" / "checkpoint_epoch=2.pt"), "resumable training state"),
+        (lambda r: torch.save({"w": torch.ones(1), "epoch": 3}, r / "models" / "model_extra.pt"), "state dict of"),
+        (lambda r: (r / "data").mkdir(), "data, samples and logs are not part of a bundle"),
+    ],
+)
+def test_release_content_is_checked(released: Path, schema: dict, breakage, expected: str) -> None:
+    breakage(released)
+    problems, _ = verify_release(released, schema)
+    assert any(expected in p for p in problems), problems
