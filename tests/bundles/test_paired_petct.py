@@ -4,6 +4,7 @@ tiny sizes)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,15 @@ def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
     """The release zip, unpacked elsewhere, samples on the tiny checkpoint (bundle_helpers.check_release_samples)."""
     root, _ = trained
     check_release_samples(BUNDLE, root, tmp_path, SHARED, ["--num_samples", "1", "--seed", "0"])
+
+
+def test_seeded_inference_writes_the_phantoms_it_seeds_from(trained, tmp_path: Path) -> None:
+    """A bundle folder with weights but no data (e.g. an unpacked release): seeding writes the training phantoms."""
+    root, _ = trained
+    fresh = tmp_path / "fresh"
+    (fresh / "models").mkdir(parents=True)
+    shutil.copy2(root / "models" / "model.pt", fresh / "models" / "model.pt")
+    phantoms = {"phantom_cases": TRAIN["phantom_cases"], "phantom_size": TRAIN["phantom_size"]}
+    written = infer(fresh, tmp_path / "samples", names=("inference", "seeded"), num_inference_steps=5, **phantoms)
+    assert len(list((fresh / "data" / "phantoms_head_neck" / "imagesTr").glob("*__PT.nii.gz"))) == 4
+    assert len(written) == 2

@@ -369,10 +369,15 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("inside", [True, False], ids=["inside_the_folder", "outside_with_pythonpath"])
 def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path, inside: bool) -> None:
-    args = ["--masks", phantom_masks(trained, 1)[0], "--num_samples", "1", "--seed", "0"]
-    folder = check_release_samples(BUNDLE, trained, tmp_path, SHARED, args, inside)
+    """Inside the folder with the default masks (the phantom masks training would write, written on first use);
+    from outside with the user's own mask."""
+    args = ["--phantom_cases", "1"] if inside else ["--masks", phantom_masks(trained, 1)[0]]
+    folder = check_release_samples(
+        BUNDLE, trained, tmp_path, SHARED, [*args, "--num_samples", "1", "--seed", "0"], inside
+    )
     written = sorted(str(p.relative_to(folder)) for p in (folder / "samples").rglob("*.nii.gz"))
     assert len(written) == 2 and any("imagesTr" in p for p in written)  # the sample and its mask
+    assert (folder / "data" / "phantoms_whole_head" / "labelsTr").is_dir() == inside
 
 
 def test_release_run_fails_without_a_package_the_code_needs(trained: Path, tmp_path: Path) -> None:
