@@ -166,9 +166,29 @@ def test_same_seed_same_samples_never_overwrite_and_tiled_decoding_agrees(traine
     a, b, c = (np.asarray(nib.load(w[0]["image"]).dataobj, dtype=np.float32) for w in (first, again, tiled))
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() <= 1  # tiled decoding: the same volume (int16 HU rounding)
-    with pytest.raises(Exception) as error:
-        infer(root, tmp_path / "a", **fast)
-    assert "never overwritten" in error_chain(error.value)
+    assert infer(root, tmp_path / "a", **fast) == first  # the same run again resumes: nothing left to do
+    with pytest.raises(RuntimeError) as error:
+        infer(root, tmp_path / "a", **{**fast, "tiled_decode": True})
+    assert "field 'tiled_decode' differs (this run: True, found: False)" in error_chain(error.value)
+
+
+@pytest.mark.slow
+def test_torchrun_sampling_matches_one_process(trained, tmp_path: Path) -> None:
+    """multi_gpu_inference.yaml (gloo, 2 processes, 3 volumes: one rank gets two) writes the volumes of one process."""
+    root, _, _ = trained
+    fast = {"sampler": "ddim", "num_inference_steps": 3, "num_samples": 3}
+    infer(root, tmp_path / "one", **fast)
+    args = ["--bundle_root", str(root), "--output_dir", str(tmp_path / "two")]
+    for key, value in {**MODEL, **UNET, **fast}.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29567)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (sorted((tmp_path / name).rglob("*.nii.gz")) for name in ("one", "two"))
+    assert len(one) == 3 and [p.relative_to(tmp_path / "one") for p in one] == [
+        p.relative_to(tmp_path / "two") for p in two
+    ]
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata(), err_msg=str(a))
 
 
 def test_evaluation_writes_the_report_and_the_tsne_map(trained, tmp_path: Path) -> None:

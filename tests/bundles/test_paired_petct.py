@@ -19,6 +19,7 @@ from bundle_helpers import (
     error_chain,
     load_plain_weights,
     make_workflow,
+    run_torchrun,
     run_workflow,
 )
 
@@ -116,9 +117,29 @@ def test_same_seed_same_samples_and_never_overwrite(trained, tmp_path: Path) -> 
     for a, b, c in zip(first, second, other):
         np.testing.assert_array_equal(nib.load(a["image"][1]).get_fdata(), nib.load(b["image"][1]).get_fdata())
         assert not np.array_equal(nib.load(a["image"][1]).get_fdata(), nib.load(c["image"][1]).get_fdata())
-    with pytest.raises(Exception) as error:
-        infer(root, tmp_path / "a", **fast)
-    assert "never overwritten" in error_chain(error.value)
+    assert infer(root, tmp_path / "a", **fast) == first  # the same run again resumes: nothing left to do
+    with pytest.raises(RuntimeError) as error:
+        infer(root, tmp_path / "a", seed=1, **fast)
+    assert "field 'seed' differs (this run: 1, found: 0); samples are never overwritten" in error_chain(error.value)
+
+
+@pytest.mark.slow
+def test_torchrun_sampling_matches_one_process_with_any_batch_size(trained, tmp_path: Path) -> None:
+    """multi_gpu_inference.yaml (gloo, 2 processes, batches of 3) writes the triples of one process at batch 1."""
+    root, _ = trained
+    fast = {"sampler": "ddim", "num_inference_steps": 3, "num_samples": 5}
+    infer(root, tmp_path / "one", sample_batch_size=1, **fast)
+    args = ["--bundle_root", str(root), "--output_dir", str(tmp_path / "two"), "--sample_batch_size", "3"]
+    for key, value in {**SHARED, **fast}.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29565)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (sorted((tmp_path / name).rglob("*.nii.gz")) for name in ("one", "two"))
+    assert len(one) == 15 and [p.relative_to(tmp_path / "one") for p in one] == [
+        p.relative_to(tmp_path / "two") for p in two
+    ]
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4, err_msg=str(a))
 
 
 def test_seeded_inference_and_evaluation(trained, tmp_path: Path) -> None:
