@@ -4,13 +4,18 @@ As MONAI's ``Workflow`` owns the loop and ``SupervisedTrainer`` supplies the ite
 owns what every inference run does and a bundle's workflow overrides the steps that differ::
 
     run()
-      check_outputs_free()                 every file of the run is absent, else FileExistsError before sampling
-      for item in items():                 a conditioning input (one mask), or the whole run when unconditional
-        for each batch of batch_size:      noise seeded by batch_seed(*item.seed_key, first sample)
-          sample_item(item, first, count)  -> one sample per index, in output units
-          write_item(item, index, sample)  -> its datalist entry (absolute paths), files written atomically
-          preview_of(item, index, sample)  for the first preview_samples samples
-      finish()                             dataset.json (an earlier run's entries kept), preview PNG, timing
+      check_outputs_free()                 another run's manifest (or files without one) -> FileExistsError
+      units()                              items() x batches of batch_size: the same layout for any process count
+      pending units, sharded by rank       units with a sample not yet on disk; rank r takes units r, r + W, ...
+      rank 0: run_manifest.json            what defines the samples (seed, sampler, steps, inputs, weight hashes)
+      for each unit of this rank:          prepare(item) once per item
+        sample_item(item, first, count)    noise from one generator per sample: (seed, item key, index)
+        write_item(item, index, sample)    only samples not yet on disk (all with overwrite), files written atomically
+      barrier; rank 0: finish()            dataset.json and preview of every sample on disk (a resumed run included)
+
+A sample is a pure function of (seed, item key, sample index): the same files whatever the process count or the
+shard layout (see :mod:`common.workflows.sharding`), and whatever the batch size up to the float rounding of a
+batched forward (per-sample noise: :mod:`common.inferers.per_sample`).
 
 :class:`EvaluationWorkflow` likewise owns loading limits and reporting: ``evaluate()`` computes the metrics, ``run()``
 writes them as ``report.json`` / ``report.md``. :func:`read_sample_datalist` is how evaluations find the samples an
