@@ -189,6 +189,11 @@ def test_torchrun_sampling_matches_one_process(trained, tmp_path: Path) -> None:
     ]
     for a, b in zip(one, two):
         np.testing.assert_array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata(), err_msg=str(a))
+    args[args.index("--num_samples") + 1], args[args.index("--output_dir") + 1] = "1", str(tmp_path / "idle")
+    idle = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29569)  # rank 1 has nothing to do
+    assert idle.returncode == 0, idle.stderr[-3000:]
+    assert "rank 1/2: 0 of 1 pending batch(es)" in idle.stdout + idle.stderr
+    assert json.loads((tmp_path / "idle" / "dataset.json").read_text())["numTraining"] == 1
 
 
 def test_evaluation_writes_the_report_and_the_tsne_map(trained, tmp_path: Path) -> None:
