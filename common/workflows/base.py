@@ -412,7 +412,7 @@ class SamplingWorkflow:
         )
         self.write_preview(self.previews_on_disk())
         logger.info(
-            f"{len(entries)} {self.unit}(s) in '{self.output_dir}' after {seconds:.1f} s "
+            f"{len(entries)} {self.unit}(s) in '{self.output_dir}' after {seconds:.2f} s "
             f"(datalist '{datalist}', preview '{self.preview_path()}')"
         )
 
