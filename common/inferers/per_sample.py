@@ -70,11 +70,7 @@ class PerSampleScheduler:
         return twin
 
     def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, generator: None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prev_sample, pred_original_sample)`` of the batch, each row stepped alone.
 

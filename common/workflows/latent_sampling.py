@@ -93,18 +93,9 @@ class LatentSampling(SamplingWorkflow):
         run_fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            scheduler,
-            num_inference_steps,
-            output_dir,
-            num_samples,
-            seed,
-            device,
-            batch_size,
-            preview_samples,
-            verbose,
-            overwrite,
-            run_fields,
+            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
         )
+        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
         if len(latent_shape) < 3:
             raise ValueError(f"latent_shape must be (C, *spatial), got {tuple(latent_shape)}")
         from_unit_range_hu(torch.zeros(1), hu_window)  # validates the window

@@ -116,18 +116,9 @@ class PairedSampling(SamplingWorkflow):
         run_fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            scheduler,
-            num_inference_steps,
-            output_dir,
-            num_samples,
-            seed,
-            device,
-            batch_size,
-            preview_samples,
-            verbose,
-            overwrite,
-            run_fields,
+            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
         )
+        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
         if seed_fraction is not None and not reference_data:
             raise ValueError(
                 "config key 'seed_fraction': noise seeding needs real reference triples ('reference_data'), got none"

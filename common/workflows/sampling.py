@@ -100,18 +100,9 @@ class MaskConditionedSampling(SamplingWorkflow):
         run_fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            scheduler,
-            num_inference_steps,
-            output_dir,
-            num_samples,
-            seed,
-            device,
-            batch_size,
-            preview_samples,
-            verbose,
-            overwrite,
-            run_fields,
+            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
         )
+        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
         self.network = network
         self.inferer = inferer
         self.masks = masks

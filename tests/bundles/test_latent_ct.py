@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import (
+    assert_same_samples,
     check_release_samples,
+    cli_args,
     config_files,
     error_chain,
     load_plain_weights,
@@ -178,17 +180,10 @@ def test_torchrun_sampling_matches_one_process(trained, tmp_path: Path) -> None:
     root, _, _ = trained
     fast = {"sampler": "ddim", "num_inference_steps": 3, "num_samples": 3}
     infer(root, tmp_path / "one", **fast)
-    args = ["--bundle_root", str(root), "--output_dir", str(tmp_path / "two")]
-    for key, value in {**MODEL, **UNET, **fast}.items():
-        args += [f"--{key}", str(value).replace(" ", "")]
+    args = ["--bundle_root", str(root), "--output_dir", str(tmp_path / "two"), *cli_args({**MODEL, **UNET, **fast})]
     result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29567)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = (sorted((tmp_path / name).rglob("*.nii.gz")) for name in ("one", "two"))
-    assert len(one) == 3 and [p.relative_to(tmp_path / "one") for p in one] == [
-        p.relative_to(tmp_path / "two") for p in two
-    ]
-    for a, b in zip(one, two):
-        np.testing.assert_array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata(), err_msg=str(a))
+    assert_same_samples(tmp_path / "one", tmp_path / "two", count=3)
     args[args.index("--num_samples") + 1], args[args.index("--output_dir") + 1] = "1", str(tmp_path / "idle")
     idle = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29569)  # rank 1 has nothing to do
     assert idle.returncode == 0, idle.stderr[-3000:]

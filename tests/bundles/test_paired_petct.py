@@ -14,7 +14,9 @@ import pytest
 import torch
 from bundle_helpers import (
     REPO_ROOT,
+    assert_same_samples,
     check_release_samples,
+    cli_args,
     config_files,
     error_chain,
     load_plain_weights,
@@ -132,16 +134,9 @@ def test_torchrun_sampling_matches_one_process_with_any_batch_size(trained, tmp_
     fast = {"sampler": "ddim", "num_inference_steps": 3, "num_samples": 5}
     infer(root, tmp_path / "one", sample_batch_size=1, **fast)
     args = ["--bundle_root", str(root), "--output_dir", str(tmp_path / "two"), "--sample_batch_size", "3"]
-    for key, value in {**SHARED, **fast}.items():
-        args += [f"--{key}", str(value).replace(" ", "")]
-    result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29565)
+    result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), [*args, *cli_args({**SHARED, **fast})], 29565)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = (sorted((tmp_path / name).rglob("*.nii.gz")) for name in ("one", "two"))
-    assert len(one) == 15 and [p.relative_to(tmp_path / "one") for p in one] == [
-        p.relative_to(tmp_path / "two") for p in two
-    ]
-    for a, b in zip(one, two):
-        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), rtol=0, atol=1e-3, err_msg=str(a))
+    assert_same_samples(tmp_path / "one", tmp_path / "two", count=15, atol=1e-3)
 
 
 def test_seeded_inference_and_evaluation(trained, tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ import pytest
 import torch
 from bundle_helpers import (
     REPO_ROOT,
+    assert_same_samples,
     check_release_samples,
+    cli_args,
     config_files,
     error_chain,
     load_plain_weights,
@@ -129,34 +131,19 @@ def test_inference_never_overwrites_another_configuration(trained: Path, tmp_pat
     assert Path(first[0]["image"][0]).read_bytes() != before
 
 
-def sample_arrays(folder: Path) -> dict[str, np.ndarray]:
-    return {str(p.relative_to(folder)): nib.load(p).get_fdata() for p in sorted(folder.rglob("*.nii.gz"))}
-
-
 def test_torchrun_sampling_matches_one_process_and_resumes(trained: Path, tmp_path: Path) -> None:
     """multi_gpu_inference.yaml on 2 CPU processes (gloo): the same arrays as one process, file for file; a run that
     fails after its first samples resumes to the same files."""
     masks = phantom_masks(trained, 2)
     fast = {"sampler": "ddim", "num_inference_steps": 3, "num_samples": 3}
     single = infer(trained, tmp_path / "one", masks, **fast)
-    args = [
-        "--bundle_root",
-        str(trained),
-        "--output_dir",
-        str(tmp_path / "two"),
-        "--masks",
-        str(masks).replace(" ", ""),
-    ]
-    for key, value in {**SHARED, **fast}.items():
-        args += [f"--{key}", str(value).replace(" ", "")]
+    args = ["--bundle_root", str(trained), "--output_dir", str(tmp_path / "two")]
+    args += cli_args({"masks": masks, **SHARED, **fast})
     result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29561)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "rank 1/2: 3 of 6 pending batch(es)" in log and "overall: " in log
-    one, two = sample_arrays(tmp_path / "one"), sample_arrays(tmp_path / "two")
-    assert len(one) == 12 and sorted(one) == sorted(two)
-    for name, array in one.items():
-        np.testing.assert_array_equal(array, two[name], err_msg=name)
+    assert_same_samples(tmp_path / "one", tmp_path / "two", count=12)
     listed = json.loads((tmp_path / "two" / "dataset.json").read_text())["training"]
     assert [e["case_id"] for e in listed] == [e["case_id"] for e in single]
 
@@ -176,20 +163,13 @@ def test_torchrun_sampling_matches_one_process_and_resumes(trained: Path, tmp_pa
     sampling.sample_item = fail_after_two
     with pytest.raises(RuntimeError, match="simulated kill"):
         sampling.run()
-    assert len(sample_arrays(tmp_path / "cut")) == 4 and not (tmp_path / "cut" / "dataset.json").exists()
-    resumed = run_torchrun(
-        BUNDLE,
-        ("inference", "multi_gpu_inference"),
-        [*args[:2], "--output_dir", str(tmp_path / "cut"), *args[4:]],
-        port=29563,
-    )
+    assert len(list((tmp_path / "cut").rglob("*.nii.gz"))) == 4 and not (tmp_path / "cut" / "dataset.json").exists()
+    args[args.index("--output_dir") + 1] = str(tmp_path / "cut")
+    resumed = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29563)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     assert "resuming: 2 sample(s) of" in log and "rank 1/2: 2 of 4 pending batch(es)" in log
-    cut = sample_arrays(tmp_path / "cut")
-    assert sorted(cut) == sorted(one)
-    for name, array in one.items():
-        np.testing.assert_array_equal(array, cut[name], err_msg=name)
+    assert_same_samples(tmp_path / "one", tmp_path / "cut", count=12)
     assert json.loads((tmp_path / "cut" / "dataset.json").read_text())["numTraining"] == 6
 
 

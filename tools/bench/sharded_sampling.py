@@ -34,15 +34,9 @@ from tools.bench.harness import REPO_ROOT, bundle_workflow, config_files, markdo
 __all__ = ["bench_sharded_sampling"]
 
 BUNDLE = "semantic_mri"
-TINY = {
-    "spatial_size": [16, 16, 16],
-    "pixdim": [12.0, 12.0, 12.0],
-    "network_def#channels": [32, 32],
-    "network_def#attention_levels": [False, True],
-    "network_def#num_head_channels": 32,
-    "num_train_timesteps": 50,
-    "sampler": "ddim",
-}
+NETWORK = {"channels": [32, 32], "attention_levels": [False, True], "num_head_channels": 32}
+TINY = {"spatial_size": [16, 16, 16], "pixdim": [12.0] * 3, "num_train_timesteps": 50, "sampler": "ddim"}
+TINY.update({f"network_def#{key}": value for key, value in NETWORK.items()})
 FINISHED = re.compile(r"(\d+) sample\(s\) in '[^']*' after ([0-9.]+) s")
 
 
@@ -84,13 +78,8 @@ def _through_monai_bundle(root: Path, masks: list[str], out: Path, settings: dic
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_port=29581"]
-    result = subprocess.run(
-        [*launcher, "-m", "monai.bundle", "run", "--config_file", files, *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    command = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
     found = FINISHED.findall(result.stdout + result.stderr)
     if result.returncode != 0 or not found:
         raise RuntimeError(f"{processes}-process sampling failed: {result.stderr[-2000:]}")
