@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_text",
     "read_json_object",
     "atomic_write_nifti",
+    "read_nifti",
     "encode_png",
     "write_png",
     "window_uint8",
@@ -204,6 +205,12 @@ def atomic_write_nifti(
     with atomic_path(path, overwrite=overwrite) as tmp:
         nib.save(image, tmp)
     return path
+
+
+def read_nifti(path: str | os.PathLike) -> torch.Tensor:
+    """The voxels of a NIfTI file as float32, in the file's axis order (a one-channel image written by
+    :func:`atomic_write_nifti` reads back as its spatial array)."""
+    return torch.from_numpy(np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32)))
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -61,6 +61,7 @@ REQUIRED_FILES = (
     "configs/inference.yaml",
     "configs/evaluate.yaml",
     "configs/multi_gpu_train.yaml",
+    "configs/multi_gpu_inference.yaml",
     "configs/logging.conf",
     "docs/README.md",
     "docs/data_license.txt",
@@ -85,6 +86,8 @@ TRAIN_KEYS = (
 INFERENCE_KEYS = ("bundle_root", "device", "network_def", "inferer", "output_dir", "num_samples", "seed")
 LARGE_FILE_FIELDS = ("path", "url", "hash_val", "hash_type")
 MULTI_GPU = "multi_gpu_train.yaml"
+MULTI_GPU_INFERENCE = "multi_gpu_inference.yaml"
+MULTI_GPU_OVERLAYS = (MULTI_GPU, MULTI_GPU_INFERENCE)
 
 
 def _train_configs(configs: Path) -> list[Path]:
@@ -92,11 +95,11 @@ def _train_configs(configs: Path) -> list[Path]:
 
 
 def _overlays(configs: Path) -> list[Path]:
-    """Config files that are not stand-alone workflows (no ``run`` section), multi-GPU overlay excluded."""
+    """Config files that are not stand-alone workflows (no ``run`` section), multi-GPU overlays excluded."""
     found = []
     for path in sorted(configs.glob("*.yaml")):
         content = yaml.safe_load(path.read_text()) or {}
-        if "run" not in content and path.name != MULTI_GPU:
+        if "run" not in content and path.name not in MULTI_GPU_OVERLAYS:
             found.append(path)
     return found
 
@@ -169,7 +172,9 @@ def _check_large_files(root: Path) -> Iterator[str]:
 
 def _config_sets(configs: Path) -> list[tuple[str, list[Path]]]:
     """(label, files) for every stand-alone config alone and with each overlay."""
-    main = [p for p in sorted(configs.glob("*.yaml")) if p not in _overlays(configs) and p.name != MULTI_GPU]
+    main = [
+        p for p in sorted(configs.glob("*.yaml")) if p not in _overlays(configs) and p.name not in MULTI_GPU_OVERLAYS
+    ]
     stages = _stage_overlays(configs)
     variants = [o for o in _overlays(configs) if o not in stages]
     sets = []
@@ -211,6 +216,16 @@ def _check_configs(root: Path) -> Iterator[str]:
                     _parser(files, root)
                 except Exception as e:
                     yield f"{' + '.join(f.name for f in files)}: cannot be read ({e})"
+    if (configs / MULTI_GPU_INFERENCE).is_file():
+        files = [configs / "inference.yaml", configs / MULTI_GPU_INFERENCE]
+        try:
+            parser = _parser(files, root)
+        except Exception as e:
+            yield f"inference.yaml + {MULTI_GPU_INFERENCE}: cannot be read ({e})"
+        else:
+            missing = [key for key in ("device", "initialize", "run", "finalize") if key not in parser]
+            if missing:
+                yield f"inference.yaml + {MULTI_GPU_INFERENCE}: missing config keys {missing}"
 
 
 def _check_vendored_code(root: Path) -> Iterator[str]:

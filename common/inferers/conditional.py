@@ -8,12 +8,14 @@ and noise seeding (SDEdit-style) starts part-way through the schedule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
 from tqdm import tqdm
+
+from common.inferers.per_sample import PerSampleScheduler
 
 __all__ = ["CONDITIONING_MODES", "ConditionalDiffusionInferer"]
 
@@ -71,7 +73,7 @@ class ConditionalDiffusionInferer(DiffusionInferer):
         diffusion_model: Callable[..., torch.Tensor],
         scheduler: Scheduler | None = None,
         conditioning: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         start_timestep: int | None = None,
         verbose: bool = False,
     ) -> torch.Tensor:
@@ -84,7 +86,8 @@ class ConditionalDiffusionInferer(DiffusionInferer):
             scheduler: sampling scheduler (DDPM, DDIM, DPM-Solver, ...) with ``timesteps`` already set; defaults to
                 the inferer's scheduler.
             conditioning: (B, C_c, *spatial) condition (one-hot mask in concat mode).
-            generator: random generator for the stochastic steps, so a seed gives the same samples.
+            generator: random generator for the stochastic steps, so a seed gives the same samples; or one per
+                batch row, so a row's step noise does not depend on the batch (see :mod:`common.inferers.per_sample`).
             start_timestep: skip the scheduler timesteps above this value (noise seeding).
             verbose: show a progress bar.
 
@@ -92,6 +95,8 @@ class ConditionalDiffusionInferer(DiffusionInferer):
             (B, C, *spatial) sample.
         """
         scheduler = scheduler or self.scheduler
+        if isinstance(generator, Sequence):
+            scheduler, generator = PerSampleScheduler(scheduler, generator), None
         timesteps = scheduler.timesteps
         if start_timestep is not None:
             timesteps = timesteps[timesteps <= start_timestep]

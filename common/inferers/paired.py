@@ -12,6 +12,7 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 from tqdm import tqdm
 
+from common.inferers.per_sample import PerSampleScheduler, per_sample_noise
 from common.networks.paired_denoiser import check_paired_networks, stack_conditions
 
 __all__ = ["PairedDiffusionInferer"]
@@ -63,7 +64,7 @@ class PairedDiffusionInferer(Inferer):
         shape: Sequence[int],
         network: nn.ModuleDict,
         scheduler: Scheduler | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         reference: Mapping[str, torch.Tensor] | None = None,
         seed_fraction: float | None = None,
         device: str | torch.device = "cpu",
@@ -78,7 +79,9 @@ class PairedDiffusionInferer(Inferer):
             network: ``nn.ModuleDict`` of denoisers keyed by modality.
             scheduler: sampler with ``timesteps`` set (``RespacedDDPMScheduler``, ``DPMSolverMultistepScheduler``,
                 ...); default the inferer's scheduler. Each modality steps with its own deep copy.
-            generator: random generator (on ``device``) of the start noise and of the stochastic steps.
+            generator: random generator (on ``device``) of the start noise and of the stochastic steps, or one per
+                batch row (each row's noise then does not depend on the batch, see
+                :mod:`common.inferers.per_sample`).
             reference: noise seeding: real images per modality, each of ``shape``, scaled like the training data.
             seed_fraction: noise seeding: start at the largest kept timestep <= ``seed_fraction * (T - 1)`` from the
                 reference noised to it (the paper: 0.8-0.9). Both or neither of ``reference``/``seed_fraction``.
@@ -102,7 +105,17 @@ class PairedDiffusionInferer(Inferer):
         refine_start = self.refinement_start(scheduler, refine_rounds, refine_fraction)
         timesteps = scheduler.timesteps
         shape = tuple(int(s) for s in shape)
-        states = {m: torch.randn(shape, generator=generator, device=device) for m in self.modalities}
+        if isinstance(generator, Sequence):
+            scheduler, generators, generator = PerSampleScheduler(scheduler, generator), generator, None
+        else:
+            generators = None
+
+        def noise() -> torch.Tensor:
+            if generators is not None:
+                return per_sample_noise(shape, generators, device)
+            return torch.randn(shape, generator=generator, device=device)
+
+        states = {m: noise() for m in self.modalities}
         if reference is not None:
             start = self.seed_timestep(scheduler, float(seed_fraction))
             if refine_start >= start:
@@ -121,8 +134,7 @@ class PairedDiffusionInferer(Inferer):
         for round_index in range(int(refine_rounds)):
             restart = torch.full((shape[0],), refine_start, dtype=torch.long, device=device)
             for m in self.modalities:
-                noise = torch.randn(shape, generator=generator, device=device)
-                states[m] = self.scheduler.add_noise(states[m], noise, restart)
+                states[m] = self.scheduler.add_noise(states[m], noise(), restart)
             states = self._denoise(
                 states,
                 network,

@@ -20,6 +20,7 @@ from common.workflows.latent_sampling import LatentSampling, from_unit_range_hu
 from common.workflows.paired_evaluation import PairedEvaluation, load_sample_triples
 from common.workflows.paired_sampling import PairedSampling, from_unit_range, slice_affine, to_unit_range
 from common.workflows.sampling import MaskConditionedSampling, list_masks
+from common.workflows.sharding import bundle_run_fields, rank_and_world_size
 
 __all__ = [
     "EvaluationWorkflow",
@@ -31,6 +32,7 @@ __all__ = [
     "SampleEvaluation",
     "SamplingItem",
     "SamplingWorkflow",
+    "bundle_run_fields",
     "check_sampler_steps",
     "from_unit_range",
     "from_unit_range_hu",
@@ -38,6 +40,7 @@ __all__ = [
     "list_samples",
     "load_sample_triples",
     "mask_id_of_sample",
+    "rank_and_world_size",
     "read_sample_datalist",
     "select_sampler",
     "slice_affine",

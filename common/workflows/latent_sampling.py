@@ -11,7 +11,7 @@ overwritten: the run stops before any sampling if one of its outputs exists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from torch import nn
 from common.data.latent_scale import LatentStats
 from common.data.phantoms.kinds import phantom_affine
 from common.inferers.conditional import ConditionalDiffusionInferer
+from common.inferers.per_sample import per_sample_noise
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
-from common.io import atomic_write_nifti, save_preview_png
+from common.io import atomic_write_nifti, read_nifti, save_preview_png
 from common.workflows.base import SamplingItem, SamplingWorkflow
 
 __all__ = ["from_unit_range_hu", "LatentSampling"]
@@ -61,7 +62,7 @@ class LatentSampling(SamplingWorkflow):
         decode_group_norm: ``"whole"``: GroupNorm with whole-volume statistics (tiled == whole decoding to float
             precision, about 4x slower); ``"tile"``: each tile's own statistics (faster, approximate).
         device: torch device of the diffusion model and the latents.
-        num_inference_steps, output_dir, seed, preview_samples, verbose: as for
+        num_inference_steps, output_dir, seed, preview_samples, verbose, overwrite, run_fields: as for
             :class:`common.workflows.base.SamplingWorkflow`.
     """
 
@@ -88,10 +89,13 @@ class LatentSampling(SamplingWorkflow):
         decode_group_norm: str = "whole",
         preview_samples: int = 4,
         verbose: bool = True,
+        overwrite: bool = False,
+        run_fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
         )
+        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
         if len(latent_shape) < 3:
             raise ValueError(f"latent_shape must be (C, *spatial), got {tuple(latent_shape)}")
         from_unit_range_hu(torch.zeros(1), hu_window)  # validates the window
@@ -118,8 +122,21 @@ class LatentSampling(SamplingWorkflow):
     def image_path(self, index: int) -> Path:
         return self.output_dir / self.case_id(index) / "ct.nii.gz"
 
-    def sample_files(self) -> Iterable[Path]:
-        return [self.image_path(i) for i in range(self.num_samples)]
+    def sample_paths(self, item: SamplingItem, index: int) -> list[Path]:
+        return [self.image_path(index)]
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The latent shape, the HU window, the latent scale and grid, and how latents are decoded."""
+        return {
+            "latent_shape": self.latent_shape,
+            "hu_window": self.hu_window,
+            "scale_factor": float(self.stats.scale_factor),
+            "pixdim": [float(p) for p in self.stats.pixdim],
+            "tiled_decode": self.tiled_decode,
+            "decode_roi_size": self.decode_roi_size,
+            "decode_overlap": self.decode_overlap,
+            "decode_group_norm": self.decode_group_norm,
+        }
 
     def modules(self) -> Sequence[nn.Module]:
         return (self.diffusion, self.autoencoder)
@@ -127,11 +144,11 @@ class LatentSampling(SamplingWorkflow):
     @torch.no_grad()
     def sample_latents(self, first: int, count: int) -> torch.Tensor:
         """``count`` latents (count, *latent_shape), in the autoencoder's units (scale factor undone)."""
-        generator = self.generator(first)
-        noise = torch.randn((count, *self.latent_shape), generator=generator, device=self.device)
+        generators = self.sample_generators(SamplingItem(), first, count)
+        noise = per_sample_noise((count, *self.latent_shape), generators, self.device)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         latents = self.inferer.sample(
-            noise, self.diffusion, self.scheduler, conditioning=None, generator=generator, verbose=self.verbose
+            noise, self.diffusion, self.scheduler, conditioning=None, generator=generators, verbose=self.verbose
         )
         return latents / self.stats.scale_factor.to(latents.device)
 
@@ -173,17 +190,23 @@ class LatentSampling(SamplingWorkflow):
     def sample_item(self, item: SamplingItem, first: int, count: int) -> torch.Tensor:
         return self.generate(first, count)
 
-    def write_item(self, item: SamplingItem, index: int, sample: torch.Tensor) -> dict[str, Any]:
+    def write_item(self, item: SamplingItem, index: int, sample: torch.Tensor) -> None:
         """One int16 HU volume with the training grid's voxel size (stored with the weights)."""
         affine = phantom_affine(sample.shape[1:], [float(p) for p in self.stats.pixdim])
-        path = atomic_write_nifti(sample, affine, self.image_path(index), dtype="int16")
-        return {"case_id": self.case_id(index), "image": str(path)}
+        atomic_write_nifti(sample, affine, self.image_path(index), dtype="int16", overwrite=self.overwrite)
+
+    def entry_of(self, item: SamplingItem, index: int) -> dict[str, Any]:
+        return {"case_id": self.case_id(index), "image": str(self.image_path(index))}
+
+    def read_sample(self, item: SamplingItem, index: int) -> torch.Tensor:
+        """A written volume, (1, *spatial) in HU."""
+        return read_nifti(self.image_path(index))[None]
 
     def preview_of(self, item: SamplingItem, index: int, sample: torch.Tensor) -> tuple[str, torch.Tensor]:
         return self.case_id(index), sample
 
     def write_preview(self, previews: list[tuple[str, torch.Tensor]]) -> None:
-        save_preview_png(self.preview_path(), previews, value_range=self.hu_window)
+        save_preview_png(self.preview_path(), previews, value_range=self.hu_window, overwrite=True)
 
     def datalist_fields(self) -> dict[str, Any]:
         return {"name": "synthetic", "description": "samples of the latent_ct bundle (CT in HU)"}

@@ -12,7 +12,7 @@ Noise seeding (the paper's "seeded" configuration): sample ``i`` starts from rea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from common.io import (
     enlargement_factor,
     montage,
     overlay_outline,
+    read_nifti,
     window_uint8,
     write_png,
 )
@@ -83,7 +84,7 @@ class PairedSampling(SamplingWorkflow):
         refine_rounds: agreement refinement rounds after sampling (see ``PairedDiffusionInferer.sample``); 0 is off.
         refine_fraction: the fraction of the schedule each refinement round goes back to.
         modalities: network keys, in condition order. Default ("ct", "pet", "mask").
-        num_inference_steps, output_dir, seed, device, preview_samples, verbose: as for
+        num_inference_steps, output_dir, seed, device, preview_samples, verbose, overwrite, run_fields: as for
             :class:`common.workflows.base.SamplingWorkflow`.
     """
 
@@ -111,10 +112,13 @@ class PairedSampling(SamplingWorkflow):
         verbose: bool = True,
         refine_rounds: int = 0,
         refine_fraction: float = 0.1,
+        overwrite: bool = False,
+        run_fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
         )
+        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
         if seed_fraction is not None and not reference_data:
             raise ValueError(
                 "config key 'seed_fraction': noise seeding needs real reference triples ('reference_data'), got none"
@@ -155,8 +159,20 @@ class PairedSampling(SamplingWorkflow):
             "mask": self.output_dir / "labelsTr" / f"{case}.nii.gz",
         }
 
-    def sample_files(self) -> Iterable[Path]:
-        return [p for i in range(self.num_samples) for p in self.paths(i).values()]
+    def sample_paths(self, item: SamplingItem, index: int) -> list[Path]:
+        return list(self.paths(index).values())
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The grid, the intensity windows, noise seeding (with its reference count) and refinement."""
+        return {
+            "spatial_size": self.spatial_size,
+            "affine": self.affine.tolist(),
+            "windows": self.windows,
+            "seed_fraction": self.seed_fraction,
+            "num_references": len(self.reference_data) if self.seed_fraction is not None else 0,
+            "refine_rounds": self.refine_rounds,
+            "refine_fraction": self.refine_fraction,
+        }
 
     def modules(self) -> Sequence[nn.Module]:
         return (self.network,)
@@ -181,14 +197,13 @@ class PairedSampling(SamplingWorkflow):
 
     def generate(self, first: int, count: int) -> tuple[dict[str, torch.Tensor], list[str | None]]:
         """``count`` triples starting at sample index ``first`` (unit range), and the reference of each."""
-        generator = self.generator(first)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         reference, names = self.references(first, count)
         samples = self.inferer.sample(
             (count, 1, *self.spatial_size),
             self.network,
             self.scheduler,
-            generator=generator,
+            generator=self.sample_generators(SamplingItem(), first, count),
             reference=reference,
             seed_fraction=self.seed_fraction,
             device=self.device,
@@ -214,23 +229,27 @@ class PairedSampling(SamplingWorkflow):
         values = self.to_output_units(samples)
         return [({m: values[m][k] for m in self.modalities}, names[k]) for k in range(count)]
 
-    def write(self, index: int, sample: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    def write_item(self, item: SamplingItem, index: int, sample: tuple[dict[str, torch.Tensor], str | None]) -> None:
         """Write one triple ((1, H, W) tensors in output units) as (H, W, 1) volumes sharing ``self.affine``."""
         paths = self.paths(index)
         for m in self.modalities:
             dtype = "uint8" if m == "mask" else "float32"
-            atomic_write_nifti(sample[m][..., None], self.affine, paths[m], dtype=dtype)
-        return {key: str(path) for key, path in paths.items()}
+            atomic_write_nifti(sample[0][m][..., None], self.affine, paths[m], dtype=dtype, overwrite=self.overwrite)
 
-    def write_item(
-        self, item: SamplingItem, index: int, sample: tuple[dict[str, torch.Tensor], str | None]
-    ) -> dict[str, Any]:
-        triple, seeded_from = sample
-        paths = self.write(index, triple)
+    def entry_of(self, item: SamplingItem, index: int) -> dict[str, Any]:
+        """CT and PET images, the mask label, and (noise seeding) the real slice that seeded the triple."""
+        paths = {key: str(path) for key, path in self.paths(index).items()}
         entry = {"case_id": self.sample_id(index), "image": [paths["ct"], paths["pet"]], "label": paths["mask"]}
+        seeded_from = self.references(index, 1)[1][0]
         if seeded_from is not None:
             entry["seeded_from"] = seeded_from
         return entry
+
+    def read_sample(self, item: SamplingItem, index: int) -> tuple[dict[str, torch.Tensor], None]:
+        """A written triple as (1, H, W) tensors in output units (the mask as uint8)."""
+        triple = {m: read_nifti(path)[..., 0][None] for m, path in self.paths(index).items()}
+        triple["mask"] = triple["mask"].to(torch.uint8)
+        return triple, None
 
     def preview_of(
         self, item: SamplingItem, index: int, sample: tuple[dict[str, torch.Tensor], str | None]
@@ -252,7 +271,8 @@ class PairedSampling(SamplingWorkflow):
         return [*outlined, np.repeat(mask_cell[..., None], 3, axis=2)]
 
     def write_preview(self, previews: list[list[np.ndarray]]) -> None:
-        write_png(self.preview_path(), montage(previews), text={"Description": "columns: CT, PET, mask"})
+        text = {"Description": "columns: CT, PET, mask"}
+        write_png(self.preview_path(), montage(previews), text=text, overwrite=True)
 
     def datalist_fields(self) -> dict[str, Any]:
         return {

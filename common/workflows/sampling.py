@@ -10,16 +10,18 @@ if one of its outputs exists.
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.networks.schedulers import Scheduler
 
+from common.checkpoint import file_hash
 from common.data.layouts import NIFTI_SUFFIXES, case_id_from_path, case_paths
 from common.inferers.conditional import ConditionalDiffusionInferer
-from common.io import atomic_write_nifti, save_preview_png
+from common.inferers.per_sample import per_sample_noise
+from common.io import atomic_write_nifti, read_nifti, save_preview_png
 from common.workflows.base import SamplingItem, SamplingWorkflow
 
 __all__ = ["list_masks", "MaskConditionedSampling"]
@@ -69,7 +71,7 @@ class MaskConditionedSampling(SamplingWorkflow):
         output_label_map: label values changed in the written label maps, a mapping or ``[[from, to], ...]`` pairs
             (BraTS ``[[3, 4], [4, 0]]`` goes back to the BraTS convention); unlisted values are kept.
         outline_labels: labels outlined in the PNG preview (e.g. the tumour).
-        num_inference_steps, output_dir, seed, device, preview_samples, verbose: as for
+        num_inference_steps, output_dir, seed, device, preview_samples, verbose, overwrite, run_fields: as for
             :class:`common.workflows.base.SamplingWorkflow`.
     """
 
@@ -94,10 +96,13 @@ class MaskConditionedSampling(SamplingWorkflow):
         outline_labels: Sequence[int] = (),
         preview_samples: int = 4,
         verbose: bool = True,
+        overwrite: bool = False,
+        run_fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
         )
+        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
         self.network = network
         self.inferer = inferer
         self.masks = masks
@@ -110,44 +115,54 @@ class MaskConditionedSampling(SamplingWorkflow):
     def sample_id(self, mask_id: str, index: int) -> str:
         return f"{mask_id}_sample{index:03d}"
 
-    def sample_files(self) -> Iterable[Path]:
-        for mask in self.masks:
-            for k in range(self.num_samples):
-                images, label = case_paths(
-                    self.output_dir, self.sample_id(mask["case_id"], k), self.modalities, self.layout
-                )
-                yield from (*images, label)
+    def sample_paths(self, item: SamplingItem, index: int) -> list[Path]:
+        images, label = case_paths(
+            self.output_dir, self.sample_id(item.data["case_id"], index), self.modalities, self.layout
+        )
+        return [*images, label]
 
     def modules(self) -> Sequence[torch.nn.Module]:
         return (self.network,)
 
-    def items(self) -> Iterator[SamplingItem]:
-        """One item per mask, preprocessed when its turn comes; its position goes into the batch seeds."""
-        for mask_index, mask in enumerate(self.masks):
-            data = self.preprocessing(dict(mask))
-            label = data["label"]
-            prepared = {
-                "case_id": mask["case_id"],
-                "condition": torch.as_tensor(data["condition"]),
-                "affine": label.affine if hasattr(label, "affine") else None,
-                "label": self.relabel(torch.as_tensor(label)).to(torch.uint8),
-                "outline": torch.isin(torch.as_tensor(label)[0], torch.tensor(self.outline_labels)),
-            }
-            yield SamplingItem(name=f"mask '{mask['case_id']}'", seed_key=(mask_index,), data=prepared)
+    def items(self) -> list[SamplingItem]:
+        """One item per mask (its entry; preprocessed by :meth:`prepare`); its case id goes into the sample seeds."""
+        return [SamplingItem(name=f"mask '{m['case_id']}'", seed_key=(m["case_id"],), data=m) for m in self.masks]
 
-    def generate(self, condition: torch.Tensor, count: int, generator_seed: int) -> torch.Tensor:
-        """``count`` samples (count, C, *spatial) for one (C_c, *spatial) condition."""
-        generator = torch.Generator(device=self.device).manual_seed(generator_seed)
+    def prepare(self, item: SamplingItem) -> SamplingItem:
+        """The mask preprocessed onto the model grid: condition, affine, relabelled label map and preview outline."""
+        mask = item.data
+        data = self.preprocessing(dict(mask))
+        label = data["label"]
+        prepared = {
+            "case_id": mask["case_id"],
+            "condition": torch.as_tensor(data["condition"]),
+            "affine": label.affine if hasattr(label, "affine") else None,
+            "label": self.relabel(torch.as_tensor(label)).to(torch.uint8),
+            "outline": torch.isin(torch.as_tensor(label)[0], torch.tensor(self.outline_labels)),
+        }
+        return SamplingItem(name=item.name, seed_key=item.seed_key, data=prepared)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The masks (case id -> sha256 of the file), the modalities and how the files are laid out."""
+        return {
+            "masks": {m["case_id"]: file_hash(m["label"]) for m in self.masks},
+            "modalities": self.modalities,
+            "layout": self.layout,
+            "output_label_map": sorted(self.output_label_map.items()),
+        }
+
+    def generate(self, condition: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One sample (B, C, *spatial) per generator for one (C_c, *spatial) condition."""
+        count = len(generators)
         cond = condition[None].to(self.device).expand(count, *condition.shape).contiguous()
-        shape = (count, len(self.modalities), *condition.shape[1:])
-        noise = torch.randn(shape, generator=generator, device=self.device)
+        noise = per_sample_noise((count, len(self.modalities), *condition.shape[1:]), generators, self.device)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         return self.inferer.sample(
-            noise, self.network, self.scheduler, conditioning=cond, generator=generator, verbose=self.verbose
+            noise, self.network, self.scheduler, conditioning=cond, generator=generators, verbose=self.verbose
         )
 
     def sample_item(self, item: SamplingItem, first: int, count: int) -> Sequence[torch.Tensor]:
-        return self.generate(item.data["condition"], count, self.batch_seed(*item.seed_key, first)).cpu()
+        return self.generate(item.data["condition"], self.sample_generators(item, first, count)).cpu()
 
     def relabel(self, label: torch.Tensor) -> torch.Tensor:
         out = label.clone()
@@ -155,14 +170,23 @@ class MaskConditionedSampling(SamplingWorkflow):
             out[label == source] = target
         return out
 
-    def write_item(self, item: SamplingItem, index: int, sample: torch.Tensor) -> dict[str, Any]:
+    def write_item(self, item: SamplingItem, index: int, sample: torch.Tensor) -> None:
         """One image file per modality and the (relabelled) mask, all with the mask's affine."""
-        case_id = self.sample_id(item.data["case_id"], index)
-        images, label_path = case_paths(self.output_dir, case_id, self.modalities, self.layout)
+        *images, label_path = self.sample_paths(item, index)
         for channel, path in enumerate(images):
-            atomic_write_nifti(sample[channel : channel + 1], item.data["affine"], path, dtype="float32")
-        atomic_write_nifti(item.data["label"], item.data["affine"], label_path, dtype="uint8")
+            atomic_write_nifti(
+                sample[channel : channel + 1], item.data["affine"], path, dtype="float32", overwrite=self.overwrite
+            )
+        atomic_write_nifti(item.data["label"], item.data["affine"], label_path, dtype="uint8", overwrite=self.overwrite)
+
+    def entry_of(self, item: SamplingItem, index: int) -> dict[str, Any]:
+        *images, label_path = self.sample_paths(item, index)
+        case_id = self.sample_id(item.data["case_id"], index)
         return {"case_id": case_id, "image": [str(p) for p in images], "label": str(label_path)}
+
+    def read_sample(self, item: SamplingItem, index: int) -> torch.Tensor:
+        """(C, *spatial) float32 images of one written sample."""
+        return torch.stack([read_nifti(p) for p in self.sample_paths(item, index)[:-1]])
 
     def preview_of(self, item: SamplingItem, index: int, sample: torch.Tensor) -> list[tuple[str, torch.Tensor, Any]]:
         """A montage row per modality, the outline labels drawn over it."""
@@ -179,6 +203,7 @@ class MaskConditionedSampling(SamplingWorkflow):
             [(title, image) for title, image, _ in rows],
             masks=[outline for _, _, outline in rows],
             value_range=(-1.0, 1.0),
+            overwrite=True,
         )
 
     def datalist_fields(self) -> dict[str, Any]:

@@ -70,6 +70,24 @@ def run_torchrun(bundle: str, names: tuple[str, ...], args: list[str], port: int
     )
 
 
+def cli_args(settings: dict[str, Any]) -> list[str]:
+    """``--key value`` pairs for ``monai.bundle run`` (values without spaces, as the command line needs them)."""
+    return [part for key, value in settings.items() for part in (f"--{key}", str(value).replace(" ", ""))]
+
+
+def assert_same_samples(one: Path, two: Path, count: int, atol: float = 0.0) -> None:
+    """``one`` and ``two`` hold the same ``count`` NIfTI files (relative paths) with the same arrays (within
+    ``atol``; 0: bit for bit)."""
+    import nibabel as nib
+    import numpy as np
+
+    first, second = (sorted(p.relative_to(folder) for p in folder.rglob("*.nii.gz")) for folder in (one, two))
+    assert len(first) == count and first == second, f"{first} != {second}"
+    for name in first:
+        a, b = nib.load(one / name).get_fdata(), nib.load(two / name).get_fdata()
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=str(name))
+
+
 # A stand-in for ``python -m monai.bundle ...`` run as if only the release's listed packages were installed: ``-c``
 # puts the current directory first on sys.path exactly as ``-m`` does; a finder placed before all others makes every
 # module of an unlisted distribution (and any ``common`` not inside the release folder) fail to import, as a missing

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import (
+    assert_same_samples,
     check_release_samples,
+    cli_args,
     config_files,
     error_chain,
     load_plain_weights,
@@ -166,9 +168,27 @@ def test_same_seed_same_samples_never_overwrite_and_tiled_decoding_agrees(traine
     a, b, c = (np.asarray(nib.load(w[0]["image"]).dataobj, dtype=np.float32) for w in (first, again, tiled))
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() <= 1  # tiled decoding: the same volume (int16 HU rounding)
-    with pytest.raises(Exception) as error:
-        infer(root, tmp_path / "a", **fast)
-    assert "never overwritten" in error_chain(error.value)
+    assert infer(root, tmp_path / "a", **fast) == first  # the same run again resumes: nothing left to do
+    with pytest.raises(RuntimeError) as error:
+        infer(root, tmp_path / "a", **{**fast, "tiled_decode": True})
+    assert "field 'tiled_decode' differs (this run: True, found: False)" in error_chain(error.value)
+
+
+@pytest.mark.slow
+def test_torchrun_sampling_matches_one_process(trained, tmp_path: Path) -> None:
+    """multi_gpu_inference.yaml (gloo, 2 processes, 3 volumes: one rank gets two) writes the volumes of one process."""
+    root, _, _ = trained
+    fast = {"sampler": "ddim", "num_inference_steps": 3, "num_samples": 3}
+    infer(root, tmp_path / "one", **fast)
+    args = ["--bundle_root", str(root), "--output_dir", str(tmp_path / "two"), *cli_args({**MODEL, **UNET, **fast})]
+    result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29567)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_samples(tmp_path / "one", tmp_path / "two", count=3)
+    args[args.index("--num_samples") + 1], args[args.index("--output_dir") + 1] = "1", str(tmp_path / "idle")
+    idle = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29569)  # rank 1 has nothing to do
+    assert idle.returncode == 0, idle.stderr[-3000:]
+    assert "rank 1/2: 0 of 1 pending batch(es)" in idle.stdout + idle.stderr
+    assert json.loads((tmp_path / "idle" / "dataset.json").read_text())["numTraining"] == 1
 
 
 def test_evaluation_writes_the_report_and_the_tsne_map(trained, tmp_path: Path) -> None:

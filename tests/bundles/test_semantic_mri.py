@@ -16,17 +16,21 @@ import pytest
 import torch
 from bundle_helpers import (
     REPO_ROOT,
+    assert_same_samples,
     check_release_samples,
+    cli_args,
     config_files,
     error_chain,
     load_plain_weights,
     make_workflow,
     release_and_unpack,
     run_released,
+    run_torchrun,
     run_workflow,
 )
 from ignite.engine import Events
 
+from common.checkpoint import file_hash
 from common.io import atomic_write_nifti
 
 BUNDLE = "semantic_mri"
@@ -106,14 +110,67 @@ def test_same_seed_same_samples(trained: Path, tmp_path: Path) -> None:
     assert not np.allclose(image["a"], image["c"])
 
 
-def test_inference_never_overwrites(trained: Path, tmp_path: Path) -> None:
+def test_inference_never_overwrites_another_configuration(trained: Path, tmp_path: Path) -> None:
     masks = phantom_masks(trained, 1)
     first = infer(trained, tmp_path, masks)
     before = Path(first[0]["image"][0]).read_bytes()
+    assert infer(trained, tmp_path, masks) == first  # the same run again resumes: nothing left to do
     with pytest.raises(RuntimeError) as error:
-        infer(trained, tmp_path, masks)
-    assert isinstance(error.value.__cause__, FileExistsError) and "never overwritten" in str(error.value.__cause__)
+        infer(trained, tmp_path, masks, sampler="ddim", num_inference_steps=4)
+    cause = error.value.__cause__
+    assert isinstance(cause, FileExistsError) and "field 'num_inference_steps' differs" in str(cause)
+    assert "never overwritten" in str(cause)
     assert Path(first[0]["image"][0]).read_bytes() == before
+    manifest = json.loads((tmp_path / "run_manifest.json").read_text())
+    metadata = json.loads((REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json").read_text())
+    assert (manifest["bundle"], manifest["version"]) == (metadata["name"], metadata["version"])
+    assert manifest["sampler"] == "ddpm"
+    assert manifest["checkpoints"]["ckpt_path"]["sha256"] == file_hash(trained / "models" / "model.pt")
+    assert list(manifest["masks"]) == [Path(masks[0]).name.split(".")[0]]
+    infer(trained, tmp_path, masks, sampler="ddim", num_inference_steps=4, overwrite=True)
+    assert Path(first[0]["image"][0]).read_bytes() != before
+
+
+def test_torchrun_sampling_matches_one_process_and_resumes(trained: Path, tmp_path: Path) -> None:
+    """multi_gpu_inference.yaml on 2 CPU processes (gloo): the same arrays as one process, file for file; a run that
+    fails after its first samples resumes to the same files."""
+    masks = phantom_masks(trained, 2)
+    fast = {"sampler": "ddim", "num_inference_steps": 3, "num_samples": 3}
+    single = infer(trained, tmp_path / "one", masks, **fast)
+    args = ["--bundle_root", str(trained), "--output_dir", str(tmp_path / "two")]
+    args += cli_args({"masks": masks, **SHARED, **fast})
+    result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29561)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "rank 1/2: 3 of 6 pending batch(es)" in log and "overall: " in log
+    assert_same_samples(tmp_path / "one", tmp_path / "two", count=12)
+    listed = json.loads((tmp_path / "two" / "dataset.json").read_text())["training"]
+    assert [e["case_id"] for e in listed] == [e["case_id"] for e in single]
+
+    workflow = make_workflow(
+        BUNDLE, ("inference",), None, **SHARED, **fast, bundle_root=str(trained), output_dir=str(tmp_path / "cut"),
+        masks=masks,
+    )  # fmt: skip
+    sampling = workflow.parser.get_parsed_content("sampling")
+    original, calls = sampling.sample_item, []
+
+    def fail_after_two(*args):
+        if len(calls) == 2:
+            raise RuntimeError("simulated kill")
+        calls.append(args)
+        return original(*args)
+
+    sampling.sample_item = fail_after_two
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        sampling.run()
+    assert len(list((tmp_path / "cut").rglob("*.nii.gz"))) == 4 and not (tmp_path / "cut" / "dataset.json").exists()
+    args[args.index("--output_dir") + 1] = str(tmp_path / "cut")
+    resumed = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, port=29563)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "resuming: 2 sample(s) of" in log and "rank 1/2: 2 of 4 pending batch(es)" in log
+    assert_same_samples(tmp_path / "one", tmp_path / "cut", count=12)
+    assert json.loads((tmp_path / "cut" / "dataset.json").read_text())["numTraining"] == 6
 
 
 @pytest.mark.parametrize("sampler", ["dpm_solver", "ddim", "respaced_ddpm"])

@@ -1,4 +1,4 @@
-"""Benchmarks of the bundles: ``python -m tools.bench <bundle>`` prints a markdown table and writes it with its JSON."""
+"""Benchmarks: ``python -m tools.bench <bundle or sharded_sampling>`` prints a markdown table, writes it and a JSON."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tools.bench.harness import RESULTS_DIR
 from tools.bench.latent_ct import bench_latent_ct
 from tools.bench.paired_petct import bench_paired_petct
 from tools.bench.semantic_mri import bench_semantic_mri
+from tools.bench.sharded_sampling import bench_sharded_sampling
 
 __all__ = ["BENCHMARKS", "main"]
 
@@ -22,6 +23,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri": bench_semantic_mri,
     "paired_petct": bench_paired_petct,
     "latent_ct": bench_latent_ct,
+    "sharded_sampling": bench_sharded_sampling,
 }
 
 

@@ -14,7 +14,7 @@ from monai.bundle import ConfigWorkflow
 __all__ = ["mean_standard_error"]
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # tools/bench/harness.py -> the repository root
 
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"

@@ -235,7 +235,13 @@ def test_sampling_writes_datalist_and_preview(seed0_run: tuple[Path, list[dict]]
     assert find_cases(out, ["t1c"], layout="datalist") == written
     assert find_cases(out, ["t1c"], layout="images_labels") == written
     assert (out / "preview_seed0.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "imagesTr", "labelsTr", "preview_seed0.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset.json",
+        "imagesTr",
+        "labelsTr",
+        "preview_seed0.png",
+        "run_manifest.json",
+    ]
 
 
 def test_sampling_samples_differ_within_a_batch(seed0_run: tuple[Path, list[dict]]) -> None:
