@@ -79,23 +79,13 @@ class LatentSampling(SamplingWorkflow):
         latent_shape: Sequence[int],
         output_dir: str,
         hu_window: Sequence[float] = (-1000.0, 1000.0),
-        num_samples: int = 1,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        batch_size: int = 1,
         tiled_decode: bool = False,
         decode_roi_size: Sequence[int] | int = 16,
         decode_overlap: float | None = None,
         decode_group_norm: str = "whole",
-        preview_samples: int = 4,
-        verbose: bool = True,
-        overwrite: bool = False,
-        run_fields: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
-        )
-        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
+        super().__init__(scheduler, num_inference_steps, output_dir, **options)
         if len(latent_shape) < 3:
             raise ValueError(f"latent_shape must be (C, *spatial), got {tuple(latent_shape)}")
         from_unit_range_hu(torch.zeros(1), hu_window)  # validates the window

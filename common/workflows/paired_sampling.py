@@ -84,7 +84,8 @@ class PairedSampling(SamplingWorkflow):
         refine_rounds: agreement refinement rounds after sampling (see ``PairedDiffusionInferer.sample``); 0 is off.
         refine_fraction: the fraction of the schedule each refinement round goes back to.
         modalities: network keys, in condition order. Default ("ct", "pet", "mask").
-        num_inference_steps, output_dir, seed, device, preview_samples, verbose, overwrite, run_fields: as for
+        num_inference_steps, output_dir and the keyword options (seed, device, preview_samples, verbose, overwrite,
+            run_fields, ...): as for
             :class:`common.workflows.base.SamplingWorkflow`.
     """
 
@@ -101,24 +102,15 @@ class PairedSampling(SamplingWorkflow):
         pixdim: Sequence[float] = (2.0, 2.0, 2.0),
         ct_window: Sequence[float] = (-1000.0, 1000.0),
         pet_window: Sequence[float] = (0.0, 10.0),
-        num_samples: int = 1,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        batch_size: int = 1,
         reference_data: Sequence[Mapping[str, Any]] | None = None,
         seed_fraction: float | None = None,
         modalities: Sequence[str] = ("ct", "pet", "mask"),
-        preview_samples: int = 8,
-        verbose: bool = True,
         refine_rounds: int = 0,
         refine_fraction: float = 0.1,
-        overwrite: bool = False,
-        run_fields: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
-        )
-        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
+        options.setdefault("preview_samples", 8)
+        super().__init__(scheduler, num_inference_steps, output_dir, **options)
         if seed_fraction is not None and not reference_data:
             raise ValueError(
                 "config key 'seed_fraction': noise seeding needs real reference triples ('reference_data'), got none"

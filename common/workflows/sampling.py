@@ -71,7 +71,8 @@ class MaskConditionedSampling(SamplingWorkflow):
         output_label_map: label values changed in the written label maps, a mapping or ``[[from, to], ...]`` pairs
             (BraTS ``[[3, 4], [4, 0]]`` goes back to the BraTS convention); unlisted values are kept.
         outline_labels: labels outlined in the PNG preview (e.g. the tumour).
-        num_inference_steps, output_dir, seed, device, preview_samples, verbose, overwrite, run_fields: as for
+        num_inference_steps, output_dir and the keyword options (seed, device, preview_samples, verbose, overwrite,
+            run_fields, ...): as for
             :class:`common.workflows.base.SamplingWorkflow`.
     """
 
@@ -87,22 +88,12 @@ class MaskConditionedSampling(SamplingWorkflow):
         preprocessing: Callable[[dict], dict],
         output_dir: str,
         modalities: Sequence[str],
-        num_samples: int = 1,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        batch_size: int = 1,
         layout: str = "images_labels",
         output_label_map: Mapping[int, int] | Sequence[Sequence[int]] | None = None,
         outline_labels: Sequence[int] = (),
-        preview_samples: int = 4,
-        verbose: bool = True,
-        overwrite: bool = False,
-        run_fields: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            scheduler, num_inference_steps, output_dir, num_samples, seed, device, batch_size, preview_samples, verbose
-        )
-        self.overwrite, self.run_fields = bool(overwrite), dict(run_fields or {})
+        super().__init__(scheduler, num_inference_steps, output_dir, **options)
         self.network = network
         self.inferer = inferer
         self.masks = masks
