@@ -19,6 +19,7 @@ from monai.networks.schedulers import Scheduler
 
 from common.checkpoint import file_hash
 from common.data.layouts import NIFTI_SUFFIXES, case_id_from_path, case_paths
+from common.data.prepare import ensure_phantom_dataset
 from common.inferers.conditional import ConditionalDiffusionInferer
 from common.inferers.per_sample import per_sample_noise
 from common.io import atomic_write_nifti, read_nifti, save_preview_png
@@ -27,13 +28,22 @@ from common.workflows.base import SamplingItem, SamplingWorkflow
 __all__ = ["list_masks", "MaskConditionedSampling"]
 
 
-def list_masks(masks: str | Sequence[str], config_key: str = "masks") -> list[dict[str, str]]:
+def list_masks(
+    masks: str | Sequence[str], config_key: str = "masks", phantom: Mapping[str, Any] | None = None
+) -> list[dict[str, str]]:
     """Resolve a folder, a glob pattern or a list of files into ``[{"case_id", "label"}]`` sorted by case id.
+
+    ``phantom``: the bundle's phantom settings (``{"dir", "kind", ...}``, as training has them). When ``masks`` is the
+    ``labelsTr`` folder of ``phantom["dir"]`` and that dataset is missing or empty (e.g. an unpacked release), the
+    phantom dataset training would write is written first (:func:`common.data.ensure_phantom_dataset`).
 
     Raises:
         FileNotFoundError: a named folder or file does not exist.
         ValueError: nothing matched.
     """
+    is_default = phantom is not None and isinstance(masks, (str, Path))
+    if is_default and Path(masks) == Path(str(phantom["dir"])) / "labelsTr":
+        ensure_phantom_dataset(phantom["dir"], dict(phantom))
     if isinstance(masks, (str, Path)):
         path = Path(masks)
         if path.is_dir():

@@ -297,3 +297,19 @@ def test_sampling_brats_layout_with_two_modalities(mask_dir: Path, tmp_path: Pat
         np.testing.assert_allclose(nib.load(path).affine, MASK_AFFINES["m0"])
     assert find_cases(tmp_path, modalities, layout="brats") == written
     assert find_cases(tmp_path, modalities, layout="datalist") == written
+
+
+def test_list_masks_writes_the_default_phantom_masks_only(tmp_path: Path) -> None:
+    phantom = {
+        "dir": str(tmp_path / "phantoms"),
+        "kind": "whole_head_mri",
+        "n": 1,
+        "shape": [16, 16, 16],
+        "spacing": [12.0, 12.0, 12.0],
+        "seed": 0,
+    }
+    with pytest.raises(FileNotFoundError, match="masks"):  # the user's own folder: never filled with phantoms
+        list_masks(str(tmp_path / "mine"), phantom=phantom)
+    assert not (tmp_path / "phantoms").exists()
+    masks = list_masks(str(tmp_path / "phantoms" / "labelsTr"), phantom=phantom)
+    assert len(masks) == 1 and Path(masks[0]["label"]).is_file()
