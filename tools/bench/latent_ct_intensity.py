@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from tools.bench.harness import bundle_workflow, config_files, markdown_table
+from tools.bench.latent_ct import train_stage
 
 __all__ = ["bench_latent_ct_intensity"]
 
@@ -45,24 +46,6 @@ ARM_LABELS = {"unit": "[-1, 1] (base configs)", "hu": "HU (hu_scale.yaml, the th
 
 def _names(stage: tuple[str, ...], arm: str) -> list[str]:
     return config_files(BUNDLE, *stage, "demo", *ARMS[arm])
-
-
-def _settings(arm_root: Path, seed: int) -> dict[str, Any]:
-    return {"bundle_root": str(arm_root), "seed": seed}
-
-
-def _train(arm_root: Path, stage: tuple[str, ...], arm: str, epochs: int, seed: int) -> dict[str, Any]:
-    workflow = bundle_workflow(
-        _names(stage, arm), "train", **_settings(arm_root, seed), max_epochs=epochs, save_interval=0
-    )
-    start = time.perf_counter()
-    workflow.run()
-    trainer = workflow.parser.get_parsed_content("train#trainer")
-    return {
-        "epochs": trainer.state.epoch,
-        "iterations": trainer.state.iteration,
-        "seconds": time.perf_counter() - start,
-    }
 
 
 def _sample(arm_root: Path, arm: str, seed: int, num_samples: int, sampler: str, steps: int) -> dict[str, Any]:
@@ -129,9 +112,14 @@ def _run_arm(work: Path, arm: str, settings: dict[str, Any]) -> dict[str, Any]:
         if done["settings"] == settings:
             return done
     seed = settings["seed"]
-    training = {"autoencoder": _train(arm_root, ("train_autoencoder",), arm, settings["autoencoder_epochs"], seed)}
-    training["diffusion"] = _train(
-        arm_root, ("train_autoencoder", "train_diffusion"), arm, settings["diffusion_epochs"], seed
+    overlays = ("demo", *ARMS[arm])
+    training = {
+        "autoencoder": train_stage(
+            arm_root, ("train_autoencoder", *overlays), settings["autoencoder_epochs"], seed=seed
+        )
+    }
+    training["diffusion"] = train_stage(
+        arm_root, ("train_autoencoder", "train_diffusion", *overlays), settings["diffusion_epochs"], seed=seed
     )
     sampling = _sample(arm_root, arm, seed, settings["num_samples"], settings["sampler"], settings["steps"])
     evaluation = _evaluation(arm_root, arm, sampling["sample_dir"], seed, settings["fid_pool"])
