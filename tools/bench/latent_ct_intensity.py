@@ -61,7 +61,7 @@ def _sample(arm_root: Path, arm: str, seed: int, num_samples: int, sampler: str,
     )
     start = time.perf_counter()
     workflow.run()
-    return {"seconds": time.perf_counter() - start, "sample_dir": str(arm_root / "samples")}
+    return {"seconds": time.perf_counter() - start}
 
 
 def _evaluation(encoder_root: Path, encoder_arm: str, sample_dir: str, seed: int, fid_pool: int) -> Any:
@@ -122,8 +122,9 @@ def _run_arm(work: Path, arm: str, settings: dict[str, Any]) -> dict[str, Any]:
         arm_root, ("train_autoencoder", "train_diffusion", *overlays), settings["diffusion_epochs"], seed=seed
     )
     sampling = _sample(arm_root, arm, seed, settings["num_samples"], settings["sampler"], settings["steps"])
-    evaluation = _evaluation(arm_root, arm, sampling["sample_dir"], seed, settings["fid_pool"])
+    evaluation = _evaluation(arm_root, arm, str(arm_root / "samples"), seed, settings["fid_pool"])
     report = evaluation.evaluate()
+    report["samples"].pop("tsne_png")  # a path in the work folder
     result = {
         "arm": arm,
         "settings": settings,
@@ -144,8 +145,10 @@ def _cross_fid(work: Path, results: dict[str, dict[str, Any]], seed: int, fid_po
     table: dict[str, dict[str, float]] = {}
     for encoder_arm in results:
         table[encoder_arm] = {}
-        for sample_arm, result in results.items():
-            evaluation = _evaluation(work / encoder_arm, encoder_arm, result["sampling"]["sample_dir"], seed, fid_pool)
+        for sample_arm in results:
+            evaluation = _evaluation(
+                work / encoder_arm, encoder_arm, str(work / sample_arm / "samples"), seed, fid_pool
+            )
             real = evaluation.encode(evaluation.stack(evaluation.real))
             fake = evaluation.encode(evaluation.stack(evaluation.samples))
             table[encoder_arm][sample_arm] = evaluation.latent_fid(real, fake)
