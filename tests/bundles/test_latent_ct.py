@@ -396,7 +396,7 @@ def test_base_configs_hold_the_thesis_values() -> None:
         assert config.get_parsed_content("intensity_range") == [-1.0, 1.0]
 
 
-def test_hu_scale_overlay_trains_and_samples_in_hu() -> None:
+def test_hu_scale_overlay_sets_the_hu_scale_everywhere() -> None:
     """hu_scale.yaml: the HU window is only clipped (the thesis' scale), loss weights unchanged, outputs in HU."""
     base = parsed("train_autoencoder", perceptual_network_name="random")
     hu = parsed("train_autoencoder", "hu_scale", perceptual_network_name="random")
