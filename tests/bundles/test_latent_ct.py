@@ -426,3 +426,39 @@ def test_missing_perceptual_weights_are_an_error_naming_the_key_and_the_entry(tm
         chain = error_chain(error.value)
         assert "FileNotFoundError: config key 'perceptual_weights'" in chain
         assert "large_files.yml entry 'models/vgg16-397923af.pth'" in chain and "download_large_files" in chain
+
+
+def test_hu_scale_overlay_end_to_end(tmp_path: Path) -> None:
+    """Both stages, sampling and evaluation with hu_scale.yaml (one epoch each): HU in, HU out."""
+    hu = ("hu_scale",)
+    train(tmp_path, AUTOENCODER + hu, max_epochs=1, save_interval=0)
+    train(tmp_path, DIFFUSION + hu, max_epochs=1, save_interval=0)
+    written = run_workflow(
+        BUNDLE,
+        ("inference", *hu),
+        None,
+        **MODEL,
+        **UNET,
+        bundle_root=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
+        num_samples=2,
+        sampler="dpm_solver",
+        num_inference_steps=3,
+    )[0]
+    manifest = json.loads((tmp_path / "out" / "run_manifest.json").read_text())
+    assert manifest["intensity_range"] == [-1000.0, 1000.0]
+    values = np.asarray(nib.load(written[0]["image"]).dataobj)
+    assert values.min() >= -1000 and values.max() <= 1000 and values.std() > 0
+    results = run_workflow(
+        BUNDLE,
+        ("evaluate", *hu),
+        None,
+        **MODEL,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data" / "phantoms_thorax"),
+        sample_dir=str(tmp_path / "out"),
+        output_dir=str(tmp_path / "eval"),
+        perceptual_network_name="random",
+        fid_pool=2,
+    )[0]
+    assert results["reconstruction"]["l1_hu"] > 0 and np.isfinite(results["samples"]["fid_2d_latent"])
