@@ -12,6 +12,7 @@ import fire
 from common.io import atomic_write_text
 from tools.bench.harness import RESULTS_DIR
 from tools.bench.latent_ct import bench_latent_ct
+from tools.bench.latent_ct_intensity import bench_latent_ct_intensity
 from tools.bench.paired_petct import bench_paired_petct
 from tools.bench.semantic_mri import bench_semantic_mri
 from tools.bench.sharded_sampling import bench_sharded_sampling
@@ -23,6 +24,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri": bench_semantic_mri,
     "paired_petct": bench_paired_petct,
     "latent_ct": bench_latent_ct,
+    "latent_ct_intensity": bench_latent_ct_intensity,
     "sharded_sampling": bench_sharded_sampling,
 }
 

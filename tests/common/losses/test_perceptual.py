@@ -374,6 +374,12 @@ def test_build_small() -> None:
     assert isinstance(build_perceptual_network("small", "unused.pth"), SmallConvFeatures)
 
 
+def test_build_random_is_the_small_network_by_its_explicit_name() -> None:
+    network = build_perceptual_network("random", "unused.pth", seed=5, input_range=(-1000, 1000))
+    assert isinstance(network, SmallConvFeatures) and network.input_range == (-1000.0, 1000.0)
+    assert torch.equal(network.features[0].weight, build_perceptual_network("small", None, seed=5).features[0].weight)
+
+
 def test_build_vgg16_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"config key 'perceptual#weights'.*large_files\.yml"):
         build_perceptual_network("vgg16", tmp_path / "absent.pth")
@@ -385,7 +391,7 @@ def test_build_vgg16_missing_file(tmp_path: Path) -> None:
         (
             "resnet50",
             None,
-            r"`name` of the perceptual network must be one of \('vgg16', 'small', 'auto'\), got 'resnet50'",
+            r"`name` of the perceptual network must be one of \('vgg16', 'random', 'small', 'auto'\), got 'resnet50'",
         ),
         ("vgg16", None, r"config key 'perceptual#weights' is null: the 'vgg16' perceptual network needs"),
     ],
