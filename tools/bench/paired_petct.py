@@ -690,6 +690,13 @@ def bench_paired_petct_feedback(
             f"Feedback on - off: pairing Dice {effect['difference']:+.3f} +- {effect['difference_se']:.3f} "
             f"({effect['standard_errors']:+.1f} standard errors): {reading}."
         )
+        few = min(m["sampling"]["triples_scored"] for m in measured.values())
+        if few < 10:
+            verdict += (
+                f" Few triples scored ({few} on one side; the others have neither a mask nor a hot spot): the standard "
+                "errors are rough, and a side whose scored triples agree has a standard error of 0 that understates "
+                "its spread."
+            )
     fraction = "unseeded" if seed_fraction is None else f"seeded at {seed_fraction:g}"
     label = FAST_SAMPLERS.get(sampler, "ddpm, full ancestral")
     command = (
@@ -702,7 +709,12 @@ def bench_paired_petct_feedback(
         [
             "# paired_petct: condition feedback (`feedback.yaml`, project addition) vs the paper's network",
             f"Command: `{command}`"
-            + (" (run as `--sides off --workdir W`, then the same with both sides)" if workdir else "")
+            + (
+                " (each side measured by its own run, `--sides off` / `--sides on` with `--workdir W`, then both read "
+                "back by this command with the same `--workdir W`)"
+                if workdir
+                else ""
+            )
             + f"  \nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
             f"{torch.__version__}; networks and sizes from `configs/demo.yaml`.",
             f"Budget, the same for both sides: {settings['train_epochs']} epochs ({training['train_iterations']} "
@@ -710,7 +722,9 @@ def bench_paired_petct_feedback(
             f"seed {seed} (phantoms, split, sampling noise); EMA weights; {settings['num_samples']} triples each from "
             f"{label}, {settings['steps']} steps, {fraction}. The initial weights and batch order differ between the "
             "sides by the feedback layers' extra random draws. A short budget: the figures compare the two "
-            "networks at this budget, not fully trained models.",
+            "networks at this budget, not fully trained models. Training minutes and s / triple are wall-clock "
+            "times of separate runs on a shared machine (other jobs' load moves them); the pairing figures do not "
+            "depend on them.",
             f"Pairing Dice: generated mask vs the generated PET's hot spot (SUV > {hot_spot_suv:g}), mean +- standard "
             "error over the triples where either is non-empty (triples scored / generated). The held-out real "
             f"slices score {reference['pairing_dice_mean']:.3f} ({reference['n_slices']} slices).",
