@@ -117,10 +117,10 @@ def test_bench_rejects_bad_options_before_any_work(options: dict, message: str) 
 
 def test_feedback_effect_in_standard_errors() -> None:
     off = {"pairing_dice_mean": 0.5, "pairing_dice_se": 0.03}
-    on = {"pairing_dice_mean": 0.6, "pairing_dice_se": 0.04}
+    on = {"pairing_dice_mean": 0.65, "pairing_dice_se": 0.04}
     effect = feedback_effect(off, on)
-    assert effect["difference"] == pytest.approx(0.1) and effect["difference_se"] == pytest.approx(0.05)
-    assert effect["standard_errors"] == pytest.approx(2.0) and not effect["within_noise"]
+    assert effect["difference"] == pytest.approx(0.15) and effect["difference_se"] == pytest.approx(0.05)
+    assert effect["standard_errors"] == pytest.approx(3.0) and not effect["within_noise"]
     assert feedback_effect(off, {**on, "pairing_dice_mean": 0.45})["within_noise"]  # -1 standard error
     assert feedback_effect({**off, "pairing_dice_se": 0.0}, {**on, "pairing_dice_se": 0.0})["within_noise"]  # no spread
 
