@@ -89,15 +89,10 @@ class PerceptualNetwork(StrEnum):
         error naming the config key and the ``large_files.yml`` entry.
     random: :class:`SmallConvFeatures`, random and seeded, no file: the explicit opt-in of tests and CPU demos (not
         the paper's loss).
-    small: the same network as random (the older name, kept for configs that use it).
-    auto: vgg16 when its weights file exists, otherwise small with a logged warning (kept for configs that use it;
-        a config that asks for the paper's loss should say vgg16).
     """
 
     VGG16 = "vgg16"
     RANDOM = "random"
-    SMALL = "small"
-    AUTO = "auto"
 
 
 def _relu_indices(blocks: Sequence[Sequence[int]]) -> dict[str, int]:
@@ -356,8 +351,8 @@ def build_perceptual_network(
 
     Args:
         name: ``"vgg16"`` (ImageNet VGG-16 from the local file ``weights``), ``"random"`` (:class:`SmallConvFeatures`,
-            no file; ``"small"`` is the same) or ``"auto"`` (vgg16 if ``weights`` exists, else small with a warning).
-        weights: path of the VGG-16 weights file; required for ``"vgg16"``, unused by ``"random"`` / ``"small"``.
+            no file: the explicit opt-in of tests and CPU demos; there is no silent fallback to it).
+        weights: path of the VGG-16 weights file; required for ``"vgg16"``, unused by ``"random"``.
         layers: ReLU indices to tap; None: the extractor's default (the LPIPS taps for VGG-16, every stage for small).
         input_range: (low, high) range of the input images; default (-1, 1).
         seed: seed of the random network's weights (unused by ``"vgg16"``).
@@ -368,25 +363,14 @@ def build_perceptual_network(
         The frozen extractor in eval mode.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the choices); ``"vgg16"`` without ``weights``; ``"small"``
-            with ``weights``; and the errors of :func:`load_vgg16_features`.
+        ValueError: unknown ``name`` (the message lists the choices); ``"vgg16"`` without ``weights``; and the errors
+            of :func:`load_vgg16_features`.
         FileNotFoundError: the ``"vgg16"`` weights file does not exist.
     """
     choices = tuple(str(m) for m in PerceptualNetwork)
     if name not in choices:
         raise ValueError(f"`name` of the perceptual network must be one of {choices}, got {name!r}")
-    if name == PerceptualNetwork.AUTO:
-        if weights is not None and Path(weights).is_file():
-            name = PerceptualNetwork.VGG16
-        else:
-            logger.warning(
-                f"perceptual network 'auto': the VGG-16 weights file {str(weights)!r} (config key '{config_key}', "
-                f"large_files.yml entry '{large_files_entry}') is not there, so a small RANDOM feature extractor is "
-                "used instead of the paper's ImageNet VGG-16; get the file with `python -m monai.bundle "
-                "download_large_files --bundle_path <bundle>` or set the network to 'vgg16' to require it"
-            )
-            name, weights = PerceptualNetwork.SMALL, None
-    if name in (PerceptualNetwork.RANDOM, PerceptualNetwork.SMALL):
+    if name == PerceptualNetwork.RANDOM:
         if weights is not None:  # a config's default weights path stays set when only the name is overridden
             logger.info(f"perceptual network '{name}' is random: config key '{config_key}' ({str(weights)!r}) unused")
         return SmallConvFeatures(layers=layers, input_range=input_range, seed=seed)

@@ -50,7 +50,7 @@ TRAIN = {
     "val_interval": 1,
     "save_interval": 1,
     "perceptual_start_epoch": 2,
-    "perceptual_network_name": "small",
+    "perceptual_network_name": "random",
 }
 
 
@@ -260,7 +260,7 @@ def test_base_training_without_the_vgg_file_is_an_error_naming_the_key(tmp_path:
     chain = error_chain(error.value)
     assert "FileNotFoundError" in chain and "'perceptual_weights'" in chain and "models/vgg16-397923af.pth" in chain
     demo = _parser(("train", "demo"), bundle_root=str(tmp_path))
-    assert demo.get_parsed_content("perceptual_network_name") == "small"
+    assert demo.get_parsed_content("perceptual_network_name") == "random"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
