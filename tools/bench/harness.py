@@ -10,7 +10,6 @@ from typing import Any
 
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
-from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["mean_standard_error"]
 
@@ -76,14 +75,6 @@ def bundle_intervals(trainer: Any, epochs: int) -> list[float]:
     for handle in handles:
         handle.remove()
     return clock.intervals
-
-
-def step_flops(step: Callable[[], Any]) -> int:
-    """Floating-point operations of one call of ``step`` (e.g. a training step: forward, backward, optimiser), as
-    PyTorch's ``FlopCounterMode`` counts them (matrix products and convolutions, 2 per multiply-add)."""
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
 
 
 def markdown_table(rows: list[list[str]], header: list[str]) -> str:
