@@ -15,6 +15,7 @@ from bundle_helpers import (
     check_release_samples,
     cli_args,
     config_files,
+    config_parser,
     error_chain,
     load_plain_weights,
     make_workflow,
@@ -334,9 +335,7 @@ def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
 
 def parsed(*names: str, **overrides) -> ConfigParser:
     """The configs ``names`` read with MONAI's ConfigParser, no overlay unless named, ``overrides`` applied."""
-    parser = ConfigParser()
-    parser.read_config(config_files(BUNDLE, *names))
-    parser.update({"bundle_root": str(REPO_ROOT / "bundles" / BUNDLE), **overrides})  # nothing is written there
+    parser = config_parser(BUNDLE, names, bundle_root=str(REPO_ROOT / "bundles" / BUNDLE), **overrides)  # no writes
     parser.get_parsed_content("imports")  # `$import common` etc., for the expressions that use them
     return parser
 

@@ -19,13 +19,13 @@ from bundle_helpers import (
     check_release_samples,
     cli_args,
     config_files,
+    config_parser,
     error_chain,
     load_plain_weights,
     make_workflow,
     run_torchrun,
     run_workflow,
 )
-from monai.bundle import ConfigParser
 
 from common.io import atomic_write_nifti
 
@@ -211,16 +211,9 @@ PAPER_TRAIN = {
 }
 
 
-def _parser(names: tuple[str, ...], **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(config_files(BUNDLE, *names))
-    parser.update(overrides)
-    return parser
-
-
 def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
     """train.yaml and inference.yaml, no overlay, loaded as monai.bundle does: the values paper 000 states."""
-    train_config = _parser(("train",), bundle_root=str(tmp_path))
+    train_config = config_parser(BUNDLE, ("train",), bundle_root=str(tmp_path))
     for key, value in PAPER_TRAIN.items():
         assert train_config.get_parsed_content(key) == value, key
     assert train_config["noise_scheduler"]["_target_"] == "DDPMScheduler"  # 2.1 DDPM
@@ -229,7 +222,7 @@ def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
     assert train_config["loss"]["_target_"] == "torch.nn.MSELoss"  # 2.1 predicted noise "compared to the known noise"
     augmentation = train_config["augmentation"]  # 2.2 "random jitter, rotation, and a random flip"
     assert augmentation["jitter_pixels"] > 0 and augmentation["rotate_degrees"] > 0 and augmentation["flip_prob"] > 0
-    inference = _parser(("inference",), bundle_root=str(tmp_path))
+    inference = config_parser(BUNDLE, ("inference",), bundle_root=str(tmp_path))
     for key in ("pixdim", "roi_size", "modalities", "num_train_timesteps", "severed", "low_pass", "timestep_cbam"):
         assert inference.get_parsed_content(key) == PAPER_TRAIN[key], key
     assert inference.get_parsed_content("condition_feedback") is False
@@ -237,7 +230,7 @@ def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
     assert inference.get_parsed_content("num_inference_steps") == 1000
     assert inference.get_parsed_content("seed_fraction") is None  # plain sampling; seeding is seeded.yaml
     assert inference.get_parsed_content("refine_rounds") == 0  # agreement refinement: a project option, off
-    seeded = _parser(("inference", "seeded"), bundle_root=str(tmp_path))
+    seeded = config_parser(BUNDLE, ("inference", "seeded"), bundle_root=str(tmp_path))
     assert seeded.get_parsed_content("seed_fraction") == 0.8  # 2.5 "seeding with real images from 80%"
 
 
@@ -245,8 +238,8 @@ def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
 def test_feedback_overlay_turns_the_feedback_path_on(tmp_path: Path, stage: str) -> None:
     tiny = {key: SHARED[key] for key in ("unet_channels", "unet_attention_levels", "unet_num_head_channels")}
     tiny.update(unet_norm_num_groups=8, unet_num_res_blocks=1, bundle_root=str(tmp_path))
-    base = _parser((stage,), **tiny)
-    overlay = _parser((stage, "feedback"), **tiny)
+    base = config_parser(BUNDLE, (stage,), **tiny)
+    overlay = config_parser(BUNDLE, (stage, "feedback"), **tiny)
     assert base.get_parsed_content("condition_feedback") is False
     assert overlay.get_parsed_content("condition_feedback") is True
     assert all(net.feedback is None for net in base.get_parsed_content("network_def").values())
@@ -256,10 +249,10 @@ def test_feedback_overlay_turns_the_feedback_path_on(tmp_path: Path, stage: str)
 def test_base_training_without_the_vgg_file_is_an_error_naming_the_key(tmp_path: Path) -> None:
     """The base config asks for the paper's VGG-16 loss: no silent random extractor (demo.yaml and tests opt in)."""
     with pytest.raises(RuntimeError) as error:  # the config expression's error, raised from the loader's
-        _parser(("train",), bundle_root=str(tmp_path)).get_parsed_content("perceptual_loss")
+        config_parser(BUNDLE, ("train",), bundle_root=str(tmp_path)).get_parsed_content("perceptual_loss")
     chain = error_chain(error.value)
     assert "FileNotFoundError" in chain and "'perceptual_weights'" in chain and "models/vgg16-397923af.pth" in chain
-    demo = _parser(("train", "demo"), bundle_root=str(tmp_path))
+    demo = config_parser(BUNDLE, ("train", "demo"), bundle_root=str(tmp_path))
     assert demo.get_parsed_content("perceptual_network_name") == "random"
 
 

@@ -20,6 +20,7 @@ from bundle_helpers import (
     check_release_samples,
     cli_args,
     config_files,
+    config_parser,
     error_chain,
     load_plain_weights,
     make_workflow,
@@ -29,7 +30,6 @@ from bundle_helpers import (
     run_workflow,
 )
 from ignite.engine import Events
-from monai.bundle import ConfigParser
 
 from common.checkpoint import file_hash
 from common.io import atomic_write_nifti
@@ -466,16 +466,9 @@ PAPER_TRAIN = {
 }
 
 
-def _parser(names: tuple[str, ...], **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(config_files(BUNDLE, *names))
-    parser.update(overrides)
-    return parser
-
-
 def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
     """train.yaml and inference.yaml, no overlay, loaded as monai.bundle does: the values Med-DDPM states."""
-    train_config = _parser(("train",), bundle_root=str(tmp_path))
+    train_config = config_parser(BUNDLE, ("train",), bundle_root=str(tmp_path))
     for key, value in PAPER_TRAIN.items():
         assert train_config.get_parsed_content(key) == value, key
     assert train_config["loss"]["_target_"] == "torch.nn.L1Loss"  # II-A Eq. 4, L1 on the noise
@@ -496,13 +489,13 @@ def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
     t = np.arange(1, 250)  # the last step's beta is clipped at 0.999, as in the reference
     f = np.cos((np.concatenate([[0], t]) / 250 + 0.008) / 1.008 * np.pi / 2) ** 2
     np.testing.assert_allclose(scheduler.alphas_cumprod[:249].numpy(), f[1:] / f[0], rtol=1e-4, atol=1e-7)
-    inference = _parser(("inference",), bundle_root=str(tmp_path))
+    inference = config_parser(BUNDLE, ("inference",), bundle_root=str(tmp_path))
     for key in ("num_train_timesteps", "noise_schedule", "modalities", "condition_labels", "spatial_size", "pixdim"):
         assert inference.get_parsed_content(key) == PAPER_TRAIN[key], key
     assert inference.get_parsed_content("sampler") == "ddpm"  # Algorithm 2: all T steps
     assert inference.get_parsed_content("num_inference_steps") == 250
     assert inference["noise_scheduler"]["variance_type"] == "fixed_large"  # Eq. 3 "sigma_t = sqrt(beta_t)"
-    brats = _parser(("train", "brats"), bundle_root=str(tmp_path))  # III-F
+    brats = config_parser(BUNDLE, ("train", "brats"), bundle_root=str(tmp_path))  # III-F
     assert brats.get_parsed_content("modalities") == ["t1", "t1ce", "t2", "flair"]
     assert brats.get_parsed_content("condition_labels") == [1, 2, 3, 4]  # 4 -> 3, brain = 4, background dropped
     assert brats.get_parsed_content("spatial_size") == [192, 192, 144]  # "cropping and padding to 192x192x144"
