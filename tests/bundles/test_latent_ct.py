@@ -335,7 +335,7 @@ def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
 
 def parsed(*names: str, **overrides) -> ConfigParser:
     """The configs ``names`` read with MONAI's ConfigParser, no overlay unless named, ``overrides`` applied."""
-    parser = config_parser(BUNDLE, names, bundle_root=str(REPO_ROOT / "bundles" / BUNDLE), **overrides)  # no writes
+    parser = config_parser(BUNDLE, names, **{"bundle_root": str(REPO_ROOT / "bundles" / BUNDLE), **overrides})
     parser.get_parsed_content("imports")  # `$import common` etc., for the expressions that use them
     return parser
 
