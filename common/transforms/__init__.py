@@ -38,7 +38,7 @@ from common.transforms.ct import (
 from common.transforms.io import SafeLoadImageD, SafeLoadImaged, SafeLoadImageDict, source_name
 from common.transforms.latent import EncodeLatentd, SampleLatentd
 from common.transforms.morphology import binary_opening, fill_holes, largest_component
-from common.transforms.validation import ValidateCase, ValidateCaseD, ValidateCased, ValidateCaseDict
+from common.transforms.validation import ValidateCase, ValidateCaseD, ValidateCased, ValidateCaseDict, checked_range
 
 __all__ = [
     "AddBrainLabel",
@@ -75,6 +75,7 @@ __all__ = [
     "SmartCropDict",
     "SmartCropd",
     "StructureSynonyms",
+    "checked_range",
     "ValidateCase",
     "ValidateCaseD",
     "ValidateCaseDict",

@@ -29,8 +29,8 @@ from common.losses.autoencoder import kl_divergence
 from common.metrics.fid import fid_2d_slices
 from common.metrics.image import mean_pairwise, ms_ssim, psnr, ssim
 from common.metrics.tsne import scatter_png, tsne
+from common.transforms.validation import checked_range
 from common.workflows.base import EvaluationWorkflow, read_sample_datalist
-from common.workflows.latent_sampling import checked_range
 
 __all__ = ["list_samples", "LatentEvaluation"]
 

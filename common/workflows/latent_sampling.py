@@ -26,16 +26,10 @@ from common.inferers.conditional import ConditionalDiffusionInferer
 from common.inferers.per_sample import per_sample_noise
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
 from common.io import atomic_write_nifti, read_nifti, save_preview_png
+from common.transforms.validation import checked_range
 from common.workflows.base import SamplingItem, SamplingWorkflow
 
-__all__ = ["checked_range", "intensity_to_hu", "LatentSampling"]
-
-
-def checked_range(values: Sequence[float], name: str) -> tuple[float, float]:
-    """``(low, high)`` as floats; ValueError naming ``name`` unless it is two numbers with high > low."""
-    if len(values) != 2 or not float(values[1]) > float(values[0]):
-        raise ValueError(f"{name} must be (low, high) with high > low, got {tuple(values)}")
-    return float(values[0]), float(values[1])
+__all__ = ["intensity_to_hu", "LatentSampling"]
 
 
 def intensity_to_hu(
