@@ -138,3 +138,30 @@ def test_feedback_effect_in_standard_errors() -> None:
 def test_feedback_bench_rejects_bad_options_before_any_work(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bench_paired_petct_feedback(**options)
+
+
+def test_choices_bench_names_a_missing_checkpoint(tmp_path) -> None:
+    from tools.bench.paired_petct_choices import bench_paired_petct_choices
+
+    with pytest.raises(FileNotFoundError, match="missing.pt'.*no such training checkpoint"):
+        bench_paired_petct_choices(ckpt_path=str(tmp_path / "missing.pt"), workdir=str(tmp_path))
+
+
+def test_choices_bench_needs_a_training_checkpoint_not_model_pt(tmp_path) -> None:
+    from tools.bench.paired_petct_choices import bench_paired_petct_choices
+
+    weights_only = tmp_path / "model.pt"
+    torch.save({"ct.weight": torch.zeros(1)}, weights_only)
+    with pytest.raises(KeyError, match=r"lacks \['network', 'ema'\].*checkpoint_epoch=N.pt"):
+        bench_paired_petct_choices(ckpt_path=str(weights_only), workdir=str(tmp_path))
+
+
+def test_choices_bench_switches_clipping_of_the_selected_sampler() -> None:
+    from tools.bench.paired_petct_choices import CHOICE_ARMS, _clip_key
+
+    assert _clip_key("ddpm") == "noise_scheduler#clip_sample"
+    assert _clip_key("respaced_ddpm") == "samplers#respaced_ddpm#clip_sample"
+    # the first arm is the bundle default (EMA, clipped); each other arm changes exactly one of the two
+    default, *others = CHOICE_ARMS.values()
+    assert default == ("ema", True)
+    assert all(sum(a != b for a, b in zip(arm, default)) == 1 for arm in others)

@@ -197,11 +197,12 @@ def _sampling(
     refine: tuple[int, float] = (0, 0.1),
     seed: int = 0,
     feedback: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Any, int]:
     """The inference workflow's sampling object for one sampler, and its network evaluations per triple.
 
     ``refine``: (agreement refinement rounds, fraction of the schedule); ``seed``: sampling and data-split seed;
-    ``feedback``: the network was trained with the ``feedback.yaml`` overlay."""
+    ``feedback``: the network was trained with the ``feedback.yaml`` overlay; ``extra``: further config overrides."""
     overrides = {
         "seed": int(seed),
         "seed_of_split": int(seed),
@@ -215,6 +216,7 @@ def _sampling(
         "seed_fraction": seed_fraction,
         "num_samples": batch,
         "sample_batch_size": batch,
+        **(extra or {}),
     }
     workflow = bundle_workflow(_configs("inference", feedback), None, **overrides)
     sampling = workflow.parser.get_parsed_content("sampling")
