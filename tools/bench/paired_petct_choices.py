@@ -153,7 +153,8 @@ def bench_paired_petct_choices(
         ]
         for a in arms
     ]
-    epoch, iteration = trainer_state.get("epoch"), trainer_state.get("iteration")
+    iteration, epoch_length = trainer_state.get("iteration"), trainer_state.get("epoch_length")
+    epoch = iteration // epoch_length if iteration is not None and epoch_length else trainer_state.get("epoch")
     fraction = "unseeded" if seed_fraction is None else f"seeded at {seed_fraction:g}"
     command = (
         f"python -m tools.bench paired_petct_choices --ckpt_path <run>/models/{ckpt.name} --num_samples {num_samples} "
