@@ -251,6 +251,7 @@ class DistributionMetrics:
         feature_network: a :class:`FeatureNetwork`, or None (no FID / IS; the report says so).
         data_range: width of the intensity scale (SSIM of DS), 2.0 for [-1, 1].
         equalise: histogram-equalise volumes before the 3D features (the paper's 3D-FID); 3D only.
+        equalised_range: the range equalised volumes are mapped to (the one the feature network expects).
         is_splits: IS groups (10 in the original IS; lowered to the number of samples).
         tsne_perplexity, seed: of FDS.
         ds_bins: histogram bins of DS.
@@ -264,6 +265,7 @@ class DistributionMetrics:
         feature_network: FeatureNetwork | None = None,
         data_range: float = 2.0,
         equalise: bool = True,
+        equalised_range: Sequence[float] = (0.0, 1.0),
         is_splits: int = 10,
         tsne_perplexity: float = 30.0,
         ds_bins: int = 10,
@@ -278,6 +280,7 @@ class DistributionMetrics:
         self.feature_network = feature_network
         self.data_range = _check_data_range(data_range)
         self.equalise = bool(equalise)
+        self.equalised_range = tuple(float(v) for v in equalised_range)
         self.is_splits = int(is_splits)
         self.tsne_perplexity = float(tsne_perplexity)
         self.ds_bins = int(ds_bins)
@@ -297,7 +300,15 @@ class DistributionMetrics:
     def fid(self, real: torch.Tensor, fake: torch.Tensor) -> float:
         features = self.feature_network.features
         if self.spatial_dims == 3:
-            return fid_3d(real, fake, features, self.equalise, batch_size=self.batch_size, device=self.device)
+            return fid_3d(
+                real,
+                fake,
+                features,
+                self.equalise,
+                value_range=self.equalised_range,
+                batch_size=self.batch_size,
+                device=self.device,
+            )
         return feature_fid(real, fake, features, self.batch_size, self.device)
 
     def inception_score(self, fake: torch.Tensor) -> tuple[float, float]:
@@ -311,9 +322,15 @@ class DistributionMetrics:
         return diversity_score(nearest_similarities(real, similarity), nearest_similarities(fake, similarity))
 
     def __call__(self, real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray) -> dict[str, Any]:
-        """The metrics of ``fake`` (B_f, C, *spatial) against ``real`` (B_r, C, *spatial), >= 3 images each."""
+        """The metrics of ``fake`` (B_f, C, *spatial) against ``real`` (B_r, C, *spatial), >= 3 images each (with
+        fewer, a ``"not computed"`` entry says so instead of a number)."""
         real = _as_batch("real", real, self.spatial_dims)
         fake = _as_batch("fake", fake, self.spatial_dims)
+        if min(real.shape[0], fake.shape[0]) < 3:
+            return {
+                "not computed": f"FID, IS, FDS and DS need >= 3 real and >= 3 synthetic images, got {real.shape[0]} "
+                f"real and {fake.shape[0]} synthetic"
+            }
         results: dict[str, Any] = {
             "FDS (t-SNE of the images, KL real || synthetic)": feature_distribution_similarity(
                 real, fake, self.tsne_perplexity, self.seed

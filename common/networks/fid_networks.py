@@ -59,8 +59,9 @@ def require_weight_file(path: str | Path, config_key: str, large_files_entry: st
     if not path.is_file():
         raise FileNotFoundError(
             f"config key '{config_key}': weight file '{path}' does not exist, so '{metric}' cannot be reported (it is "
-            f"never computed with another network under that name). The file is the bundle's large_files.yml entry "
-            f"'{large_files_entry}' ({source}); place it there beforehand: nothing is downloaded at run time. "
+            f"never computed with another network under that name). The bundle's large_files.yml names it as "
+            f"'{large_files_entry}' (source: {source}; how to record its hash is described there); place it there "
+            "beforehand: nothing is downloaded at run time. "
             "Without it, set 'fid_network' to 'project' (a project-trained network, reported under its own name) "
             "or null."
         )
@@ -168,21 +169,32 @@ def torchscript_inception(
 class EncoderFeatures(nn.Module):
     """Features from a project-trained network: ``getattr(network, method)(x)``, item ``output_index`` of a tuple.
 
-    E.g. an ``AutoencoderKL`` with ``method="encode"``, ``output_index=0``: the posterior mean map (pooled by the
-    metrics); a segmentation network's encoder with ``method="forward"``.
+    E.g. an ``AutoencoderKL`` with ``method="encode"``, ``output_index=0``: the posterior mean map; a segmentation
+    network's encoder with ``method="forward"``. A feature map (B, F, *spatial) is averaged to ``grid`` cells per axis
+    and flattened when ``grid`` is given (keeps where the features are: a global average of a few latent channels
+    says little), else left to the metrics' global average pooling.
     """
 
-    def __init__(self, network: nn.Module, method: str = "forward", output_index: int | None = None) -> None:
+    def __init__(
+        self, network: nn.Module, method: str = "forward", output_index: int | None = None, grid: int | None = None
+    ) -> None:
         super().__init__()
         if not callable(getattr(network, method, None)):
             raise ValueError(f"the feature network {type(network).__name__} has no method '{method}'")
+        if grid is not None and (isinstance(grid, bool) or int(grid) < 1):
+            raise ValueError(f"grid must be a positive integer or None, got {grid!r}")
         self.network = network.eval()
         self.method = method
         self.output_index = output_index
+        self.grid = None if grid is None else int(grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         output = getattr(self.network, self.method)(images)
-        return output[self.output_index] if self.output_index is not None else output
+        output = output[self.output_index] if self.output_index is not None else output
+        if self.grid is None or output.ndim <= 2:
+            return output
+        pool = nn.functional.adaptive_avg_pool3d if output.ndim == 5 else nn.functional.adaptive_avg_pool2d
+        return pool(output, self.grid).flatten(1)
 
 
 def build_fid_network(
