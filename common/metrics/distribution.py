@@ -19,7 +19,7 @@ from monai.utils import convert_to_tensor
 from scipy.special import rel_entr
 
 from common.metrics.fid import feature_fid, fid_3d, image_features
-from common.metrics.image import _as_batch, _check_data_range, ssim
+from common.metrics.image import _as_batch, _check_data_range, _in_chunks, ssim
 from common.metrics.tsne import tsne
 
 __all__ = [
@@ -153,13 +153,16 @@ def feature_distribution_similarity(
 
 
 def nearest_similarities(
-    images: torch.Tensor | np.ndarray, similarity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    images: torch.Tensor | np.ndarray,
+    similarity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    chunk_size: int = 8,
 ) -> np.ndarray:
     """For each image, its similarity to the most similar other image of the set ("nearest SSIM" of paper 002).
 
     Args:
         images: (B, C, *spatial), B >= 2.
         similarity_fn: two batches (n, C, *spatial) -> (n,) similarities, e.g. ``partial(ssim, data_range=2.0)``.
+        chunk_size: pairs evaluated at once (bounds memory for volumes).
 
     Returns:
         (B,) float64: ``max_{j != i} similarity(x_i, x_j)``.
@@ -169,9 +172,7 @@ def nearest_similarities(
     if n < 2:
         raise ValueError(f"images must hold at least 2 images to have a nearest neighbour, got {n}.")
     first, second = torch.triu_indices(n, n, offset=1)
-    values = convert_to_tensor(similarity_fn(batch[first], batch[second]), track_meta=False).double().cpu()
-    if tuple(values.shape) != (len(first),):
-        raise ValueError(f"similarity_fn must return one value per pair, shape ({len(first)},), got {values.shape}.")
+    values = _in_chunks(similarity_fn, batch, batch, first, second, chunk_size).double().cpu()
     matrix = torch.full((n, n), -torch.inf, dtype=torch.float64)
     matrix[first, second] = values
     matrix[second, first] = values
