@@ -173,14 +173,6 @@ def test_seeded_inference_and_evaluation(trained, tmp_path: Path) -> None:
     assert "config key 'real_split'" in chain and all(repr(case) in chain for case in seed_cases)
 
 
-def test_paper_fid_and_is_without_the_inception_file_are_refused(tmp_path: Path) -> None:
-    parser = config_parser(BUNDLE, ("evaluate",), bundle_root=str(tmp_path), fid_network="paper")
-    with pytest.raises(RuntimeError) as error:
-        parser.get_parsed_content("distribution")
-    chain = error_chain(error.value)
-    assert "config key 'fid_paper_weights'" in chain and "'models/inception-2015-12-05.pt'" in chain
-
-
 def test_resume_continues_from_the_newest_checkpoint(trained, tmp_path: Path) -> None:
     root, _ = trained
     copy = tmp_path / "run"

@@ -213,16 +213,6 @@ def test_evaluate_writes_report(trained: Path, tmp_path: Path) -> None:
     assert "need >= 3 real" in report["distribution"]["t1c"]["not computed"]  # 2 real cases: no FDS/DS/FID number
 
 
-def test_paper_3d_fid_without_its_weights_is_refused(tmp_path: Path) -> None:
-    """fid_network: paper without the MedicalNet file: an error naming the config key and the large_files.yml name."""
-    parser = config_parser(BUNDLE, ("evaluate",), bundle_root=str(tmp_path), fid_network="paper")
-    with pytest.raises(RuntimeError) as error:
-        parser.get_parsed_content("distribution")
-    chain = error_chain(error.value)
-    assert "config key 'fid_paper_weights'" in chain and "'models/resnet_50_23dataset.pth'" in chain
-    assert "'3D-FID (paper)' cannot be reported" in chain
-
-
 def test_resume_after_an_interrupted_run(tmp_path: Path) -> None:
     train(tmp_path)
     models = tmp_path / "models"
