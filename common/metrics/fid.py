@@ -241,7 +241,9 @@ def feature_fid(
 
     ``|mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2))`` (:func:`frechet_distance`) of the features ``feature_fn``
     gives each image (B, C, *spatial) -> (B, F), or a map (B, F, *spatial) averaged over space. With Inception-v3
-    pool features of 2D images this is the FID of Heusel et al. (2017), as paper 002 writes it.
+    pool features of 2D images this is the FID of Heusel et al. (2017) as paper 002 writes it:
+    ``FID = |mu_T - mu_G|^2 + Tr(S_T + S_G - 2 (S_T S_G)^(1/2))`` (its second unnumbered display equation of
+    "Quantitative comparison - intensity distribution evaluation", after Eq. (22)).
 
     Args:
         real: reference set (B_r, C, *spatial), 2D or 3D.
@@ -272,8 +274,10 @@ def fid_3d(
     """3D-FID as Med-DDPM computes it (paper 001, Sec. IV): histogram-equalise each volume, then the FID of 3D features.
 
     ``FID(h(X_r), h(X_f))`` with ``h`` :func:`histogram_equalise` (per volume) and the Frechet distance of
-    :func:`feature_fid`. The paper's features come from a pretrained 3D ResNet (Med3D / MedicalNet, its ref. [42]);
-    any 3D extractor can be given, and a figure is only comparable with figures of the same extractor.
+    :func:`feature_fid`. Paper 001 gives no equation for it (Sec. IV "Quantitative Evaluation": "an extended 3D-FID
+    metric incorporating histogram equalization"; the FID itself is its ref. [38]). The paper's features come from a
+    pretrained 3D ResNet (Med3D / MedicalNet, its ref. [42]); any 3D extractor can be given, and a figure is only
+    comparable with figures of the same extractor.
 
     Args:
         real, fake: volume sets (B, C, H, W, D), same (C, H, W, D).
