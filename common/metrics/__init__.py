@@ -1,8 +1,26 @@
-"""Metrics: image quality, distribution distances (FID), segmentation overlap, read-back rules, reports."""
+"""Metrics: image quality, distribution metrics (FID, 3D-FID, IS, FDS, DS), segmentation overlap, read-back rules,
+reports."""
 
 from __future__ import annotations
 
-from common.metrics.fid import FrechetDistanceMetric, fid_2d_slices, frechet_distance
+from common.metrics.distribution import (
+    DistributionMetrics,
+    FeatureNetwork,
+    diversity_score,
+    feature_distribution_similarity,
+    gaussian_kl_divergence,
+    inception_score,
+    nearest_similarities,
+)
+from common.metrics.fid import (
+    FrechetDistanceMetric,
+    feature_fid,
+    fid_2d_slices,
+    fid_3d,
+    frechet_distance,
+    histogram_equalise,
+    image_features,
+)
 from common.metrics.image import (
     MAX_KERNEL_SIZE,
     MIN_KERNEL_SIZE,
@@ -23,6 +41,8 @@ from common.metrics.segmentation import dice, mask_dice
 from common.metrics.tsne import SCATTER_COLOURS, scatter_png, tsne
 
 __all__ = [
+    "DistributionMetrics",
+    "FeatureNetwork",
     "FrechetDistanceMetric",
     "MAX_KERNEL_SIZE",
     "MIN_KERNEL_SIZE",
@@ -30,6 +50,15 @@ __all__ = [
     "SCATTER_COLOURS",
     "WHOLE_HEAD_TUMOUR_THRESHOLD",
     "dice",
+    "diversity_score",
+    "feature_distribution_similarity",
+    "feature_fid",
+    "fid_3d",
+    "gaussian_kl_divergence",
+    "histogram_equalise",
+    "image_features",
+    "inception_score",
+    "nearest_similarities",
     "diversity_ms_ssim",
     "evaluate_sets",
     "fid_2d_slices",

@@ -1,4 +1,5 @@
-"""Networks: the paired denoiser with its timestep-aware blocks and condition encoders, feature extractors."""
+"""Networks: the paired denoiser with its timestep-aware blocks and condition encoders, feature extractors (perceptual
+loss; FID / IS feature networks loaded from local files)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,18 @@ from common.networks.feature_extractors import (
     build_perceptual_network,
     load_vgg16_features,
 )
+from common.networks.fid_networks import (
+    INCEPTION_LARGE_FILES_ENTRY,
+    INCEPTION_TORCHSCRIPT_URL,
+    MEDICALNET_LARGE_FILES_ENTRY,
+    MEDICALNET_RESNET50_URL,
+    EncoderFeatures,
+    TorchScriptClassifier,
+    build_fid_network,
+    medicalnet_resnet50,
+    require_weight_file,
+    torchscript_inception,
+)
 from common.networks.paired_denoiser import (
     ConditionEncoder,
     CrossEncoderAttention,
@@ -28,6 +41,16 @@ from common.networks.timestep_blocks import TimestepCBAM, TimestepLowPass, low_p
 
 __all__ = [
     "ConditionEncoder",
+    "EncoderFeatures",
+    "INCEPTION_LARGE_FILES_ENTRY",
+    "INCEPTION_TORCHSCRIPT_URL",
+    "MEDICALNET_LARGE_FILES_ENTRY",
+    "MEDICALNET_RESNET50_URL",
+    "TorchScriptClassifier",
+    "build_fid_network",
+    "medicalnet_resnet50",
+    "require_weight_file",
+    "torchscript_inception",
     "CrossEncoderAttention",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -5,7 +5,9 @@ the real case ``<mask id>``, brings both to the model grid and intensity scale, 
 with the metrics of :func:`common.metrics.report.evaluate_sets` (Med-DDPM reports MSE, MMD and MS-SSIM; diversity is the
 mean pairwise MS-SSIM within the samples, next to the same figure for the real cases). Optionally a fixed intensity
 rule reads a lesion back from each sample and scores it against the sample's own mask (mask adherence, meaningful on
-phantoms whose contrasts the rule was made for).
+phantoms whose contrasts the rule was made for). Optionally (``distribution``) the distribution metrics of each
+modality, samples against the real cases: Med-DDPM's 3D-FID, MT-DDPM's FDS and DS
+(:class:`common.metrics.distribution.DistributionMetrics`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from common.data.layouts import find_cases
 from common.io import save_preview_png
+from common.metrics.distribution import DistributionMetrics
 from common.metrics.image import diversity_ms_ssim
 from common.metrics.read_back import segment_enhancing_lesion
 from common.metrics.report import evaluate_sets
@@ -55,6 +58,7 @@ class SampleEvaluation(EvaluationWorkflow):
             with those labels.
         preview: write ``real_vs_sample.png`` in ``output_dir``: per pair, the real case's row then the sample's
             (first modality, central slices, the mask voxels with the lesion labels outlined when a rule is given).
+        distribution: distribution metrics of each modality (samples against the distinct real cases), or None.
         output_dir, max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
     """
 
@@ -70,6 +74,7 @@ class SampleEvaluation(EvaluationWorkflow):
         max_samples: int | None = None,
         title: str = "Samples against real cases",
         preview: bool = True,
+        distribution: DistributionMetrics | None = None,
     ) -> None:
         super().__init__(output_dir, title, max_samples)
         self.sample_dir = sample_dir
@@ -79,6 +84,7 @@ class SampleEvaluation(EvaluationWorkflow):
         self.sample_preprocessing = sample_preprocessing
         self.lesion_rule = dict(lesion_rule) if lesion_rule else None
         self.preview = bool(preview)
+        self.distribution = distribution
 
     def pairs(self) -> list[tuple[dict, dict]]:
         """(sample case, real case) pairs; samples whose mask is not a real case are left out (logged)."""
@@ -156,6 +162,12 @@ class SampleEvaluation(EvaluationWorkflow):
             unique_reals = torch.stack([reals[real_ids.index(i)] for i in unique])
             results["ms_ssim_diversity_real"] = diversity_ms_ssim(unique_reals, data_range=2.0)
         results["n_real_cases"] = len(unique)
+        if self.distribution is not None:
+            unique_set = torch.stack([reals[real_ids.index(i)] for i in unique])
+            results["distribution"] = {
+                modality: self.distribution(unique_set[:, c : c + 1], fake_set[:, c : c + 1])
+                for c, modality in enumerate(self.modalities)
+            }
         if lesion_scores:
             scores = torch.tensor(lesion_scores, dtype=torch.float64)
             results["lesion_dice_mean"] = float(scores.mean())

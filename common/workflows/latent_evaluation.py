@@ -9,8 +9,10 @@ Samples (thesis Sec. 6.2): a 2D-slice FID whose features are the bundle's own au
 flattened, as the thesis did with its VAE features; ``fid_pool`` averages slices down to ``pool x pool`` first for
 small sets, where thousands of features would make the covariance singular), SSIM and MS-SSIM diversity (mean over
 pairs of samples, lower is more diverse; also reported for the real set as the reference), and a t-SNE map of real
-versus synthetic latents written as PNG (thesis Fig. 6.12). JSON + markdown report via
-:func:`common.metrics.report.write_report`.
+versus synthetic latents written as PNG (thesis Fig. 6.12). Optionally (``distribution``) the distribution metrics of
+the samples against the real volumes: a 3D FID (Med-DDPM's 3D-FID with the paper's network, else named after the
+project-trained encoder), FDS and DS (:class:`common.metrics.distribution.DistributionMetrics`). JSON + markdown report
+via :func:`common.metrics.report.write_report`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from common.losses.autoencoder import kl_divergence
+from common.metrics.distribution import DistributionMetrics
 from common.metrics.fid import fid_2d_slices
 from common.metrics.image import mean_pairwise, ms_ssim, psnr, ssim
 from common.metrics.tsne import scatter_png, tsne
@@ -83,6 +86,7 @@ class LatentEvaluation(EvaluationWorkflow):
         tsne_perplexity: t-SNE perplexity, lowered to (N - 1) / 3 for small sets.
         device: where the autoencoder runs.
         seed: seed of the t-SNE initialisation.
+        distribution: distribution metrics of the samples against the real volumes, or None.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class LatentEvaluation(EvaluationWorkflow):
         tsne_perplexity: float = 30.0,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        distribution: DistributionMetrics | None = None,
     ) -> None:
         if not held_out:
             raise ValueError("the held-out set is empty: no real case to measure the reconstruction on")
@@ -122,6 +127,7 @@ class LatentEvaluation(EvaluationWorkflow):
         self.tsne_perplexity = float(tsne_perplexity)
         self.device = torch.device(device)
         self.seed = int(seed)
+        self.distribution = distribution
 
     @staticmethod
     def stack(items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
@@ -185,6 +191,8 @@ class LatentEvaluation(EvaluationWorkflow):
                 results[f"diversity_ms_ssim_{name}"] = mean_pairwise(ms_ssim_fn, volumes)
         self.write_tsne(real_latents, fake_latents)
         results["tsne_png"] = str(self.tsne_path())
+        if self.distribution is not None:
+            results["distribution"] = self.distribution(real, fake)
         return results
 
     def tsne_path(self) -> Path:

@@ -1,9 +1,12 @@
 """Evaluation of paired (CT, PET, mask) samples: per-modality image metrics and how well the modalities agree.
 
 Image metrics (``common.metrics.report.evaluate_sets``, per modality, images in the training scale [-1, 1]): MSE, PSNR,
-SSIM and MS-SSIM of sample ``i`` against real slice ``i`` (meaningful for noise-seeded samples, which are compared with
-the real slice that seeded them; otherwise real slices are taken in order and these numbers only describe typical
-differences), MMD between the sets and diversity (mean pairwise MS-SSIM within each set).
+SSIM and MS-SSIM of sample ``i`` against held-out real slice ``i`` (real slices taken in order: the samples are not
+paired with real slices, so these numbers only describe typical differences), MMD between the sets and diversity (mean
+pairwise MS-SSIM within each set). A noise-seeded sample is never compared with the slice that seeded it: the real
+slices must be held out from the seeding cases (``seeded_from`` in the sample datalist), else the evaluation stops with
+an error naming the shared case ids. Optionally (``distribution``) the distribution metrics of the CT and PET sets:
+FID, IS, FDS and DS (:class:`common.metrics.distribution.DistributionMetrics`).
 
 Pairing metrics (computed on the samples and, as the reference, on the real slices):
 
@@ -23,12 +26,36 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from common.metrics.distribution import DistributionMetrics
 from common.metrics.pairing import pairing_metrics
 from common.metrics.report import evaluate_sets
 from common.workflows.base import EvaluationWorkflow, read_sample_datalist
 from common.workflows.paired_sampling import from_unit_range, to_unit_range
 
-__all__ = ["load_sample_triples", "PairedEvaluation"]
+__all__ = ["load_sample_triples", "seeding_case_id", "check_held_out", "PairedEvaluation"]
+
+
+def seeding_case_id(seeded_from: str) -> str:
+    """``"HN-CHUP-001:42"`` (case id : slice index, as ``PairedSampling`` records it) -> ``"HN-CHUP-001"``."""
+    return str(seeded_from).rsplit(":", 1)[0]
+
+
+def check_held_out(
+    samples: Sequence[Mapping[str, Any]], real_data: Sequence[Mapping[str, Any]], config_key: str = "real_split"
+) -> None:
+    """Stop when a real slice to compare with comes from a case that seeded a sample (the split separation).
+
+    Raises:
+        ValueError: naming ``config_key`` and the case ids both sets share.
+    """
+    seeding = {seeding_case_id(s["seeded_from"]) for s in samples if s.get("seeded_from") is not None}
+    shared = sorted(seeding & {str(item.get("case_id")) for item in real_data})
+    if shared:
+        raise ValueError(
+            f"config key '{config_key}': the real slices to compare with come from case(s) {shared}, which also "
+            "seeded samples (the samples' 'seeded_from'): a seeded sample must be compared with held-out cases only. "
+            "Seed from the training split (inference 'seed_split: train') and compare with the test split."
+        )
 
 
 def _read_slice(path: str, key: str) -> torch.Tensor:
@@ -86,6 +113,7 @@ class PairedEvaluation(EvaluationWorkflow):
         pet_window: SUV window of the PET scaling. Default (0, 10).
         hot_spot_suv: PET hot-spot threshold (SUV). Default 4.0.
         body_hu: CT body threshold (HU). Default -500.
+        distribution: the distribution metrics of the CT and PET sets against the real slices, or None.
         output_dir, max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
     """
 
@@ -100,6 +128,7 @@ class PairedEvaluation(EvaluationWorkflow):
         body_hu: float = -500.0,
         max_samples: int | None = None,
         title: str = "Paired samples against real slices",
+        distribution: DistributionMetrics | None = None,
     ) -> None:
         super().__init__(output_dir, title, max_samples)
         self.sample_dir = sample_dir
@@ -107,17 +136,14 @@ class PairedEvaluation(EvaluationWorkflow):
         self.windows = {"ct": tuple(ct_window), "pet": tuple(pet_window)}
         self.hot_spot_suv = float(hot_spot_suv)
         self.body_hu = float(body_hu)
+        self.distribution = distribution
 
     def real_items(self, samples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-        """The real slice of each sample: the one that seeded it, else real slices in order (cycling)."""
+        """One held-out real slice per sample, in order (cycling); never a case that seeded a sample."""
         if len(self.real_data) == 0:
             raise ValueError("config key 'real_data': no real slices to compare with (empty held-out split?)")
-        by_name = {f"{item.get('case_id')}:{item.get('slice_index')}": item for item in self.real_data}
-        matched = []
-        for index, sample in enumerate(samples):
-            name = sample.get("seeded_from")
-            matched.append(by_name[name] if name in by_name else self.real_data[index % len(self.real_data)])
-        return matched
+        check_held_out(samples, self.real_data)
+        return [self.real_data[index % len(self.real_data)] for index in range(len(samples))]
 
     def evaluate(self) -> dict[str, Any]:
         samples = load_sample_triples(self.sample_dir, self.max_samples)
@@ -147,6 +173,9 @@ class PairedEvaluation(EvaluationWorkflow):
             self.hot_spot_suv,
             self.body_hu,
         )
+        if self.distribution is not None:
+            all_real = {m: torch.stack([torch.as_tensor(r[m]).float() for r in self.real_data]) for m in ("ct", "pet")}
+            results["distribution"] = {m: self.distribution(all_real[m], unit_fake[m]) for m in ("ct", "pet")}
         results["n_samples"] = len(samples)
         results["n_seeded"] = sum("seeded_from" in s for s in samples)
         results["hot_spot_suv"] = self.hot_spot_suv

@@ -215,6 +215,10 @@ def test_evaluation_writes_the_report_and_the_tsne_map(trained, tmp_path: Path) 
     assert np.isfinite(sampled["fid_2d_latent"]) and sampled["samples"] == 3
     assert "diversity_ms_ssim_synthetic" in sampled and "diversity_ssim_real" in sampled
     assert json.loads((out / "report.json").read_text())["samples"]["samples"] == 3
+    distribution = sampled["distribution"]  # default: the bundle's autoencoder as the encoder, named as such
+    assert np.isfinite(distribution["FID (project-trained 3D encoder: latent_ct autoencoder)"])
+    assert not any("paper" in key for key in distribution)
+    assert distribution["FDS (t-SNE of the images, KL real || synthetic)"] >= 0
     assert (out / "report.md").is_file() and (out / "tsne_latents.png").is_file()
 
 

@@ -142,12 +142,17 @@ def test_torchrun_sampling_matches_one_process_with_any_batch_size(trained, tmp_
 
 
 def test_seeded_inference_and_evaluation(trained, tmp_path: Path) -> None:
+    """Seeds come from the training split by default; evaluation compares with held-out cases and refuses a real
+    split that shares a case with the seeds (naming the case ids)."""
     root, _ = trained
-    written = infer(root, tmp_path / "samples", names=("inference", "seeded"), num_inference_steps=5, seed_split="val")
-    assert all(
-        "seeded_from" in entry for entry in json.loads((tmp_path / "samples" / "dataset.json").read_text())["training"]
-    )
-    assert len(written) == 2
+    written = infer(root, tmp_path / "samples", names=("inference", "seeded"), num_inference_steps=5)
+    datalist = json.loads((tmp_path / "samples" / "dataset.json").read_text())["training"]
+    seeds = [entry["seeded_from"] for entry in datalist]
+    assert len(written) == 2 and len(seeds) == 2
+    split = config_parser(BUNDLE, ("evaluate",), bundle_root=str(root), **SHARED).get_parsed_content("datalist")
+    seed_cases = {seed.rsplit(":", 1)[0] for seed in seeds}
+    assert seed_cases <= {case["case_id"] for case in split["train"]}
+    assert not seed_cases & {case["case_id"] for case in split["val"] + split["test"]}
     settings = {
         **SHARED,
         "bundle_root": str(root),
@@ -162,6 +167,10 @@ def test_seeded_inference_and_evaluation(trained, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert "mask_in_body" in report["pairing_samples"]
     assert (tmp_path / "eval" / "report.md").is_file()
+    with pytest.raises(RuntimeError) as error:  # real slices of the seeding cases: an error naming them
+        run_workflow(BUNDLE, ("evaluate",), None, **{**settings, "real_split": "train"})
+    chain = error_chain(error.value)
+    assert "config key 'real_split'" in chain and all(repr(case) in chain for case in seed_cases)
 
 
 def test_resume_continues_from_the_newest_checkpoint(trained, tmp_path: Path) -> None:

@@ -210,6 +210,7 @@ def test_evaluate_writes_report(trained: Path, tmp_path: Path) -> None:
         assert key in report and key in results
     assert report["n_pairs"] == 4 and report["n_real_cases"] == 2
     assert "| mse_mean |" in (tmp_path / "eval" / "report.md").read_text()
+    assert "need >= 3 real" in report["distribution"]["t1c"]["not computed"]  # 2 real cases: no FDS/DS/FID number
 
 
 def test_resume_after_an_interrupted_run(tmp_path: Path) -> None:

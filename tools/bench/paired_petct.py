@@ -10,7 +10,8 @@ process:
    the default is about 10 minutes on a host doing 1 paired iteration per second), then triples from the full
    ancestral sampler (all T = 1000 steps; ``full_samples`` of them, it is the expensive one) and from two fast
    samplers (ancestral respaced to few steps, and DPM-Solver++ 2M; ``num_samples`` each, at each of ``fast_steps``),
-   each without and with noise seeding (held-out real triples noised to ``seed_fraction`` of the schedule), and
+   each without and with noise seeding (real training triples, the inference default ``seed_split: train``, noised
+   to ``seed_fraction`` of the schedule), and
    seeded with ``refine_rounds`` rounds of agreement refinement (the finished triple noised again to
    ``refine_fraction`` of the schedule and sampled down; its evaluations counted): seconds per triple, network
    evaluations and the pairing Dice (generated mask vs the generated PET's hot spot,

@@ -170,10 +170,15 @@ def test_pairing_metrics_by_hand():
         pairing_metrics(ct, pet[:1], mask, 4.0, -500.0)
 
 
+def _held_out(n: int = 3, size: int = 16) -> list[dict]:
+    """Real slices of cases that seeded nothing (``held<i>``)."""
+    return [{**item, "case_id": f"held{i}"} for i, item in enumerate(_reference(n, size))]
+
+
 def test_paired_evaluation_report(tmp_path: Path):
     reference = _reference(3, size=16)
     _sampling(tmp_path, reference_data=reference, seed_fraction=0.5, spatial_size=(16, 16)).run()
-    results = PairedEvaluation(str(tmp_path / "out"), reference, str(tmp_path / "eval")).run()
+    results = PairedEvaluation(str(tmp_path / "out"), _held_out(), str(tmp_path / "eval")).run()
     assert results["n_samples"] == 3 and results["n_seeded"] == 3
     assert results["ct"]["n_pairs"] == 3 and "mmd" in results["pet"]
     assert set(results["pairing_samples"]) >= {"pairing_dice_mean", "mask_in_body", "empty_mask_fraction"}
@@ -182,3 +187,17 @@ def test_paired_evaluation_report(tmp_path: Path):
         PairedEvaluation(str(tmp_path), reference, str(tmp_path / "e2")).run()
     with pytest.raises(ValueError, match="no real slices"):
         PairedEvaluation(str(tmp_path / "out"), [], str(tmp_path / "e3")).run()
+
+
+def test_paired_evaluation_never_compares_with_the_seeding_cases(tmp_path: Path):
+    """A seeded sample is compared with held-out slices in order, never with its seed; real slices from a seeding case
+    stop the evaluation with an error naming the shared case ids."""
+    reference = _reference(2, size=16)
+    _sampling(tmp_path, reference_data=reference, seed_fraction=0.5, spatial_size=(16, 16)).run()
+    samples = load_sample_triples(tmp_path / "out")
+    held_out = _held_out(2)
+    evaluation = PairedEvaluation(str(tmp_path / "out"), held_out, str(tmp_path / "eval"))
+    assert [item["case_id"] for item in evaluation.real_items(samples)] == ["held0", "held1", "held0"]
+    overlapping = [*held_out, reference[1]]
+    with pytest.raises(ValueError, match=r"config key 'real_split'.*\['case1'\].*seeded samples"):
+        PairedEvaluation(str(tmp_path / "out"), overlapping, str(tmp_path / "e2")).run()
