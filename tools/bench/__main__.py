@@ -16,6 +16,7 @@ from tools.bench.latent_ct_intensity import bench_latent_ct_intensity
 from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feedback
 from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
 from tools.bench.sharded_sampling import bench_sharded_sampling
+from tools.bench.utility import bench_semantic_mri_utility
 
 __all__ = ["BENCHMARKS", "main"]
 
@@ -23,6 +24,7 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri": bench_semantic_mri,
     "semantic_mri_clipping": bench_semantic_mri_clipping,
+    "semantic_mri_utility": bench_semantic_mri_utility,
     "paired_petct": bench_paired_petct,
     "paired_petct_feedback": bench_paired_petct_feedback,
     "latent_ct": bench_latent_ct,
