@@ -3,7 +3,7 @@
 Usage::
 
     python -m tools.bench semantic_mri_utility --ckpt_path bundles/semantic_mri/models/model.pt   # demo weights
-    python -m tools.bench semantic_mri_utility --ckpt_path ... --time_limit_minutes 9   # in chunks: rerun to resume
+    python -m tools.bench semantic_mri_utility --ckpt_path ... --time_limit_minutes 8   # in chunks: rerun to resume
 
 Runs the bundle's utility overlay with its demo overlay (``inference.yaml`` + ``utility.yaml`` + ``demo.yaml``) in
 ``--output_dir`` (default ``bundles/<b>/utility``, git-ignored; a rerun resumes from its ``runs/``), then checks that
@@ -162,8 +162,8 @@ def bench_semantic_mri_utility(
         ckpt_path,
         output_dir,
         time_limit_minutes,
-        "python -m tools.bench semantic_mri_utility --ckpt_path <demo model.pt> --time_limit_minutes 9 (repeated "
-        "until done)",
+        "python -m tools.bench semantic_mri_utility --ckpt_path <demo model.pt>"
+        + (f" --time_limit_minutes {time_limit_minutes:g} (repeated until done)" if time_limit_minutes else ""),
         "the demo overlay's weights (configs/train.yaml + configs/demo.yaml, 60 epochs, EMA)",
         **overrides,
     )
