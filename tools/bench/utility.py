@@ -27,7 +27,7 @@ from common.checkpoint import file_hash
 from common.io import atomic_write_text
 from tools.bench.harness import REPO_ROOT, RESULTS_DIR, bundle_workflow, config_files
 
-__all__ = ["bench_semantic_mri_utility", "utility_targets"]
+__all__ = ["bench_latent_ct_utility", "bench_semantic_mri_utility", "utility_targets"]
 
 
 def utility_targets(results: dict[str, Any], rerun_difference: float, wall_minutes: float) -> list[dict[str, Any]]:
@@ -92,15 +92,18 @@ def _rerun_difference(workflow: Any, results: dict[str, Any]) -> float:
 
 def _bench_utility(
     bundle: str,
-    ckpt_path: str,
+    configs: tuple[str, ...],
+    ckpt_path: str | None,
     output_dir: str | None,
     time_limit_minutes: float | None,
     command: str,
     generator: str,
     **overrides: Any,
 ) -> tuple[str, dict[str, Any]]:
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path '{ckpt_path}': no such weights file (train the demo overlay first)")
+    if ckpt_path is not None:
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path '{ckpt_path}': no such weights file (train the demo overlay first)")
+        overrides["ckpt_path"] = str(ckpt_path)
     out = Path(output_dir) if output_dir else REPO_ROOT / "bundles" / bundle / "utility"
     out.mkdir(parents=True, exist_ok=True)
     clock = out / "bench_seconds.json"
@@ -108,9 +111,8 @@ def _bench_utility(
     start = time.perf_counter()
     try:
         workflow = bundle_workflow(
-            config_files(bundle, "inference", "utility", "demo"),
+            config_files(bundle, *configs),
             None,
-            ckpt_path=str(ckpt_path),
             output_dir=str(out),
             time_limit_minutes=time_limit_minutes,
             **overrides,
@@ -135,7 +137,7 @@ def _bench_utility(
         f"Command: `{command}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}; {len(chunks)} call(s), {wall_minutes:.1f} wall minutes in all.  ",
-        f"Generator: {generator} (sha256 {file_hash(ckpt_path)[:16]}...).  ",
+        f"Generator: {generator}" + (f" (sha256 {file_hash(ckpt_path)[:16]}...).  " if ckpt_path else ".  "),
         f"Plot: `{bundle}_utility.png` (Dice per arm, 95 % CI whiskers, the arms left to right as below).",
         "",
         report.strip(),
@@ -159,11 +161,30 @@ def bench_semantic_mri_utility(
     with the demo generator ``ckpt_path``; returns (markdown, raw numbers)."""
     return _bench_utility(
         "semantic_mri",
+        ("inference", "utility", "demo"),
         ckpt_path,
         output_dir,
         time_limit_minutes,
         "python -m tools.bench semantic_mri_utility --ckpt_path <demo model.pt>"
         + (f" --time_limit_minutes {time_limit_minutes:g} (repeated until done)" if time_limit_minutes else ""),
         "the demo overlay's weights (configs/train.yaml + configs/demo.yaml, 60 epochs, EMA)",
+        **overrides,
+    )
+
+
+def bench_latent_ct_utility(
+    output_dir: str | None = None, time_limit_minutes: float | None = None, **overrides: Any
+) -> tuple[str, dict[str, Any]]:
+    """latent_ct's utility experiment on the demo phantoms: the real arms and the sanity arms only (its sampler writes
+    no masks, so there are no synthetic arms); returns (markdown, raw numbers)."""
+    return _bench_utility(
+        "latent_ct",
+        ("train_autoencoder", "utility", "demo"),
+        None,
+        output_dir,
+        time_limit_minutes,
+        "python -m tools.bench latent_ct_utility"
+        + (f" --time_limit_minutes {time_limit_minutes:g}" if time_limit_minutes else ""),
+        "none (this bundle's sampler writes CT without masks: no synthetic arms)",
         **overrides,
     )
