@@ -72,7 +72,7 @@ def paired_t_test(
     }
     if len(shared) < min_cases:
         result["note"] = f"{len(shared)} paired test case(s), fewer than the {min_cases} needed for a p-value"
-    elif np.all(differences == differences[0]):
+    elif np.ptp(differences) <= 1e-12 * max(1.0, float(np.abs(differences).max())):
         result["note"] = "every paired difference is the same: no t statistic"
     else:
         test = stats.ttest_rel([a[k] for k in shared], [b[k] for k in shared])

@@ -49,7 +49,7 @@ def test_paired_t_test_uses_shared_finite_cases_and_refuses_too_few() -> None:
 
 
 def test_paired_t_test_constant_differences_have_no_statistic() -> None:
-    a = {str(i): i + 0.1 for i in range(5)}
+    a = {str(i): i + 1.0 for i in range(5)}
     b = {str(i): float(i) for i in range(5)}
     result = paired_t_test(a, b, min_cases=2)
     assert result["p"] is None and "same" in result["note"]
