@@ -7,7 +7,8 @@ does that for any bundle, with the same network, training budget (optimiser step
     run()
       check_held_out()                     test cases vs generator / seeding / training cases -> ValueError (ids)
       real items: a scarce subset (real_count cases, fixed for every arm and seed), all training cases, the test set
-      synthetic items: the bundle's own sampler writes image + mask pairs (resumes), the first N in round-robin order
+      synthetic items: the bundle's own sampler writes image + mask pairs to synthetic/ (resumes), the first N in
+                                           round-robin order
       for each arm x seed                  train a fresh segmenter, score every test case (Dice, IoU, precision,
                                            recall), cache runs/<arm>__seed<s>.json (a rerun resumes)
       report.json, report.md, utility_dice.png
@@ -313,8 +314,8 @@ class UtilityExperiment(EvaluationWorkflow):
         seed_cases: cases the sampler is conditioned or seeded on (their masks or slices), if any.
         real_items: ``cases -> items`` (see :func:`segmentation_items`): loads real cases on the model grid.
         synthetic_items: ``datalist entries -> items``: loads the sampler's written pairs.
-        sampling: the bundle's sampling workflow, writing at least the largest N pairs (its ``output_dir`` is
-            reused: sampling resumes); None when no arm has synthetic data.
+        sampling: the bundle's sampling workflow, writing at least the largest N pairs; they go to
+            ``output_dir/synthetic`` (sampling resumes there); None when no arm has synthetic data.
         network: ``() -> nn.Module``, a fresh segmenter with 2 output channels (background, target).
         optimizer: ``params -> torch.optim.Optimizer``.
         loss: training loss of (logits, label) with the label as a class index map (e.g. ``DiceCELoss(
@@ -397,6 +398,9 @@ class UtilityExperiment(EvaluationWorkflow):
         self.real_items = real_items
         self.synthetic_items = synthetic_items
         self.sampling = sampling
+        if sampling is not None:  # the samples belong to this experiment's folder; the harness logs, no progress bars
+            sampling.output_dir = self.output_dir / "synthetic"
+            sampling.verbose = False
         self.network = network
         self.optimizer = optimizer
         self.loss = loss
