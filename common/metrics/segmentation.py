@@ -1,17 +1,18 @@
-"""Segmentation overlap of binary masks (Dice)."""
+"""Segmentation overlap of binary masks: Dice, and Dice / IoU / precision / recall from a confusion matrix."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.metrics import (
-    compute_dice,
-)
+from monai.metrics import compute_confusion_matrix_metric, compute_dice, get_confusion_matrix
 from monai.utils import convert_to_tensor
 
 from common.metrics.image import _check_same_shape
 
-__all__ = ["dice", "mask_dice"]
+__all__ = ["OVERLAP_METRICS", "dice", "mask_dice", "overlap_counts", "overlap_metrics"]
+
+OVERLAP_METRICS = {"dice": "f1 score", "iou": "threat score", "precision": "precision", "recall": "sensitivity"}
+"""Reported name -> MONAI ``compute_confusion_matrix_metric`` name (Dice is the F1 score, IoU the threat score)."""
 
 
 def _as_binary(name: str, mask: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -49,3 +50,32 @@ def mask_dice(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return float(dice(a.reshape(1, 1, -1).bool(), b.reshape(1, 1, -1).bool())[0])
+
+
+def overlap_counts(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """True positives, false positives, true negatives and false negatives of boolean masks, per item and channel.
+
+    Args:
+        pred, target: boolean or 0/1 masks (B, C, *spatial) of the same shape.
+
+    Returns:
+        (B, C, 4) float tensor ``[tp, fp, tn, fn]`` (MONAI ``get_confusion_matrix``); counts of several items (the
+        slices of one case) add up to the counts of the whole.
+    """
+    pred_tensor, target_tensor = _as_binary("pred", pred), _as_binary("target", target)
+    _check_same_shape("pred", pred_tensor, "target", target_tensor)
+    return get_confusion_matrix(pred_tensor, target_tensor, include_background=True)
+
+
+def overlap_metrics(counts: torch.Tensor) -> dict[str, float]:
+    """Dice, IoU, precision and recall of one structure from its summed ``[tp, fp, tn, fn]`` (shape (4,)).
+
+    Dice = 2 tp / (2 tp + fp + fn), IoU = tp / (tp + fp + fn), precision = tp / (tp + fp), recall = tp / (tp + fn);
+    a ratio with a zero denominator is NaN (e.g. precision when nothing is predicted), as MONAI returns it.
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    if counts.shape != (4,):
+        raise ValueError(f"counts must be [tp, fp, tn, fn] of one structure (shape (4,)), got {tuple(counts.shape)}")
+    return {
+        name: float(compute_confusion_matrix_metric(monai_name, counts)) for name, monai_name in OVERLAP_METRICS.items()
+    }

@@ -1,5 +1,6 @@
 """Sampling and evaluation workflows the bundle configs run (``run()`` writes a dataset or a report).
 
+``utility`` trains a segmenter on real and synthetic data (the downstream-utility experiment).
 ``base`` holds the two base classes, :class:`SamplingWorkflow` and :class:`EvaluationWorkflow`, with the shared loop,
 output checks, seeding, datalist and report writing; each bundle's workflow specialises one of them by its steps.
 """
@@ -21,6 +22,18 @@ from common.workflows.paired_evaluation import PairedEvaluation, load_sample_tri
 from common.workflows.paired_sampling import PairedSampling, from_unit_range, slice_affine, to_unit_range
 from common.workflows.sampling import MaskConditionedSampling, list_masks
 from common.workflows.sharding import bundle_run_fields, rank_and_world_size
+from common.workflows.utility import (
+    UtilityArm,
+    UtilityExperiment,
+    check_held_out,
+    paired_sample_items,
+    paired_slice_items,
+    require_test_dir,
+    round_robin,
+    segmentation_items,
+    utility_arms,
+    utility_test_cases,
+)
 
 __all__ = [
     "EvaluationWorkflow",
@@ -45,4 +58,14 @@ __all__ = [
     "select_sampler",
     "slice_affine",
     "to_unit_range",
+    "UtilityArm",
+    "UtilityExperiment",
+    "check_held_out",
+    "paired_sample_items",
+    "paired_slice_items",
+    "require_test_dir",
+    "round_robin",
+    "segmentation_items",
+    "utility_arms",
+    "utility_test_cases",
 ]

@@ -467,3 +467,20 @@ def test_hu_scale_overlay_end_to_end(tmp_path: Path) -> None:
         fid_pool=2,
     )[0]
     assert results["reconstruction"]["l1_hu"] > 0 and np.isfinite(results["samples"]["fid_2d_latent"])
+
+
+def test_utility_quick_run_scores_the_real_arms(tmp_path: Path) -> None:
+    settings = {
+        "bundle_root": str(tmp_path),
+        "output_dir": str(tmp_path / "utility"),
+        "spatial_size": [16, 16, 16],
+        "phantom_size": 24,
+        "phantom_cases": 4,
+        "test_phantom_cases": 3,
+        "quick": True,
+    }
+    results = run_workflow(BUNDLE, ("train_autoencoder", "utility"), None, **settings)[0]
+    assert set(results["arms"]) == {"real", "real+aug", "real_all", "ceiling"}
+    assert results["cases"]["test"] == ["LUNG_phantom_004", "LUNG_phantom_005", "LUNG_phantom_006"]
+    assert results["arms"]["real"]["metrics"]["dice"]["n"] == 3
+    assert "fewer than the 5 needed" in (tmp_path / "utility" / "report.md").read_text()

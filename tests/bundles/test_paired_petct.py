@@ -359,3 +359,23 @@ def test_seeded_inference_writes_the_phantoms_it_seeds_from(trained, tmp_path: P
     written = infer(fresh, tmp_path / "samples", names=("inference", "seeded"), num_inference_steps=5, **phantoms)
     assert len(list((fresh / "data" / "phantoms_head_neck" / "imagesTr").glob("*__PT.nii.gz"))) == 4
     assert len(written) == 2
+
+
+def test_utility_quick_run_reports_and_refuses_seeding_from_the_test_split(trained, tmp_path: Path) -> None:
+    root, _ = trained
+    settings = {
+        **SHARED,
+        "bundle_root": str(root),
+        "output_dir": str(tmp_path / "utility"),
+        "phantom_cases": 4,
+        "phantom_size": 32,
+        "quick": True,
+    }
+    results = run_workflow(BUNDLE, ("inference", "utility"), None, **settings)[0]
+    assert set(results["arms"]) == {"real", "real+aug", "syn4", "real+syn4", "real+syn4+aug", "real_all", "ceiling"}
+    assert results["cases"]["test"] and not set(results["cases"]["test"]) & set(results["cases"]["generator"])
+    assert len(list((tmp_path / "utility" / "synthetic" / "labelsTr").glob("*.nii.gz"))) == 4
+    with pytest.raises(Exception) as error:
+        run_workflow(BUNDLE, ("inference", "utility"), None, **{**settings, "seed_fraction": 0.8, "seed_split": "test"})
+    assert "the test set is not held out" in error_chain(error.value)
+    assert "also seeding cases" in error_chain(error.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +212,52 @@ def test_evaluate_writes_report(trained: Path, tmp_path: Path) -> None:
     assert report["n_pairs"] == 4 and report["n_real_cases"] == 2
     assert "| mse_mean |" in (tmp_path / "eval" / "report.md").read_text()
     assert "need >= 3 real" in report["distribution"]["t1c"]["not computed"]  # 2 real cases: no FDS/DS/FID number
+
+
+def utility(root: Path, out: Path, **overrides) -> dict:
+    """The utility overlay in quick mode on the tiny trained generator (4 training phantoms, 3 test phantoms)."""
+    settings = {
+        **SHARED,
+        "bundle_root": str(root),
+        "output_dir": str(out),
+        "phantom_cases": 4,
+        "quick": True,
+        **overrides,
+    }
+    return run_workflow(BUNDLE, ("inference", "utility"), None, **settings)[0]
+
+
+def test_utility_quick_run_reports_and_repeats_exactly(trained: Path, tmp_path: Path) -> None:
+    first = utility(trained, tmp_path / "a")
+    assert set(first["arms"]) == {"real", "real+aug", "syn2", "real+syn2", "real+syn2+aug", "real_all", "ceiling"}
+    assert first["cases"]["test"] == ["head_004", "head_005", "head_006"]
+    assert not set(first["cases"]["test"]) & set(first["cases"]["generator"])
+    assert first["arms"]["real+syn2"]["real_cases"] == 2 and first["arms"]["syn2"]["synthetic"] == 2
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "fewer than the 5 needed for a p-value" in report and "Harness sanity" in report
+    assert (tmp_path / "a" / "utility_dice.png").is_file()
+    assert len(list((tmp_path / "a" / "synthetic" / "imagesTr").glob("*.nii.gz"))) == 3  # one per training mask
+    second = utility(trained, tmp_path / "b")
+    for name, arm in first["arms"].items():  # the same numbers but the training time
+        assert {k: v for k, v in arm.items() if k != "seconds"} == {
+            k: v for k, v in second["arms"][name].items() if k != "seconds"
+        }
+
+
+def test_utility_refuses_a_test_set_the_generator_saw(trained: Path, tmp_path: Path) -> None:
+    seen = trained / "data" / "phantoms_whole_head"
+    with pytest.raises(Exception) as error:
+        utility(trained, tmp_path, test_dir=str(seen), synthetic_multiples=[])
+    assert re.search(r"ValueError: the test set is not held out: case\(s\) \['head_0\d\d'", error_chain(error.value))
+    assert "also generator training cases" in error_chain(error.value)
+
+
+def test_utility_with_real_data_needs_a_test_dir(trained: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    shutil.copytree(trained / "data" / "phantoms_whole_head", real)
+    with pytest.raises(Exception) as error:
+        utility(trained, tmp_path / "out", dataset_dir=str(real), synthetic_multiples=[])
+    assert "ValueError: config key 'test_dir'" in error_chain(error.value)
 
 
 def test_resume_after_an_interrupted_run(tmp_path: Path) -> None:

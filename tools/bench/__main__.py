@@ -17,6 +17,7 @@ from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feed
 from tools.bench.paired_petct_choices import bench_paired_petct_choices
 from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
 from tools.bench.sharded_sampling import bench_sharded_sampling
+from tools.bench.utility import bench_latent_ct_utility, bench_semantic_mri_utility
 
 __all__ = ["BENCHMARKS", "main"]
 
@@ -24,11 +25,13 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri": bench_semantic_mri,
     "semantic_mri_clipping": bench_semantic_mri_clipping,
+    "semantic_mri_utility": bench_semantic_mri_utility,
     "paired_petct": bench_paired_petct,
     "paired_petct_feedback": bench_paired_petct_feedback,
     "paired_petct_choices": bench_paired_petct_choices,
     "latent_ct": bench_latent_ct,
     "latent_ct_intensity": bench_latent_ct_intensity,
+    "latent_ct_utility": bench_latent_ct_utility,
     "sharded_sampling": bench_sharded_sampling,
 }
 

@@ -194,15 +194,15 @@ def get_phantom_kind(kind: str) -> PhantomKind:
     return PHANTOM_KINDS[name]
 
 
-def _write_cases(phantom: PhantomKind, folder: Path, n: int, grid: tuple, seed: int) -> list[dict]:
-    """Generate and save cases 0..n-1 into ``folder``; case ``i`` draws from ``default_rng((seed, i))``.
+def _write_cases(phantom: PhantomKind, folder: Path, n: int, grid: tuple, seed: int, first: int = 0) -> list[dict]:
+    """Generate and save cases first..first+n-1 into ``folder``; case ``i`` draws from ``default_rng((seed, i))``.
 
     Images take their affine from ``PhantomCase.affines`` where the case gives one, else the grid's. A kind with a
     ``write_case`` writes its cases itself.
     """
     affine = phantom_affine(*grid)
     entries = []
-    for index in range(n):
+    for index in range(first, first + n):
         case_id = phantom.case_id.format(index)
         case = phantom.generate(*grid, np.random.default_rng((seed, index)))
         if phantom.write_case is not None:
@@ -224,6 +224,7 @@ def write_phantom_dataset(
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
     seed: int = 0,
+    first: int = 0,
 ) -> Path:
     """Write ``n`` phantom cases of ``kind`` as NIfTI (float32 images, uint8 labels) plus a decathlon ``dataset.json``.
 
@@ -232,8 +233,9 @@ def write_phantom_dataset(
     ``imagesTr/HN_phantom_000__{CT,PT}.nii.gz`` + ``labelsTr/HN_phantom_000.nii.gz``; thorax CT
     ``LUNG_phantom_000/ct.nii.gz`` + ``LUNG_phantom_000/masks/<structure>.nii.gz`` (uint8, one per structure of the
     case), its ``dataset.json`` entries ``{"case_id", "image", "masks": {structure: path}}`` and a ``structures``
-    list instead of ``labels``. Case ``i`` uses the random
-    stream ``(seed, i)``, so it does not depend on ``n``. Files carry a RAS affine centred on the origin (see
+    list instead of ``labels``. Case ``i`` uses the random stream ``(seed, i)``, so it does not depend on ``n``;
+    ``first`` > 0 writes cases ``first .. first + n - 1`` (more cases of the same population, e.g. a held-out test
+    set beside the training set written with ``first`` 0). Files carry a RAS affine centred on the origin (see
     ``phantom_affine``) on the grid from ``phantom_grid(kind, size, shape, spacing)``, except images on a grid of
     their own (the PET of ``head_neck_petct``), which carry the case's affine for them (``PhantomCase.affines``).
 
@@ -241,11 +243,13 @@ def write_phantom_dataset(
 
     Raises:
         FileExistsError: ``out_dir`` exists and is not empty (it is left untouched).
-        ValueError: unknown ``kind``, ``n`` < 1, or a bad grid.
+        ValueError: unknown ``kind``, ``n`` < 1, ``first`` < 0, or a bad grid.
     """
     phantom = get_phantom_kind(kind)
     if int(n) < 1:
         raise ValueError(f"n must be >= 1 case, got {n}")
+    if int(first) < 0:
+        raise ValueError(f"first must be a case index >= 0, got {first}")
     grid = phantom_grid(kind, size, shape, spacing)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -253,7 +257,7 @@ def write_phantom_dataset(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        entries = _write_cases(phantom, staging, int(n), grid, int(seed))
+        entries = _write_cases(phantom, staging, int(n), grid, int(seed), int(first))
         description = {
             "name": phantom.name,
             "description": phantom.description,

@@ -629,3 +629,17 @@ def test_write_thorax_ct_dataset(tmp_path):
             assert mask.get_data_dtype() == np.uint8 and mask.shape == grid[0]
             np.testing.assert_allclose(mask.affine, phantom_affine(*grid))
             np.testing.assert_array_equal(np.asanyarray(mask.dataobj), expected.masks[name])
+
+
+def test_write_phantom_dataset_first_continues_the_same_population(tmp_path):
+    """Cases numbered from ``first`` are the cases a larger dataset would hold there (a held-out test set)."""
+    grid = {"shape": (16, 16, 16), "spacing": (12.0, 12.0, 12.0)}
+    whole = write_phantom_dataset("whole_head_mri", tmp_path / "whole", n=3, **grid)
+    tail = write_phantom_dataset("whole_head_mri", tmp_path / "tail", n=1, first=2, **grid)
+    assert [e["label"] for e in json.loads((tail / "dataset.json").read_text())["training"]] == [
+        "labelsTr/head_002.nii.gz"
+    ]
+    for name in ("imagesTr/head_002.nii.gz", "labelsTr/head_002.nii.gz"):
+        np.testing.assert_array_equal(nib.load(whole / name).get_fdata(), nib.load(tail / name).get_fdata())
+    with pytest.raises(ValueError, match="first must be a case index >= 0"):
+        write_phantom_dataset("whole_head_mri", tmp_path / "bad", n=1, first=-1, **grid)

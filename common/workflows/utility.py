@@ -1,0 +1,748 @@
+"""The downstream-utility experiment: does a bundle's synthetic data help a segmentation network?
+
+Med-DDPM (paper 001, Table II) trains a 3D U-Net on real cases, on synthetic cases and on both, and scores tumour
+Dice on real test cases; paper 000 compares such arms with an ANOVA and Bonferroni-corrected t-tests. This workflow
+does that for any bundle, with the same network, training budget (optimiser steps) and augmentation in every arm::
+
+    run()
+      check_held_out()                     test cases vs generator / seeding / training cases -> ValueError (ids)
+      real items: a scarce subset (real_count cases, fixed for every arm and seed), all training cases, the test set
+      synthetic items: the bundle's own sampler writes image + mask pairs to synthetic/ (resumes), the first N in
+                                           round-robin order
+      for each arm x seed                  train a fresh segmenter, score every test case (Dice, IoU, precision,
+                                           recall), cache runs/<arm>__seed<s>.json (a rerun resumes)
+      report.json, report.md, utility_dice.png
+                                           mean +- 95 % CI over test cases (seed-averaged per case), paired t-tests
+                                           against 'real' and 'real+aug' (Bonferroni), one-way ANOVA, sanity ratio
+
+Arms: ``real`` (scarce real cases), ``real+aug`` (with the augmentation), ``synN`` (N synthetic pairs only),
+``real+synN``, ``real+synN+aug`` for each N in ``synthetic_multiples`` x ``real_count``; and two sanity arms that
+check the harness: ``real_all`` (every training case) and ``ceiling`` (trained on the test cases themselves: what
+this network and budget reach on those images), whose ratio should be close to 1 on phantoms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import Randomizable
+from monai.utils import convert_to_tensor, set_determinism
+from torch import nn
+
+from common.data.headers import check_case_headers
+from common.data.layouts import find_cases
+from common.data.prepare import ensure_phantom_dataset
+from common.io import atomic_write_text, read_nifti, write_png
+from common.metrics.report import write_report
+from common.metrics.segmentation import OVERLAP_METRICS, overlap_counts, overlap_metrics
+from common.metrics.statistics import bonferroni, mean_ci, one_way_anova, paired_t_test
+from common.workflows.base import EvaluationWorkflow, SamplingWorkflow
+from common.workflows.evaluation import mask_id_of_sample
+from common.workflows.paired_sampling import to_unit_range
+
+__all__ = [
+    "BASELINES",
+    "UtilityArm",
+    "UtilityExperiment",
+    "check_held_out",
+    "describe_transform",
+    "paired_sample_items",
+    "paired_slice_items",
+    "require_test_dir",
+    "round_robin",
+    "segmentation_inputs",
+    "segmentation_items",
+    "utility_arms",
+    "utility_test_cases",
+]
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("real", "real+aug")
+"""The arms every other arm is compared with."""
+
+
+@dataclass(frozen=True)
+class UtilityArm:
+    """One training set of the experiment.
+
+    Attributes:
+        name: short name in the tables (``real+syn16+aug``).
+        real: which real cases: ``scarce`` (the ``real_count`` subset), ``all`` (every training case), ``test`` (the
+            test cases: the ceiling) or ``none``.
+        synthetic: synthetic image + mask pairs added.
+        augment: whether the augmentation transform is applied to the training items.
+    """
+
+    name: str
+    real: str
+    synthetic: int = 0
+    augment: bool = False
+
+    @property
+    def sanity(self) -> bool:
+        """A harness check (all real cases, the ceiling), not one of the compared arms."""
+        return self.real in ("all", "test")
+
+
+def utility_arms(
+    real_count: int, synthetic_multiples: Sequence[int], sanity: bool = True, synthetic_per_case: int = 1
+) -> list[UtilityArm]:
+    """The arms of the experiment: real, real+aug, then synN, real+synN, real+synN+aug for N = multiple x
+    ``real_count`` x ``synthetic_per_case`` (synthetic items worth one real case: 1 for volumes, the typical
+    number of tumour slices of a case for 2D samples), then (``sanity``) real_all and ceiling."""
+    if real_count < 1:
+        raise ValueError(f"config key 'real_count': expected >= 1 scarce real case, got {real_count}")
+    if any(int(m) < 1 for m in synthetic_multiples):
+        raise ValueError(f"config key 'synthetic_multiples': expected integers >= 1, got {list(synthetic_multiples)}")
+    if synthetic_per_case < 1:
+        raise ValueError(f"config key 'synthetic_per_case': expected >= 1, got {synthetic_per_case}")
+    arms = [UtilityArm("real", "scarce"), UtilityArm("real+aug", "scarce", augment=True)]
+    for multiple in synthetic_multiples:
+        n = int(multiple) * int(real_count) * int(synthetic_per_case)
+        arms += [
+            UtilityArm(f"syn{n}", "none", n),
+            UtilityArm(f"real+syn{n}", "scarce", n),
+            UtilityArm(f"real+syn{n}+aug", "scarce", n, augment=True),
+        ]
+    if sanity:
+        arms += [UtilityArm("real_all", "all"), UtilityArm("ceiling", "test")]
+    return arms
+
+
+def _ids(cases: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {str(c["case_id"]) for c in cases}
+
+
+def _files(case: Mapping[str, Any]) -> set[str]:
+    """The resolved paths of a case's image and label files (any nesting of strings, lists and dicts)."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            found.add(str(Path(value).resolve()))
+        elif isinstance(value, Mapping):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    for key, value in case.items():
+        if key != "case_id":
+            walk(value)
+    return found
+
+
+def check_held_out(test_cases: Sequence[Mapping[str, Any]], **others: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a test set that shares a case (by case id or by file) with any of ``others`` (e.g. the generator's
+    training cases, the seeding cases, the segmenter's training cases).
+
+    Raises:
+        ValueError: naming the role (``others`` key) and the shared case ids; an empty test set.
+    """
+    if not test_cases:
+        raise ValueError("config key 'test_cases': the held-out test set is empty")
+    test_ids = _ids(test_cases)
+    test_files = {f: str(c["case_id"]) for c in test_cases for f in _files(c)}
+    for role, cases in others.items():
+        shared = test_ids & _ids(cases)
+        shared |= {test_files[f] for c in cases for f in _files(c) if f in test_files}
+        if shared:
+            raise ValueError(
+                f"the test set is not held out: case(s) {sorted(shared)} are also {role.replace('_', ' ')}; the "
+                "test cases must be cases neither the generator's training nor the seeding ever saw"
+            )
+
+
+def require_test_dir(test_dir: str | None) -> str:
+    """``test_dir``, or an error saying that real data needs a held-out folder (None: no phantom default)."""
+    if test_dir is None:
+        raise ValueError(
+            "config key 'test_dir': with your own dataset_dir, give a folder of held-out real cases the generator "
+            "never saw (--test_dir T); the phantom test set only goes with the phantom training set"
+        )
+    return test_dir
+
+
+def utility_test_cases(
+    test_dir: str | None,
+    modalities: Sequence[str],
+    phantom: Mapping[str, Any] | None = None,
+    limit: int | None = None,
+    layout: str = "auto",
+) -> list[dict[str, Any]]:
+    """The held-out real test cases of ``test_dir`` (the first ``limit`` by case id; None: all), headers checked.
+
+    ``phantom``: the phantom test set's settings (``{"dir", "kind", "n", "first", ...}``): when ``test_dir`` is its
+    missing or empty folder, those phantoms are written first.
+
+    Raises:
+        ValueError: ``test_dir`` is None (real data without a held-out folder); see also :func:`find_cases`.
+    """
+    ensure_phantom_dataset(require_test_dir(test_dir), dict(phantom) if phantom else None)
+    cases = sorted(find_cases(test_dir, modalities, layout, config_key="test_dir"), key=lambda c: str(c["case_id"]))
+    for case in cases:
+        check_case_headers(case)
+    return cases[: int(limit)] if limit else cases
+
+
+def round_robin(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Samples ordered sample 0 of every mask, then sample 1 of every mask, ...: any first N are spread over the
+    masks (samples are grouped by :func:`common.workflows.mask_id_of_sample` of their case id)."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for entry in sorted(entries, key=lambda e: str(e["case_id"])):
+        group = mask_id_of_sample(str(entry["case_id"]))
+        keyed.append((rank.get(group, 0), group, entry))
+        rank[group] = rank.get(group, 0) + 1
+    return [entry for *_, entry in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+def segmentation_inputs(
+    cases: Sequence[Mapping[str, Any]], annotation_key: str = "label"
+) -> Sequence[Mapping[str, Any]]:
+    """``cases``, checked to name their annotation (``annotation_key``: a mask file, or a dict of structure masks).
+
+    Raises:
+        ValueError: a case without one, named (e.g. a sampler that writes images only).
+    """
+    for case in cases:
+        if not case.get(annotation_key):
+            raise ValueError(
+                f"case '{case.get('case_id')}' has no '{annotation_key}' (mask): the utility experiment trains a "
+                "segmenter "
+                "and needs an annotation for every real and synthetic case (a sampler that writes images only "
+                "cannot feed the synthetic arms: set synthetic_multiples to [])"
+            )
+    return cases
+
+
+def segmentation_items(
+    cases: Sequence[Mapping[str, Any]],
+    transform: Callable[[dict], Mapping[str, Any]],
+    target_labels: Sequence[int],
+    annotation_key: str = "label",
+) -> list[dict[str, Any]]:
+    """Cases as in-memory training / test items ``{"image": (C, *spatial) float32, "label": (1, *spatial) {0, 1},
+    "case_id"}``: ``transform`` loads a case (``{"image", "label"}`` on the model grid and scale) and the label's
+    ``target_labels`` become the foreground; every case must have ``annotation_key`` (its mask file or files)."""
+    targets = torch.tensor([int(v) for v in target_labels])
+    items = []
+    for case in segmentation_inputs(cases, annotation_key):
+        data = transform(dict(case))
+        label = convert_to_tensor(data["label"], track_meta=False)
+        items.append(
+            {
+                "image": convert_to_tensor(data["image"], dtype=torch.float32, track_meta=False),
+                "label": torch.isin(label.round().long(), targets).float(),
+                "case_id": str(case["case_id"]),
+            }
+        )
+    return items
+
+
+def paired_slice_items(dataset: Sequence[Mapping[str, Any]], image_keys: Sequence[str] = ("ct", "pet")) -> list[dict]:
+    """2D items of a :class:`common.data.PairedSliceDataset` (tumour slices of real PET-CT cases, in [-1, 1]): the
+    image channels ``image_keys`` stacked, the mask (> 0) as label, the case id kept (a case's slices are scored
+    together)."""
+    items = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        items.append(
+            {
+                "image": torch.cat([torch.as_tensor(item[k], dtype=torch.float32) for k in image_keys]),
+                "label": (torch.as_tensor(item["mask"]) > 0).float(),
+                "case_id": str(item["case_id"]),
+            }
+        )
+    return items
+
+
+def paired_sample_items(entries: Sequence[Mapping[str, Any]], windows: Sequence[Sequence[float]]) -> list[dict]:
+    """2D items of the triples ``paired_petct``'s sampler wrote (``{"case_id", "image": [CT, PET], "label"}``, (H, W,
+    1) volumes in HU / SUV / {0, 1}): each image mapped from its window to [-1, 1] as training does."""
+    items = []
+    for entry in segmentation_inputs(entries):
+        images = [to_unit_range(read_nifti(path)[..., 0], window) for path, window in zip(entry["image"], windows)]
+        items.append(
+            {
+                "image": torch.stack(images),
+                "label": (read_nifti(entry["label"])[..., 0] > 0).float()[None],
+                "case_id": str(entry["case_id"]),
+            }
+        )
+    return items
+
+
+def describe_transform(transform: Any) -> Any:
+    """What a (composed) transform is, the same in every process and after use: class names (nested for ``Compose``)
+    and each transform's probability; ``repr`` would hold memory addresses and the attributes hold random draws."""
+    if transform is None:
+        return None
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        return [type(transform).__name__, [describe_transform(t) for t in inner]]
+    prob = getattr(transform, "prob", None)
+    return type(transform).__name__ if prob is None else f"{type(transform).__name__}(prob={prob})"
+
+
+def _plain_number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+class UtilityExperiment(EvaluationWorkflow):
+    """Train one segmentation network per arm and seed and compare them on held-out real cases (module docstring).
+
+    Args:
+        output_dir: where ``runs/``, the reports and the plot go.
+        train_cases: real training cases the scarce subset and ``real_all`` come from (``{"case_id", ...}``).
+        test_cases: held-out real test cases.
+        generator_cases: every case the generator was trained (or validated) on.
+        seed_cases: cases the sampler is conditioned or seeded on (their masks or slices), if any.
+        real_items: ``cases -> items`` (see :func:`segmentation_items`): loads real cases on the model grid.
+        synthetic_items: ``datalist entries -> items``: loads the sampler's written pairs.
+        sampling: the bundle's sampling workflow, writing at least the largest N pairs; they go to
+            ``output_dir/synthetic`` (sampling resumes there); None when no arm has synthetic data.
+        network: ``() -> nn.Module``, a fresh segmenter with 2 output channels (background, target).
+        optimizer: ``params -> torch.optim.Optimizer``.
+        loss: training loss of (logits, label) with the label as a class index map (e.g. ``DiceCELoss(
+            to_onehot_y=True, softmax=True)``).
+        augmentation: random transform of an item dict (keys ``image``, ``label``) for the ``+aug`` arms.
+        inferer: inference on a (1, C, *spatial) test image (default ``SimpleInferer``: the whole image).
+        real_count: scarce real cases; the subset is drawn once with ``subset_seed`` and is the same in every arm.
+        synthetic_multiples: N = multiple x ``real_count`` x ``synthetic_per_case`` for the synthetic arms.
+        synthetic_per_case: synthetic items worth one real case (1 for volumes; slices per case for 2D samples).
+        seeds: training seeds (network initialisation, batch order, augmentation).
+        iterations: optimiser steps of every training run (the same budget in every arm).
+        batch_size: items per step.
+        min_test_cases: fewest test cases for a p-value (below: the report says so).
+        sanity: also run ``real_all`` and ``ceiling``.
+        subset_seed: seed of the draw of the scarce subset.
+        time_limit_minutes: start no new training run after this long (cached runs still count; every call trains
+            one run at least); the next call resumes. None: no limit.
+        overwrite: train again runs whose cached result was made with other settings (else an error).
+        device: torch device.
+        title: report heading.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        train_cases: Sequence[Mapping[str, Any]],
+        test_cases: Sequence[Mapping[str, Any]],
+        generator_cases: Sequence[Mapping[str, Any]],
+        real_items: Callable[[Sequence[Mapping[str, Any]]], Sequence[dict]],
+        network: Callable[[], nn.Module],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        loss: Callable[..., torch.Tensor],
+        seed_cases: Sequence[Mapping[str, Any]] = (),
+        synthetic_items: Callable[[Sequence[Mapping[str, Any]]], Sequence[dict]] | None = None,
+        sampling: SamplingWorkflow | None = None,
+        augmentation: Callable[[dict], dict] | None = None,
+        inferer: Inferer | None = None,
+        real_count: int = 4,
+        synthetic_multiples: Sequence[int] = (1, 4, 16),
+        synthetic_per_case: int = 1,
+        seeds: Sequence[int] = (0, 1, 2),
+        iterations: int = 300,
+        batch_size: int = 2,
+        min_test_cases: int = 5,
+        sanity: bool = True,
+        subset_seed: int = 0,
+        time_limit_minutes: float | None = None,
+        overwrite: bool = False,
+        device: str | torch.device = "cpu",
+        title: str = "Downstream utility of the synthetic data",
+    ) -> None:
+        super().__init__(output_dir, title)
+        if not seeds:
+            raise ValueError("config key 'seeds': expected at least one training seed, got none")
+        if int(iterations) < 1 or int(batch_size) < 1:
+            raise ValueError(f"config keys 'iterations', 'batch_size': expected >= 1, got {iterations}, {batch_size}")
+        if int(real_count) > len(train_cases):
+            raise ValueError(
+                f"config key 'real_count': {real_count} scarce real cases asked for, but only {len(train_cases)} "
+                "training case(s) exist"
+            )
+        self.arms = utility_arms(int(real_count), synthetic_multiples, sanity, int(synthetic_per_case))
+        if any(arm.synthetic for arm in self.arms) and (sampling is None or synthetic_items is None):
+            raise ValueError(
+                "config keys 'sampling', 'synthetic_items': synthetic arms (synthetic_multiples "
+                f"{list(synthetic_multiples)}) need the bundle's sampler and a loader of its samples"
+            )
+        self.train_cases = sorted(train_cases, key=lambda c: str(c["case_id"]))
+        self.test_cases = sorted(test_cases, key=lambda c: str(c["case_id"]))
+        scarce = random.Random(int(subset_seed)).sample(self.train_cases, int(real_count))
+        self.scarce_cases = sorted(scarce, key=lambda c: str(c["case_id"]))
+        check_held_out(
+            self.test_cases,
+            generator_training_cases=generator_cases,
+            seeding_cases=seed_cases,
+            segmenter_training_cases=self.train_cases,
+        )
+        self.generator_cases = list(generator_cases)
+        self.seed_cases = list(seed_cases)
+        self.real_items = real_items
+        self.synthetic_items = synthetic_items
+        self.sampling = sampling
+        if sampling is not None:  # the samples belong to this experiment's folder; the harness logs, no progress bars
+            sampling.output_dir = self.output_dir / "synthetic"
+            sampling.verbose = False
+        self.network = network
+        self.optimizer = optimizer
+        self.loss = loss
+        self.augmentation = augmentation
+        self.inferer = inferer or SimpleInferer()
+        self.real_count = int(real_count)
+        self.seeds = [int(s) for s in seeds]
+        self.iterations = int(iterations)
+        self.batch_size = int(batch_size)
+        self.min_test_cases = int(min_test_cases)
+        self.time_limit = None if time_limit_minutes is None else float(time_limit_minutes) * 60.0
+        self.overwrite = bool(overwrite)
+        self.device = torch.device(device)
+
+    # ------------------------------------------------------------------------------------------------------ data
+
+    def synthetic_pool(self) -> list[dict]:
+        """The first max-N synthetic items (round-robin over the masks); samples the missing ones first."""
+        needed = max((arm.synthetic for arm in self.arms), default=0)
+        if not needed:
+            return []
+        entries = round_robin(self.sampling.run())
+        if len(entries) < needed:
+            raise ValueError(
+                f"config key 'num_samples': the sampler wrote {len(entries)} synthetic pair(s) in "
+                f"'{self.sampling.output_dir}', the largest synthetic arm needs {needed}"
+            )
+        return list(self.synthetic_items(entries[:needed]))
+
+    def training_items(self, arm: UtilityArm, real: Mapping[str, list[dict]], synthetic: list[dict]) -> list[dict]:
+        return [*real[arm.real], *synthetic[: arm.synthetic]]
+
+    # -------------------------------------------------------------------------------------------------- one run
+
+    def settings(self, arm: UtilityArm, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """What defines one run's numbers (a cached result with other settings is not reused)."""
+        return {
+            "arm": asdict(arm),
+            "training_cases": sorted(str(i["case_id"]) for i in items),
+            "test_cases": sorted(_ids(self.test_cases)),
+            "iterations": self.iterations,
+            "batch_size": self.batch_size,
+            "augmentation": describe_transform(self.augmentation) if arm.augment else None,
+            "network": repr(self.network()),
+        }
+
+    def network_summary(self) -> str:
+        """The segmenter's class and size, for the report (e.g. ``UNet, 1,190,000 parameters``)."""
+        network = self.network()
+        return f"{type(network).__name__}, {sum(p.numel() for p in network.parameters()):,} parameters"
+
+    def train(self, items: Sequence[dict], augment: bool, seed: int) -> nn.Module:
+        """A fresh network trained for ``iterations`` steps on ``items`` (seeded: init, batch order, augmentation)."""
+        set_determinism(seed=seed)
+        network = self.network().to(self.device)
+        transform = self.augmentation if augment else None
+        if isinstance(transform, Randomizable):
+            transform.set_random_state(seed=seed)
+        loader = DataLoader(
+            Dataset(list(items), transform=transform),
+            batch_size=min(self.batch_size, len(items)),
+            shuffle=True,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        trainer = SupervisedTrainer(
+            device=self.device,
+            max_epochs=1,
+            epoch_length=self.iterations,
+            train_data_loader=loader,
+            network=network,
+            optimizer=self.optimizer(network.parameters()),
+            loss_function=self.loss,
+        )
+        trainer.run()
+        set_determinism(seed=None)
+        return network
+
+    @torch.no_grad()
+    def score(self, network: nn.Module, items: Sequence[dict]) -> dict[str, dict[str, float | None]]:
+        """Dice, IoU, precision and recall of the target per test case (the items of a case counted together)."""
+        network.eval()
+        counts: dict[str, torch.Tensor] = {}
+        for item in items:
+            logits = self.inferer(item["image"][None].to(self.device), network)
+            prediction = (torch.as_tensor(logits).argmax(dim=1, keepdim=True) == 1).float().cpu()
+            case_counts = overlap_counts(prediction, item["label"][None])[0, 0]
+            counts[item["case_id"]] = counts.get(item["case_id"], torch.zeros(4, dtype=torch.float64)) + case_counts
+        return {case: {name: _plain_number(v) for name, v in overlap_metrics(c).items()} for case, c in counts.items()}
+
+    def run_path(self, arm: UtilityArm, seed: int) -> Path:
+        return self.output_dir / "runs" / f"{arm.name}__seed{seed}.json"
+
+    def cached(self, arm: UtilityArm, seed: int, settings: Mapping[str, Any]) -> dict | None:
+        """The cached result of a run made with ``settings``; another run's result is an error (or, with
+        ``overwrite``, ignored)."""
+        path = self.run_path(arm, seed)
+        if not path.is_file():
+            return None
+        found = json.loads(path.read_text())
+        if found.get("settings") == json.loads(json.dumps(settings)):
+            return found
+        if self.overwrite:
+            return None
+        differing = sorted(k for k in settings if found.get("settings", {}).get(k) != settings[k])
+        raise FileExistsError(
+            f"output_dir '{self.output_dir}': '{path.name}' holds a run made with other settings ({differing}); "
+            "choose another --output_dir or pass --overwrite true to train it again"
+        )
+
+    def run_arm(self, arm: UtilityArm, seed: int, items: Sequence[dict], test: Sequence[dict]) -> dict:
+        settings = self.settings(arm, items)
+        found = self.cached(arm, seed, settings)
+        if found is not None:
+            return found
+        start = time.perf_counter()
+        network = self.train(items, arm.augment, seed)
+        result = {"settings": settings, "cases": self.score(network, test), "seconds": time.perf_counter() - start}
+        atomic_write_text(self.run_path(arm, seed), json.dumps(result, indent=1) + "\n", overwrite=True)
+        dice = [c["dice"] for c in result["cases"].values() if c["dice"] is not None]
+        logger.info(
+            f"arm '{arm.name}' seed {seed}: {len(items)} training item(s), test Dice "
+            f"{np.mean(dice) if dice else float('nan'):.3f} ({result['seconds']:.1f} s)"
+        )
+        return result
+
+    # ------------------------------------------------------------------------------------------------- the whole
+
+    def evaluate(self) -> dict[str, Any]:
+        """Every arm x seed (cached runs reused); the statistics once all are done, else a progress summary."""
+        start = time.perf_counter()
+        real = {
+            "scarce": list(self.real_items(self.scarce_cases)),
+            "all": list(self.real_items(self.train_cases)),
+            "test": list(self.real_items(self.test_cases)),
+            "none": [],
+        }
+        synthetic = self.synthetic_pool()
+        runs: dict[str, dict[int, dict]] = {}
+        pending = [(arm, seed) for seed in self.seeds for arm in self.arms]
+        trained = 0
+        for number, (arm, seed) in enumerate(pending):
+            items = self.training_items(arm, real, synthetic)
+            fresh = self.cached(arm, seed, self.settings(arm, items)) is None
+            out_of_time = self.time_limit is not None and time.perf_counter() - start > self.time_limit
+            if fresh and trained and out_of_time:
+                logger.info(f"time limit reached: {number} of {len(pending)} runs done; run again to resume")
+                return {"complete": False, "runs_done": number, "runs_total": len(pending)}
+            trained += fresh
+            runs.setdefault(arm.name, {})[seed] = self.run_arm(arm, seed, items, real["test"])
+        return self.statistics(runs)
+
+    def statistics(self, runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
+        """Per arm: per-case seed means, mean +- 95 % CI of each metric, seed means; paired tests; ANOVA; sanity."""
+        arms: dict[str, Any] = {}
+        per_case_dice: dict[str, dict[str, float]] = {}
+        for arm in self.arms:
+            by_seed = runs[arm.name]
+            cases = sorted(_ids(self.test_cases))
+            per_case = {}
+            for case in cases:
+                per_case[case] = {}
+                for metric in OVERLAP_METRICS:
+                    values = [by_seed[s]["cases"].get(case, {}).get(metric) for s in self.seeds]
+                    values = [v for v in values if v is not None]
+                    per_case[case][metric] = float(np.mean(values)) if values else None
+            per_case_dice[arm.name] = {c: v["dice"] for c, v in per_case.items() if v["dice"] is not None}
+            seed_means = {
+                metric: [
+                    _plain_number(
+                        np.nanmean([np.nan if v[metric] is None else v[metric] for v in run["cases"].values()])
+                    )
+                    for run in (by_seed[s] for s in self.seeds)
+                ]
+                for metric in OVERLAP_METRICS
+            }
+            arms[arm.name] = {
+                "real_cases": {
+                    "scarce": self.real_count,
+                    "all": len(self.train_cases),
+                    "test": len(self.test_cases),
+                }.get(arm.real, 0),
+                "synthetic": arm.synthetic,
+                "augment": arm.augment,
+                "sanity": arm.sanity,
+                "metrics": {m: mean_ci([v[m] for v in per_case.values() if v[m] is not None]) for m in OVERLAP_METRICS},
+                "seed_means": seed_means,
+                "seconds": float(sum(by_seed[s]["seconds"] for s in self.seeds)),
+                "per_case": per_case,
+            }
+        compared = [arm.name for arm in self.arms if not arm.sanity]
+        baselines = [b for b in BASELINES if b in compared]
+        tests = [(arm, base) for base in baselines for arm in compared if arm != base]
+        comparisons: dict[str, dict[str, Any]] = {}
+        for arm, base in tests:
+            result = paired_t_test(per_case_dice[arm], per_case_dice[base], self.min_test_cases)
+            result["p_bonferroni"] = bonferroni(result["p"], len(tests))
+            comparisons.setdefault(f"vs {base}", {})[arm] = result
+        results: dict[str, Any] = {
+            "complete": True,
+            "settings": {
+                "real_count": self.real_count,
+                "seeds": self.seeds,
+                "iterations": self.iterations,
+                "batch_size": self.batch_size,
+                "min_test_cases": self.min_test_cases,
+                "network": self.network_summary(),
+            },
+            "cases": {
+                "test": sorted(_ids(self.test_cases)),
+                "scarce_real": sorted(_ids(self.scarce_cases)),
+                "training": sorted(_ids(self.train_cases)),
+                "generator": sorted(_ids(self.generator_cases)),
+                "seeding": sorted(_ids(self.seed_cases)),
+            },
+            "arms": arms,
+            "comparisons": comparisons,
+            "comparisons_count": len(tests),
+            "anova": one_way_anova({a: list(per_case_dice[a].values()) for a in compared}, self.min_test_cases),
+        }
+        if "real_all" in arms and "ceiling" in arms:
+            best, top = arms["real_all"]["metrics"]["dice"]["mean"], arms["ceiling"]["metrics"]["dice"]["mean"]
+            ratio = best / top if best is not None and top else None
+            results["sanity"] = {"real_all_dice": best, "ceiling_dice": top, "ratio": ratio}
+        return results
+
+    # ------------------------------------------------------------------------------------------------ reporting
+
+    def markdown(self, results: Mapping[str, Any]) -> str:
+        """The report table: one row per arm, then the ANOVA, the sanity ratio and the notes on missing p-values."""
+
+        def interval(summary: Mapping[str, Any]) -> str:
+            if summary["mean"] is None:
+                return "-"
+            if summary["ci_low"] is None:
+                return f"{summary['mean']:.3f}"
+            return f"{summary['mean']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}]"
+
+        def versus(arm: str, base: str) -> str:
+            result = results["comparisons"].get(f"vs {base}", {}).get(arm)
+            if result is None:
+                return "-"
+            if result["mean_difference"] is None:
+                return "no paired cases"
+            text = f"{result['mean_difference']:+.3f}"
+            return text + (f", p {result['p_bonferroni']:.3g}" if result["p"] is not None else ", no p (too few cases)")
+
+        header = (
+            "| arm | real | synthetic | aug | Dice [95 % CI] | IoU | precision | recall | Dice per seed "
+            "| vs real (Bonferroni p) | vs real+aug (Bonferroni p) |"
+        )
+        rows = [header, "|" + "---|" * 11]
+        for name, arm in results["arms"].items():
+            m = arm["metrics"]
+            seeds = ", ".join("-" if v is None else f"{v:.3f}" for v in arm["seed_means"]["dice"])
+            rows.append(
+                f"| {name} | {arm['real_cases']} | {arm['synthetic']} | {'yes' if arm['augment'] else 'no'} "
+                f"| {interval(m['dice'])} | {interval(m['iou'])} | {interval(m['precision'])} "
+                f"| {interval(m['recall'])} | {seeds} | {versus(name, 'real')} | {versus(name, 'real+aug')} |"
+            )
+        settings = results["settings"]
+        lines = [
+            f"# {self.title}",
+            "",
+            f"{len(results['cases']['test'])} held-out real test cases (never seen by the generator's training or "
+            f"the seeding); {settings['real_count']} scarce real training cases "
+            f"({', '.join(results['cases']['scarce_real'])}); "
+            f"seeds {settings['seeds']}; {settings['iterations']} optimiser steps of batch {settings['batch_size']} "
+            f"in every arm; network {settings['network']}.",
+            "Means over test cases of the seed-averaged per-case score, 95 % t interval over cases; paired t-tests "
+            f"over test cases, Bonferroni-corrected for {results['comparisons_count']} comparisons.",
+            "",
+            *rows,
+            "",
+        ]
+        anova = results["anova"]
+        lines.append(
+            f"One-way ANOVA of Dice across the {len(anova['groups'])} compared arms: "
+            + (
+                f"F = {anova['f']:.3f}, p = {anova['p']:.3g}."
+                if anova["p"] is not None
+                else f"no p-value: {anova['note']}."
+            )
+        )
+        notes = sorted({r["note"] for c in results["comparisons"].values() for r in c.values() if r["note"]})
+        lines += [f"Paired tests: {note}." for note in notes]
+        if "sanity" in results and results["sanity"]["ratio"] is not None:
+            s = results["sanity"]
+            lines.append(
+                f"Harness sanity: real_all Dice {s['real_all_dice']:.3f} / ceiling Dice {s['ceiling_dice']:.3f} = "
+                f"{s['ratio']:.3f} (ceiling: the same network and budget trained on the test cases themselves)."
+            )
+        return "\n".join(lines) + "\n"
+
+    def plot(self, results: Mapping[str, Any]) -> Path:
+        """``utility_dice.png``: Dice per arm (bars, left to right in the report's order) with 95 % CI whiskers;
+        grid lines every 0.1; real-only arms grey, synthetic-only blue, mixed green, sanity arms orange."""
+        names = list(results["arms"])
+        bar, gap, margin, height = 28, 12, 20, 240
+        image = np.full((height + 2 * margin, margin * 2 + len(names) * (bar + gap), 3), 255, np.uint8)
+
+        def y(value: float) -> int:
+            return margin + round((1.0 - min(max(value, 0.0), 1.0)) * height)
+
+        for tick in np.linspace(0.0, 1.0, 11):
+            image[y(tick), margin:-margin] = 220
+        for index, name in enumerate(names):
+            arm = results["arms"][name]
+            dice = arm["metrics"]["dice"]
+            if dice["mean"] is None:
+                continue
+            colour = (
+                (230, 140, 40)
+                if arm["sanity"]
+                else (90, 90, 90)
+                if not arm["synthetic"]
+                else (60, 110, 200)
+                if not arm["real_cases"]
+                else (60, 160, 90)
+            )
+            left = margin + gap // 2 + index * (bar + gap)
+            image[y(dice["mean"]) : y(0.0), left : left + bar] = colour
+            if dice["ci_low"] is not None:
+                middle = left + bar // 2
+                image[y(dice["ci_high"]) : y(dice["ci_low"]) + 1, middle - 1 : middle + 1] = 0
+                for bound in (dice["ci_low"], dice["ci_high"]):
+                    image[y(bound), middle - 5 : middle + 6] = 0
+        text = {
+            "Title": self.title,
+            "Description": "Dice per arm, left to right: "
+            + ", ".join(f"{n} {results['arms'][n]['metrics']['dice']['mean'] or 0:.3f}" for n in names)
+            + "; whiskers: 95 % CI over test cases; grid every 0.1 from 0 to 1",
+        }
+        return write_png(self.output_dir / "utility_dice.png", image, text=text, overwrite=True)
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every arm; once all are done write ``report.json``, ``report.md`` and the plot."""
+        results = self.evaluate()
+        if not results.get("complete"):
+            return results
+        json_path, md_path = write_report(results, self.output_dir, title=self.title)
+        atomic_write_text(md_path, self.markdown(results), overwrite=True)
+        png = self.plot(results)
+        logger.info(f"{self.title}: '{json_path}', '{md_path}', '{png}'")
+        return results

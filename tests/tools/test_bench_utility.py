@@ -1,0 +1,39 @@
+"""Tests of tools/bench/utility.py: the issue's targets are computed from the measured figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.bench.utility import utility_targets
+
+
+def arm(dice: float) -> dict:
+    return {"metrics": {"dice": {"mean": dice}}}
+
+
+def results(**dice: float) -> dict:
+    return {
+        "arms": {name.replace("_", "+").replace("real+all", "real_all"): arm(v) for name, v in dice.items()},
+        "sanity": {"ratio": 0.95},
+        "settings": {"seeds": [0, 1, 2]},
+        "cases": {"test": ["t0", "t1"], "generator": ["g0"], "seeding": ["g0"]},
+    }
+
+
+def test_targets_follow_the_measured_figures() -> None:
+    measured = results(real=0.6, real_aug=0.8, real_syn4=0.7, real_syn4_aug=0.75, syn4=0.5)
+    targets = {t["name"]: t for t in utility_targets(measured, rerun_difference=0.0, wall_minutes=12.0)}
+    better = targets["scarce regime: real+syn4 Dice - real Dice"]
+    assert better["value"] == pytest.approx(0.1) and better["met"]
+    augmented = targets["does real+syn4+aug beat real+aug? Dice difference (reported either way)"]
+    assert augmented["value"] == pytest.approx(-0.05) and not augmented["met"]
+    assert all(t["met"] for name, t in targets.items() if name != augmented["name"])
+
+
+def test_targets_report_failures() -> None:
+    measured = results(real=0.6, real_aug=0.8, real_syn4=0.5, real_syn4_aug=0.9)
+    measured["sanity"]["ratio"] = 0.8
+    measured["cases"]["seeding"] = ["t1"]
+    targets = utility_targets(measured, rerun_difference=1e-3, wall_minutes=31.0)
+    assert [t["met"] for t in targets] == [False, False, False, True, True, False, False]
+    assert targets[-1]["value"] == 1

@@ -1,0 +1,190 @@
+"""Benchmark of the downstream-utility experiment (``configs/utility.yaml``) on a bundle's demo phantoms.
+
+Usage::
+
+    python -m tools.bench semantic_mri_utility --ckpt_path bundles/semantic_mri/models/model.pt   # demo weights
+    python -m tools.bench semantic_mri_utility --ckpt_path ... --time_limit_minutes 8   # in chunks: rerun to resume
+
+Runs the bundle's utility overlay with its demo overlay (``inference.yaml`` + ``utility.yaml`` + ``demo.yaml``) in
+``--output_dir`` (default ``bundles/<b>/utility``, git-ignored; a rerun resumes from its ``runs/``), then checks that
+one run trained again with the same seed gives the same numbers, and writes the report table with the issue's
+targets (computed from the measured figures) to ``benchmarks/results/<b>_utility.md`` / ``.json`` and the plot next
+to them. The cost figure is the wall time of every call on this machine, summed (``bench_seconds.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.checkpoint import file_hash
+from common.io import atomic_write_text
+from tools.bench.harness import REPO_ROOT, RESULTS_DIR, bundle_workflow, config_files
+
+__all__ = ["bench_latent_ct_utility", "bench_semantic_mri_utility", "utility_targets"]
+
+
+def utility_targets(results: dict[str, Any], rerun_difference: float, wall_minutes: float) -> list[dict[str, Any]]:
+    """The issue's targets from the measured figures: harness sanity, determinism, real+synthetic vs real (per N),
+    real+synthetic+augmentation vs real+augmentation (per N, the issue asks whether), seeds, cost, held-out test."""
+    arms = results["arms"]
+
+    def dice(name: str) -> float:
+        return arms[name]["metrics"]["dice"]["mean"]
+
+    sanity = results["sanity"]
+    targets = [
+        {
+            "name": "harness sanity: real_all Dice / ceiling Dice (ceiling: trained on the test cases themselves)",
+            "value": sanity["ratio"],
+            "target": ">= 0.9",
+            "met": sanity["ratio"] is not None and sanity["ratio"] >= 0.9,
+        },
+        {
+            "name": "same seed, same numbers: largest per-case Dice difference of a run trained again",
+            "value": rerun_difference,
+            "target": "== 0",
+            "met": rerun_difference == 0.0,
+        },
+    ]
+    for name in arms:
+        if name.startswith("real+syn") and not name.endswith("+aug"):
+            difference = dice(name) - dice("real")
+            targets.append(
+                {"name": f"scarce regime: {name} Dice - real Dice", "value": difference, "target": ">= 0",
+                 "met": difference >= 0}
+            )  # fmt: skip
+    for name in arms:
+        if name.startswith("real+syn") and name.endswith("+aug"):
+            difference = dice(name) - dice("real+aug")
+            targets.append(
+                {"name": f"does {name} beat real+aug? Dice difference (reported either way)", "value": difference,
+                 "target": "> 0", "met": difference > 0}
+            )  # fmt: skip
+    overlap = set(results["cases"]["test"]) & (set(results["cases"]["generator"]) | set(results["cases"]["seeding"]))
+    targets += [
+        {"name": "training seeds per arm", "value": len(results["settings"]["seeds"]), "target": ">= 3",
+         "met": len(results["settings"]["seeds"]) >= 3},
+        {"name": "whole utility run, wall minutes on this machine (sampling + every arm and seed)",
+         "value": wall_minutes, "target": "<= 30", "met": wall_minutes <= 30},
+        {"name": "test cases shared with the generator's or the seeding cases", "value": len(overlap),
+         "target": "== 0", "met": not overlap},
+    ]  # fmt: skip
+    return targets
+
+
+def _rerun_difference(workflow: Any, results: dict[str, Any]) -> float:
+    """Train the first seed's 'real' arm again and compare its per-case Dice with the cached run."""
+    utility = workflow.parser.get_parsed_content("utility")
+    seed = results["settings"]["seeds"][0]
+    items = utility.real_items(utility.scarce_cases)
+    network = utility.train(items, False, seed)
+    again = utility.score(network, utility.real_items(utility.test_cases))
+    cached = json.loads(utility.run_path(utility.arms[0], seed).read_text())["cases"]
+    return max(abs((again[c]["dice"] or 0.0) - (cached[c]["dice"] or 0.0)) for c in cached)
+
+
+def _bench_utility(
+    bundle: str,
+    configs: tuple[str, ...],
+    ckpt_path: str | None,
+    output_dir: str | None,
+    time_limit_minutes: float | None,
+    command: str,
+    generator: str,
+    **overrides: Any,
+) -> tuple[str, dict[str, Any]]:
+    if ckpt_path is not None:
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path '{ckpt_path}': no such weights file (train the demo overlay first)")
+        overrides["ckpt_path"] = str(ckpt_path)
+    out = Path(output_dir) if output_dir else REPO_ROOT / "bundles" / bundle / "utility"
+    out.mkdir(parents=True, exist_ok=True)
+    clock = out / "bench_seconds.json"
+    chunks = json.loads(clock.read_text()) if clock.is_file() else []
+    start = time.perf_counter()
+    try:
+        workflow = bundle_workflow(
+            config_files(bundle, *configs),
+            None,
+            output_dir=str(out),
+            time_limit_minutes=time_limit_minutes,
+            **overrides,
+        )
+        results = workflow.run()[0]
+    finally:  # an interrupted call's time counts too
+        chunks.append(time.perf_counter() - start)
+        atomic_write_text(clock, json.dumps(chunks) + "\n", overwrite=True)
+    if not results.get("complete"):
+        raise SystemExit(
+            f"{results['runs_done']} of {results['runs_total']} runs done in '{out}': run the same command again "
+            "to resume (nothing written to benchmarks/results yet)"
+        )
+    rerun = _rerun_difference(workflow, results)
+    wall_minutes = sum(chunks) / 60.0
+    targets = utility_targets(results, rerun, wall_minutes)
+    report = (out / "report.md").read_text().split("\n", 2)[2]
+    shutil.copyfile(out / "utility_dice.png", RESULTS_DIR / f"{bundle}_utility.png")
+    lines = [
+        f"# {bundle}: does the synthetic data help? (downstream utility, demo phantoms, CPU)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; {len(chunks)} call(s), {wall_minutes:.1f} wall minutes in all.  ",
+        f"Generator: {generator}" + (f" (sha256 {file_hash(ckpt_path)[:16]}...).  " if ckpt_path else ".  "),
+        f"Plot: `{bundle}_utility.png` (Dice per arm, 95 % CI whiskers, the arms left to right as below).",
+        "",
+        report.strip(),
+        "",
+        "## Targets (issue 14)",
+        "",
+        *(
+            f"- {t['name']}: {t['value'] if not isinstance(t['value'], float) else round(t['value'], 4)} "
+            f"(target {t['target']}: {'met' if t['met'] else 'not met'})"
+            for t in targets
+        ),
+    ]
+    raw = {"results": results, "rerun_max_dice_difference": rerun, "wall_seconds": chunks, "targets": targets}
+    return "\n".join(lines) + "\n", raw
+
+
+def bench_semantic_mri_utility(
+    ckpt_path: str, output_dir: str | None = None, time_limit_minutes: float | None = None, **overrides: Any
+) -> tuple[str, dict[str, Any]]:
+    """semantic_mri's utility experiment on the demo phantoms (16 training phantoms, 16 held-out test phantoms)
+    with the demo generator ``ckpt_path``; returns (markdown, raw numbers)."""
+    return _bench_utility(
+        "semantic_mri",
+        ("inference", "utility", "demo"),
+        ckpt_path,
+        output_dir,
+        time_limit_minutes,
+        "python -m tools.bench semantic_mri_utility --ckpt_path <demo model.pt>"
+        + (f" --time_limit_minutes {time_limit_minutes:g} (repeated until done)" if time_limit_minutes else ""),
+        "the demo overlay's weights (configs/train.yaml + configs/demo.yaml, 60 epochs, EMA)",
+        **overrides,
+    )
+
+
+def bench_latent_ct_utility(
+    output_dir: str | None = None, time_limit_minutes: float | None = None, **overrides: Any
+) -> tuple[str, dict[str, Any]]:
+    """latent_ct's utility experiment on the demo phantoms: the real arms and the sanity arms only (its sampler writes
+    no masks, so there are no synthetic arms); returns (markdown, raw numbers)."""
+    return _bench_utility(
+        "latent_ct",
+        ("train_autoencoder", "utility", "demo"),
+        None,
+        output_dir,
+        time_limit_minutes,
+        "python -m tools.bench latent_ct_utility"
+        + (f" --time_limit_minutes {time_limit_minutes:g}" if time_limit_minutes else ""),
+        "none (this bundle's sampler writes CT without masks: no synthetic arms)",
+        **overrides,
+    )
