@@ -9,7 +9,7 @@ BUNDLE := bundles/semantic_mri/configs
 STAMP := $(shell date +%Y%m%d_%H%M%S)
 DEMO_OUT ?= out/demo_$(STAMP)
 
-.PHONY: install demo test test-slow lint
+.PHONY: install install-serve demo test test-slow lint
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -17,6 +17,20 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+# The serving stack ([serve]: monailabel, monai-deploy-app-sdk) in its own environment: monailabel's pydicom-seg pins
+# jsonschema<4, tools.verify_bundles ([dev]) needs jsonschema>=4. PIP_CONSTRAINT (constraints.txt: torch==2.13.0) keeps
+# the pinned torch, also in the build environment of sam2 (an sdist monailabel pulls); without it pip replaces the CPU
+# torch by a CUDA build of gigabytes. The extra downgrades numpy to 1.26 (monailabel's pins), here only.
+SERVE_VENV ?= .venv-serve
+install-serve: $(SERVE_VENV)/.installed
+
+$(SERVE_VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install -q $(TORCH)
+	PIP_CONSTRAINT=constraints.txt $(SERVE_VENV)/bin/python -m pip install -q -e ".[serve]"
 	touch $@
 
 # Main job: train semantic_mri (Med-DDPM) on 32^3 phantoms for a few CPU minutes, then sample two masks with the
@@ -34,9 +48,10 @@ demo: install
 	@echo "Samples (NIfTI images + masks, dataset.json) and PNG previews:"
 	@find $(DEMO_OUT) -name "*.png" -o -name "*.nii.gz" | sort
 
-test: install
+test: install install-serve
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	$(SERVE_VENV)/bin/python -m pytest tests/apps
 
 # The longer tests (marked slow); CI runs them after `make test`. Exit status 5 = none collected, not a failure.
 test-slow: install
