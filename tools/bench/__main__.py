@@ -14,6 +14,7 @@ from tools.bench.harness import RESULTS_DIR
 from tools.bench.latent_ct import bench_latent_ct
 from tools.bench.paired_petct import bench_paired_petct
 from tools.bench.semantic_mri import bench_semantic_mri
+from tools.bench.serving import bench_serving
 from tools.bench.sharded_sampling import bench_sharded_sampling
 
 __all__ = ["BENCHMARKS", "main"]
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "paired_petct": bench_paired_petct,
     "latent_ct": bench_latent_ct,
     "sharded_sampling": bench_sharded_sampling,
+    "serving": bench_serving,
 }
 
 
