@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-# The serving stack ([serve]: monailabel, monai-deploy-app-sdk) in its own environment: monailabel's pydicom-seg pins
+# The serving stack ([serve]: monailabel) in its own environment: monailabel's pydicom-seg pins
 # jsonschema<4, tools.verify_bundles ([dev]) needs jsonschema>=4. PIP_CONSTRAINT (constraints.txt: torch==2.13.0) keeps
 # the pinned torch, also in the build environment of sam2 (an sdist monailabel pulls); without it pip replaces the CPU
 # torch by a CUDA build of gigabytes. The extra downgrades numpy to 1.26 (monailabel's pins), here only.
