@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 
@@ -92,7 +93,9 @@ class WholeChainInferer(Inferer):
             ValueError: a wrong input shape, channel count or NaN/inf values.
         """
         self.check_inputs(inputs)
-        inputs = torch.as_tensor(inputs).float()  # a MetaTensor's meta data plays no part in sampling
+        if isinstance(inputs, MetaTensor):  # its meta data plays no part in sampling
+            inputs = inputs.as_tensor()
+        inputs = inputs.float()
         self.scheduler.set_timesteps(self.num_inference_steps, device=inputs.device)
         return self.generate(inputs, network, self.generators(inputs.shape[0], inputs.device))
 
