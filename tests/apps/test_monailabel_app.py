@@ -83,6 +83,7 @@ def server(tmp_path_factory):
         "--port", str(port),
     ]  # fmt: skip
     env = {**os.environ, "MONAI_LABEL_TASKS_TRAIN": "false", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the CLI runs `python`
     log = work / "server.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(command, cwd=work, env=env, stdout=handle, stderr=subprocess.STDOUT)

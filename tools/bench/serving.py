@@ -119,6 +119,7 @@ def bench_serving(
             "demo.yaml,serve.yaml,bench_steps.yaml", "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
         env = {"MONAI_LABEL_TASKS_TRAIN": "false", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the CLI runs `python`
         with open(log, "w") as handle:
             process = subprocess.Popen(
                 command, cwd=work, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT
