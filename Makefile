@@ -19,17 +19,22 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-# The serving stack ([serve]: monailabel) in its own environment: monailabel's pydicom-seg pins
-# jsonschema<4, tools.verify_bundles ([dev]) needs jsonschema>=4. PIP_CONSTRAINT (constraints.txt: torch==2.13.0) keeps
-# the pinned torch, also in the build environment of sam2 (an sdist monailabel pulls); without it pip replaces the CPU
-# torch by a CUDA build of gigabytes. The extra downgrades numpy to 1.26 (monailabel's pins), here only.
+# The serving stack ([serve]: monailabel) in its own environment: monailabel's pydicom-seg pins jsonschema<4,
+# tools.verify_bundles ([dev]) needs jsonschema>=4. monailabel imports torchvision at start, and torchvision's compiled
+# ops must match the torch build: PyPI's torchvision 0.28.0 is built against PyPI's (CUDA) torch 2.13.0 and fails to
+# import next to the CPU torch ("operator torchvision::nms does not exist"). SERVE_TORCH installs a matching pair
+# (default: PyPI's, several GB of CUDA libraries, which run on a CPU); for a CPU-only pair use
+# SERVE_TORCH="torch==2.13.0 torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu". PIP_CONSTRAINT
+# (constraints.txt: torch==2.13.0) then keeps that torch while [serve] resolves, also in the build environment of
+# sam2 (an sdist monailabel pulls). [serve] downgrades numpy to 1.26 and pydicom to 2.4 (monailabel's pins), here only.
 SERVE_VENV ?= .venv-serve
+SERVE_TORCH ?= torch==2.13.0 torchvision==0.28.0
 install-serve: $(SERVE_VENV)/.installed
 
 $(SERVE_VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SERVE_VENV)/bin/python -m pip install -q $(TORCH)
+	$(SERVE_VENV)/bin/python -m pip install -q $(SERVE_TORCH)
 	PIP_CONSTRAINT=constraints.txt $(SERVE_VENV)/bin/python -m pip install -q -e ".[serve]"
 	touch $@
 
