@@ -90,7 +90,7 @@ def server(tmp_path_factory):
     try:
         base = f"http://127.0.0.1:{port}"
         info = wait_for_info(base, process, log)
-        yield {"base": base, "info": info, "work": work, "studies": studies}
+        yield {"base": base, "info": info, "work": work, "studies": studies, "log": log}
     finally:
         process.kill()
         process.wait(timeout=30)
@@ -106,10 +106,10 @@ def test_label_map_in_image_on_its_grid_out_bad_inputs_refused(server) -> None:
     the problem, and the next request is served (the same seed gives the same image, another seed another one)."""
     base, work = server["base"], server["work"]
     model = server["info"]["models"][BUNDLE]
-    assert model["type"] == "others" and model["labels"] == {} and "synthetic" in model["description"]
+    assert model["type"] == "others" and model["labels"] == {} and "label map's grid" in model["description"]
 
     status, content = post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
-    assert status == 200, content[:2000]
+    assert status == 200, (content[:2000], server["log"].read_text()[-6000:])
     first = read_nifti(content, work / "first.nii.gz")
     image = np.asarray(first.dataobj, dtype=np.float32)
     assert image.shape == SHAPE
@@ -118,12 +118,12 @@ def test_label_map_in_image_on_its_grid_out_bad_inputs_refused(server) -> None:
 
     for case, message in [("bad_labels", "label values [7] are not allowed"), ("nan_map", "NaN")]:
         status, content = post(f"{base}/infer/{BUNDLE}?image={case}&output=image")
-        assert status == 422, (case, status, content[:2000])
+        assert status == 422, (case, status, content[:2000], server["log"].read_text()[-6000:])
         detail = json.loads(content)["detail"]
         assert message in detail and case in detail, detail
 
     status, content = post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
-    assert status == 200, content[:2000]
+    assert status == 200, (content[:2000], server["log"].read_text()[-6000:])
     again = np.asarray(read_nifti(content, work / "again.nii.gz").dataobj, dtype=np.float32)
     np.testing.assert_allclose(again, image, atol=1e-5)
 

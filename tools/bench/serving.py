@@ -133,7 +133,7 @@ def bench_serving(
                 status, content = _post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
                 seconds.append(time.perf_counter() - start)
                 if status != 200:
-                    raise RuntimeError(f"request failed with HTTP {status}: {content[:2000]!r}")
+                    raise RuntimeError(f"HTTP {status}: {content[:2000]!r}; server log:\n{log.read_text()[-6000:]}")
         finally:
             process.kill()
             process.wait(timeout=30)
