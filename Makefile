@@ -19,39 +19,40 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-# The serving stack ([serve]: monailabel) in its own environment: monailabel's pydicom-seg pins jsonschema<4,
-# tools.verify_bundles ([dev]) needs jsonschema>=4. monailabel imports torchvision at start, and torchvision's compiled
-# ops must match the torch build: PyPI's torchvision 0.28.0 is built against PyPI's (CUDA) torch 2.13.0 and fails to
-# import next to the CPU torch ("operator torchvision::nms does not exist"). SERVE_TORCH installs a matching pair
-# (default: PyPI's, several GB of CUDA libraries, which run on a CPU); for a CPU-only pair use
-# SERVE_TORCH="torch==2.13.0 torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu". PIP_CONSTRAINT
-# (constraints.txt: torch==2.13.0) then keeps that torch while [serve] resolves, also in the build environment of
+# The serving stack ([serve]: monailabel, monai-deploy-app-sdk) in its own environment: monailabel's pydicom-seg pins
+# jsonschema<4, tools.verify_bundles ([dev]) needs jsonschema>=4. monailabel imports torchvision at start, and
+# torchvision's compiled ops must match the torch build (PyPI's torchvision fails next to the CPU torch 2.13.0 of .venv:
+# "operator torchvision::nms does not exist"), so SERVE_TORCH installs a matching pair (PyPI's builds, which run on a
+# CPU). PIP_CONSTRAINT (constraints-serve.txt) keeps that pair while [serve] resolves, also in the build environment of
 # sam2 (an sdist monailabel pulls). [serve] downgrades numpy to 1.26 and pydicom to 2.4 (monailabel's pins), here only.
 SERVE_VENV ?= .venv-serve
-SERVE_TORCH ?= torch==2.13.0 torchvision==0.28.0
+SERVE_TORCH ?= torch==2.14.1 torchvision==0.29.1
 install-serve: $(SERVE_VENV)/.installed
 
-$(SERVE_VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+$(SERVE_VENV)/.installed: setup.cfg pyproject.toml constraints-serve.txt
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
 	$(SERVE_VENV)/bin/python -m pip install -q $(SERVE_TORCH)
-	PIP_CONSTRAINT=constraints.txt $(SERVE_VENV)/bin/python -m pip install -q -e ".[serve]"
+	PIP_CONSTRAINT=constraints-serve.txt $(SERVE_VENV)/bin/python -m pip install -q -e ".[serve]"
 	touch $@
 
-# Main job: train semantic_mri (Med-DDPM) on 32^3 phantoms for a few CPU minutes, then sample two masks with the
-# paper's 250-step sampler and with the fast respaced sampler (25 steps, the fast sampler the benchmark recommends);
-# NIfTI samples, masks and PNG previews go to $(DEMO_OUT).
+# Main job: train semantic_mri (Med-DDPM) on 32^3 phantoms for a few CPU minutes (demo overlay), sample the masks
+# of two training phantoms with the fast respaced sampler (25 steps), then evaluate: the tumour read back from each
+# sample is scored against its mask (Dice printed) and real_vs_sample.png puts the real phantom of the same mask beside
+# each generated image. NIfTI samples, masks and PNG previews go to $(DEMO_OUT). The paper's 250-step sampler on the same
+# weights: --sampler ddpm --num_inference_steps 250 (about 1.5 minutes per sample on 2 cores).
+DEMO_MASKS := bundles/semantic_mri/data/phantoms_whole_head_32/labelsTr/head_00[01].nii.gz
 demo: install
 	$(BIN)/python -m monai.bundle run --config_file "['$(BUNDLE)/train.yaml','$(BUNDLE)/demo.yaml']"
 	$(BIN)/python -m monai.bundle run --config_file "['$(BUNDLE)/inference.yaml','$(BUNDLE)/demo.yaml']" \
-		--masks "bundles/semantic_mri/data/phantoms_whole_head_32/labelsTr/head_00[01].nii.gz" --num_samples 1 --seed 0 \
-		--output_dir $(DEMO_OUT)/paper_sampler
-	$(BIN)/python -m monai.bundle run --config_file "['$(BUNDLE)/inference.yaml','$(BUNDLE)/demo.yaml']" \
-		--masks "bundles/semantic_mri/data/phantoms_whole_head_32/labelsTr/head_00[01].nii.gz" --num_samples 1 --seed 0 \
-		--sampler respaced_ddpm --num_inference_steps 25 --output_dir $(DEMO_OUT)/fast_sampler
+		--masks "$(DEMO_MASKS)" --num_samples 1 --seed 0 --sampler respaced_ddpm --num_inference_steps 25 \
+		--output_dir $(DEMO_OUT)/samples
+	$(BIN)/python -m monai.bundle run --config_file "['$(BUNDLE)/evaluate.yaml','$(BUNDLE)/demo.yaml']" \
+		--sample_dir $(DEMO_OUT)/samples --output_dir $(DEMO_OUT)/eval
 	@echo ""
-	@echo "Samples (NIfTI images + masks, dataset.json) and PNG previews:"
-	@find $(DEMO_OUT) -name "*.png" -o -name "*.nii.gz" | sort
+	@echo "Samples (NIfTI images + masks, dataset.json), PNG previews and the evaluation report:"
+	@find $(DEMO_OUT) -name "*.png" -o -name "*.nii.gz" -o -name "report.md" | sort
+	@grep "lesion_dice_mean" $(DEMO_OUT)/eval/report.md
 
 test: install install-serve
 	$(BIN)/ruff check .

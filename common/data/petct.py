@@ -44,7 +44,7 @@ from common.data.headers import check_petct_headers
 from common.data.layouts import _nifti_files, case_id_from_path, require_cases
 from common.transforms.crop import SmartCropd
 from common.transforms.io import SafeLoadImaged
-from common.transforms.validation import ValidateCase
+from common.transforms.validation import ValidateCase, checked_range
 
 __all__ = [
     "PETCT_LAYOUTS",
@@ -73,13 +73,6 @@ _PET_NAMES = ("PT", "PET")
 
 
 # ---------------------------------------------------------------------------------------------------------- settings
-
-
-def _pair(value: Sequence[float], name: str) -> tuple[float, float]:
-    low, high = (float(v) for v in value)
-    if not low < high:
-        raise ValueError(f"{name} must be (low, high) with low < high, got {tuple(value)}")
-    return low, high
 
 
 @dataclass(frozen=True)
@@ -125,13 +118,13 @@ class PetCtSettings:
             raise ValueError(f"min_overlap must be in [0, 1], got {self.min_overlap}")
         if int(self.min_tumour_voxels) < 1:
             raise ValueError(f"min_tumour_voxels must be >= 1, got {self.min_tumour_voxels}")
-        pet_range = None if self.pet_max_range is None else _pair(self.pet_max_range, "pet_max_range")
+        pet_range = None if self.pet_max_range is None else checked_range(self.pet_max_range, "pet_max_range")
         values = {
             "pixdim": pixdim,
             "roi_size": roi_size,
             "allowed_mask_labels": labels,
-            "ct_window": _pair(self.ct_window, "ct_window"),
-            "pet_window": _pair(self.pet_window, "pet_window"),
+            "ct_window": checked_range(self.ct_window, "ct_window"),
+            "pet_window": checked_range(self.pet_window, "pet_window"),
             "pet_max_range": pet_range,
             "min_tumour_voxels": int(self.min_tumour_voxels),
         }

@@ -17,8 +17,8 @@ Getting the weights: the file is torchvision's ImageNet VGG-16, ``vgg16-397923af
 The distance (:class:`FeaturePerceptualLoss`) is LPIPS (Zhang et al. 2018, eq. 1) without its learned linear heads:
 for each tapped layer, each spatial position's channel vector is scaled to unit length, the squared difference is
 summed over channels and averaged over space, and the layers are summed with fixed weights. For tests and CPU demos
-without the weights, :class:`SmallConvFeatures` is a tiny seeded random extractor with the same interface, and
-:func:`build_perceptual_network` picks one of the two from config values.
+without the weights, :class:`SmallConvFeatures` is a tiny seeded random extractor with the same interface, an
+explicit opt-in (``random``), and :func:`build_perceptual_network` picks one of the two from config values.
 """
 
 from __future__ import annotations
@@ -85,15 +85,14 @@ SMALL_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [0, 1] -> [-1, 1]: zero-c
 class PerceptualNetwork(StrEnum):
     """Feature extractors :func:`build_perceptual_network` can build.
 
-    vgg16: :class:`VGG16Features` with ImageNet weights from a local file (the paper's choice).
-    small: :class:`SmallConvFeatures`, random and seeded, no file (tests, CPU demos).
-    auto: vgg16 when its weights file exists, otherwise small with a logged warning (so a bundle runs out of the box
-        on phantoms; set vgg16 to make the file mandatory).
+    vgg16: :class:`VGG16Features` with ImageNet weights from a local file (the paper's choice); a missing file is an
+        error naming the config key and the ``large_files.yml`` entry.
+    random: :class:`SmallConvFeatures`, random and seeded, no file: the explicit opt-in of tests and CPU demos (not
+        the paper's loss).
     """
 
     VGG16 = "vgg16"
-    SMALL = "small"
-    AUTO = "auto"
+    RANDOM = "random"
 
 
 def _relu_indices(blocks: Sequence[Sequence[int]]) -> dict[str, int]:
@@ -351,12 +350,12 @@ def build_perceptual_network(
     """The feature extractor a bundle config asks for (wrap it in :class:`FeaturePerceptualLoss`).
 
     Args:
-        name: ``"vgg16"`` (ImageNet VGG-16 from the local file ``weights``), ``"small"`` (:class:`SmallConvFeatures`,
-            no file) or ``"auto"`` (vgg16 if ``weights`` exists, else small with a warning).
-        weights: path of the VGG-16 weights file; required for ``"vgg16"``, unused by ``"small"``.
+        name: ``"vgg16"`` (ImageNet VGG-16 from the local file ``weights``), ``"random"`` (:class:`SmallConvFeatures`,
+            no file: the explicit opt-in of tests and CPU demos; there is no silent fallback to it).
+        weights: path of the VGG-16 weights file; required for ``"vgg16"``, unused by ``"random"``.
         layers: ReLU indices to tap; None: the extractor's default (the LPIPS taps for VGG-16, every stage for small).
         input_range: (low, high) range of the input images; default (-1, 1).
-        seed: seed of the ``"small"`` network's weights (unused by ``"vgg16"``).
+        seed: seed of the random network's weights (unused by ``"vgg16"``).
         config_key: config key of ``weights``, named in errors.
         large_files_entry: ``path`` of the weights entry in the bundle's ``large_files.yml``, named in errors.
 
@@ -364,27 +363,16 @@ def build_perceptual_network(
         The frozen extractor in eval mode.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the choices); ``"vgg16"`` without ``weights``; ``"small"``
-            with ``weights``; and the errors of :func:`load_vgg16_features`.
+        ValueError: unknown ``name`` (the message lists the choices); ``"vgg16"`` without ``weights``; and the errors
+            of :func:`load_vgg16_features`.
         FileNotFoundError: the ``"vgg16"`` weights file does not exist.
     """
     choices = tuple(str(m) for m in PerceptualNetwork)
     if name not in choices:
         raise ValueError(f"`name` of the perceptual network must be one of {choices}, got {name!r}")
-    if name == PerceptualNetwork.AUTO:
-        if weights is not None and Path(weights).is_file():
-            name = PerceptualNetwork.VGG16
-        else:
-            logger.warning(
-                f"perceptual network 'auto': the VGG-16 weights file {str(weights)!r} (config key '{config_key}', "
-                f"large_files.yml entry '{large_files_entry}') is not there, so a small RANDOM feature extractor is "
-                "used instead of the paper's ImageNet VGG-16; get the file with `python -m monai.bundle "
-                "download_large_files --bundle_path <bundle>` or set the network to 'vgg16' to require it"
-            )
-            name, weights = PerceptualNetwork.SMALL, None
-    if name == PerceptualNetwork.SMALL:
+    if name == PerceptualNetwork.RANDOM:
         if weights is not None:  # a config's default weights path stays set when only the name is overridden
-            logger.info(f"perceptual network 'small' is random: config key '{config_key}' ({str(weights)!r}) unused")
+            logger.info(f"perceptual network '{name}' is random: config key '{config_key}' ({str(weights)!r}) unused")
         return SmallConvFeatures(layers=layers, input_range=input_range, seed=seed)
     if weights is None:
         raise ValueError(

@@ -178,7 +178,8 @@ class PairedDenoiser(DiffusionModelUNet):
         timestep_cbam: fuse with ``TimestepCBAM``; False concatenates and projects only. Default True.
         feedback: after each level add the conditional encoders' features (1x1 convolution, zero-initialised) to the
             denoiser's features and skip connection, so conditions reach the decoder at full resolution, not only
-            through the bottleneck (MedSegDiff-style anchoring). Default True.
+            through the bottleneck (MedSegDiff-style anchoring). Not in the paper (a project addition, the
+            paired_petct bundle's ``feedback.yaml`` overlay). Default False.
         channels, num_res_blocks, attention_levels, norm_num_groups, norm_eps, num_head_channels,
         resblock_updown: as ``DiffusionModelUNet``.
 
@@ -197,7 +198,7 @@ class PairedDenoiser(DiffusionModelUNet):
         severed: bool = False,
         low_pass: bool = True,
         timestep_cbam: bool = True,
-        feedback: bool = True,
+        feedback: bool = False,
         channels: Sequence[int] = (64, 128, 256),
         num_res_blocks: Sequence[int] | int = 2,
         attention_levels: Sequence[bool] = (False, False, True),

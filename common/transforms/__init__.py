@@ -39,7 +39,7 @@ from common.transforms.io import SafeLoadImageD, SafeLoadImaged, SafeLoadImageDi
 from common.transforms.latent import EncodeLatentd, SampleLatentd
 from common.transforms.morphology import binary_opening, fill_holes, largest_component
 from common.transforms.spatial import ResampleToSourceD, ResampleToSourced, ResampleToSourceDict
-from common.transforms.validation import ValidateCase, ValidateCaseD, ValidateCased, ValidateCaseDict
+from common.transforms.validation import ValidateCase, ValidateCaseD, ValidateCased, ValidateCaseDict, checked_range
 
 __all__ = [
     "ResampleToSourceD",
@@ -79,6 +79,7 @@ __all__ = [
     "SmartCropDict",
     "SmartCropd",
     "StructureSynonyms",
+    "checked_range",
     "ValidateCase",
     "ValidateCaseD",
     "ValidateCaseDict",

@@ -11,7 +11,14 @@ from monai.transforms import MapTransform, Transform
 
 from common.transforms.io import source_name
 
-__all__ = ["ValidateCase", "ValidateCased", "ValidateCaseD", "ValidateCaseDict"]
+__all__ = ["checked_range", "ValidateCase", "ValidateCased", "ValidateCaseD", "ValidateCaseDict"]
+
+
+def checked_range(values: Sequence[float], name: str) -> tuple[float, float]:
+    """``(low, high)`` as floats; ValueError naming ``name`` unless it is two numbers with high > low."""
+    if len(values) != 2 or not float(values[1]) > float(values[0]):
+        raise ValueError(f"{name} must be (low, high) with high > low, got {tuple(values)}")
+    return float(values[0]), float(values[1])
 
 
 class ValidateCase(Transform):

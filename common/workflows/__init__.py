@@ -16,7 +16,7 @@ from common.workflows.base import (
 )
 from common.workflows.evaluation import SampleEvaluation, mask_id_of_sample
 from common.workflows.latent_evaluation import LatentEvaluation, list_samples
-from common.workflows.latent_sampling import LatentSampling, from_unit_range_hu
+from common.workflows.latent_sampling import LatentSampling, intensity_to_hu
 from common.workflows.paired_evaluation import PairedEvaluation, load_sample_triples
 from common.workflows.paired_sampling import PairedSampling, from_unit_range, slice_affine, to_unit_range
 from common.workflows.sampling import MaskConditionedSampling, list_masks
@@ -35,7 +35,7 @@ __all__ = [
     "bundle_run_fields",
     "check_sampler_steps",
     "from_unit_range",
-    "from_unit_range_hu",
+    "intensity_to_hu",
     "list_masks",
     "list_samples",
     "load_sample_triples",

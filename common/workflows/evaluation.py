@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from common.data.layouts import find_cases
+from common.io import save_preview_png
 from common.metrics.image import diversity_ms_ssim
 from common.metrics.read_back import segment_enhancing_lesion
 from common.metrics.report import evaluate_sets
@@ -52,6 +53,8 @@ class SampleEvaluation(EvaluationWorkflow):
             lesion read back from the sample by :func:`common.metrics.read_back.segment_enhancing_lesion` (with
             ``largest``, only the largest connected bright region) is scored (Dice) against the sample's mask voxels
             with those labels.
+        preview: write ``real_vs_sample.png`` in ``output_dir``: per pair, the real case's row then the sample's
+            (first modality, central slices, the mask voxels with the lesion labels outlined when a rule is given).
         output_dir, max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
     """
 
@@ -66,6 +69,7 @@ class SampleEvaluation(EvaluationWorkflow):
         lesion_rule: Mapping[str, Any] | None = None,
         max_samples: int | None = None,
         title: str = "Samples against real cases",
+        preview: bool = True,
     ) -> None:
         super().__init__(output_dir, title, max_samples)
         self.sample_dir = sample_dir
@@ -74,6 +78,7 @@ class SampleEvaluation(EvaluationWorkflow):
         self.real_preprocessing = real_preprocessing
         self.sample_preprocessing = sample_preprocessing
         self.lesion_rule = dict(lesion_rule) if lesion_rule else None
+        self.preview = bool(preview)
 
     def pairs(self) -> list[tuple[dict, dict]]:
         """(sample case, real case) pairs; samples whose mask is not a real case are left out (logged)."""
@@ -103,12 +108,26 @@ class SampleEvaluation(EvaluationWorkflow):
             spatial_dims=image.ndim - 1,
             largest=bool(rule.get("largest", False)),
         )
-        target = torch.isin(label[0], torch.tensor(rule["labels"]))
-        return mask_dice(lesion, target)
+        return mask_dice(lesion, self.lesion_target(label))
+
+    def lesion_target(self, label: torch.Tensor) -> torch.Tensor:
+        """The mask voxels of the lesion rule's labels, (spatial) boolean."""
+        return torch.isin(label[0], torch.tensor(self.lesion_rule["labels"]))
+
+    def write_preview(self, rows: list[tuple[str, torch.Tensor, torch.Tensor | None]]) -> None:
+        """``real_vs_sample.png``: the rows (title, image (C, *spatial), outline or None), first modality, [-1, 1]."""
+        save_preview_png(
+            self.output_dir / "real_vs_sample.png",
+            [(title, image[0]) for title, image, _ in rows],
+            masks=[outline for _, _, outline in rows],
+            spatial_dims=rows[0][1].ndim - 1,
+            value_range=(-1.0, 1.0),
+            overwrite=True,
+        )
 
     def evaluate(self) -> dict[str, Any]:
         pairs = self.pairs()
-        fakes, reals, lesion_scores, real_ids = [], [], [], []
+        fakes, reals, lesion_scores, real_ids, preview_rows = [], [], [], [], []
         for sample, real in pairs:
             s = self.sample_preprocessing(dict(sample))
             r = self.real_preprocessing(dict(real))
@@ -120,8 +139,16 @@ class SampleEvaluation(EvaluationWorkflow):
             fakes.append(torch.as_tensor(s["image"]).float())
             reals.append(torch.as_tensor(r["image"]).float())
             real_ids.append(real["case_id"])
+            outline, score = None, ""
             if self.lesion_rule:
-                lesion_scores.append(self.lesion_dice(torch.as_tensor(s["image"]), torch.as_tensor(s["label"])))
+                label = torch.as_tensor(s["label"])
+                lesion_scores.append(self.lesion_dice(torch.as_tensor(s["image"]), label))
+                outline, score = self.lesion_target(label), f", lesion Dice {lesion_scores[-1]:.2f}"
+            if self.preview:
+                preview_rows += [
+                    (f"real {real['case_id']}", reals[-1], outline),
+                    (f"{sample['case_id']}{score}", fakes[-1], outline),
+                ]
         real_set, fake_set = torch.stack(reals), torch.stack(fakes)
         results = evaluate_sets(real_set, fake_set)
         unique = sorted(set(real_ids), key=real_ids.index)
@@ -133,9 +160,19 @@ class SampleEvaluation(EvaluationWorkflow):
             scores = torch.tensor(lesion_scores, dtype=torch.float64)
             results["lesion_dice_mean"] = float(scores.mean())
             results["lesion_dice_std"] = float(scores.std()) if len(scores) > 1 else 0.0
+        if preview_rows:
+            self.write_preview(preview_rows)
         results["sample_dir"] = str(self.sample_dir)
         results["real_dir"] = str(self.real_dir)
         return results
 
     def summary(self, results: Mapping[str, Any]) -> str:
-        return f"evaluated {results['n_pairs']} sample(s) against {results['n_real_cases']} real case(s)"
+        line = f"evaluated {results['n_pairs']} sample(s) against {results['n_real_cases']} real case(s)"
+        if "lesion_dice_mean" in results:
+            line += (
+                f"; lesion read back (lesion_rule) vs the masks: Dice {results['lesion_dice_mean']:.3f}"
+                f" (std {results['lesion_dice_std']:.3f})"
+            )
+        if self.preview:
+            line += f"; real beside sample: '{self.output_dir / 'real_vs_sample.png'}'"
+        return line

@@ -1,7 +1,9 @@
 """Evaluation of the latent CT bundle with the paper's metrics: autoencoder reconstruction and sample quality.
 
-Reconstruction (held-out real cases through the autoencoder, thesis Tables 6.1/6.2): MSE in HU^2, PSNR (dB, over the
-HU window), SSIM, the KL divergence of the posterior and the perceptual distance.
+Reconstruction (held-out real cases through the autoencoder, thesis Tables 6.1/6.2): MSE in HU^2 (and the L1 in HU),
+PSNR (dB, over the HU window), SSIM, the KL divergence of the posterior and the perceptual distance. The volumes are in
+the model's intensities (``intensity_range``: [-1, 1] by default, the HU window for a model trained in HU); every HU
+figure is converted through the window, so both scales report in the same units.
 
 Samples (thesis Sec. 6.2): a 2D-slice FID whose features are the bundle's own autoencoder latents (each latent slice
 flattened, as the thesis did with its VAE features; ``fid_pool`` averages slices down to ``pool x pool`` first for
@@ -27,6 +29,7 @@ from common.losses.autoencoder import kl_divergence
 from common.metrics.fid import fid_2d_slices
 from common.metrics.image import mean_pairwise, ms_ssim, psnr, ssim
 from common.metrics.tsne import scatter_png, tsne
+from common.transforms.validation import checked_range
 from common.workflows.base import EvaluationWorkflow, read_sample_datalist
 
 __all__ = ["list_samples", "LatentEvaluation"]
@@ -66,12 +69,14 @@ class LatentEvaluation(EvaluationWorkflow):
 
     Args:
         autoencoder: the trained ``AutoencoderKL`` (eval mode).
-        held_out: preprocessed held-out real items (dicts with ``image`` (1, *spatial) in [-1, 1]) for the
-            reconstruction metrics.
+        held_out: preprocessed held-out real items (dicts with ``image`` (1, *spatial) in ``intensity_range``) for
+            the reconstruction metrics.
         real: preprocessed real items (all cases) for the sample metrics.
         samples: preprocessed generated items, same format; None or empty skips the sample metrics.
         output_dir: report folder (the report's title is 'latent_ct evaluation').
-        hu_window: the training HU window (MSE is reported in HU^2).
+        hu_window: the training HU window (MSE is reported in HU^2, L1 in HU).
+        intensity_range: the model intensities the HU window was mapped to in training ((-1, 1) by default; the HU
+            window itself for a model trained in HU).
         perceptual_loss: distance (a, b) -> scalar on volumes (e.g. ``FakeVolumePerceptualLoss``), or None.
         fid_axis: axis the FID slices are cut along (-1: axial).
         fid_pool: average latent slices to ``pool x pool`` before flattening (None: full slices, the paper).
@@ -88,6 +93,7 @@ class LatentEvaluation(EvaluationWorkflow):
         samples: Sequence[Mapping[str, Any]] | None,
         output_dir: str,
         hu_window: Sequence[float] = (-1000.0, 1000.0),
+        intensity_range: Sequence[float] = (-1.0, 1.0),
         perceptual_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         fid_axis: int = -1,
         fid_pool: int | None = None,
@@ -106,7 +112,10 @@ class LatentEvaluation(EvaluationWorkflow):
         self.held_out = held_out
         self.real = real
         self.samples = samples or []
-        self.hu_half_width = (float(hu_window[1]) - float(hu_window[0])) / 2.0
+        self.hu_window = checked_range(hu_window, "hu_window")
+        self.intensity_range = checked_range(intensity_range, "intensity_range")
+        self.data_range = self.intensity_range[1] - self.intensity_range[0]
+        self.hu_per_unit = (self.hu_window[1] - self.hu_window[0]) / self.data_range
         self.perceptual_loss = perceptual_loss
         self.fid_axis = int(fid_axis)
         self.fid_pool = None if fid_pool is None else int(fid_pool)
@@ -115,7 +124,8 @@ class LatentEvaluation(EvaluationWorkflow):
         self.seed = int(seed)
 
     @staticmethod
-    def _stack(items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    def stack(items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        """The ``image`` of every item, stacked: (N, 1, *spatial)."""
         volumes = [torch.as_tensor(items[i]["image"]).float() for i in range(len(items))]
         shapes = {tuple(v.shape) for v in volumes}
         if len(shapes) != 1:
@@ -129,15 +139,26 @@ class LatentEvaluation(EvaluationWorkflow):
 
     @torch.no_grad()
     def reconstruction_metrics(self) -> dict[str, float]:
-        rows: dict[str, list[float]] = {"mse_hu2": [], "psnr_db": [], "ssim": [], "kl": [], "perceptual": []}
-        for volume in self._stack(self.held_out):
+        rows: dict[str, list[float]] = {
+            "mse_hu2": [],
+            "l1_hu": [],
+            "psnr_db": [],
+            "ssim": [],
+            "kl": [],
+            "perceptual": [],
+        }
+        for volume in self.stack(self.held_out):
             x = volume[None].to(self.device)
             reconstruction, z_mu, z_sigma = self.autoencoder(x)
-            reconstruction = reconstruction.clamp(-1.0, 1.0)
+            reconstruction = reconstruction.clamp(*self.intensity_range)
             x_cpu, r_cpu = x.cpu(), reconstruction.cpu()
-            rows["mse_hu2"].append(float(((r_cpu - x_cpu) * self.hu_half_width).pow(2).mean()))
-            rows["psnr_db"].append(float(psnr(x_cpu, r_cpu, data_range=2.0)[0]))
-            rows["ssim"].append(float(ssim(x_cpu, r_cpu, data_range=2.0, win_size=_ssim_window(x_cpu.shape[2:]))[0]))
+            error_hu = (r_cpu - x_cpu) * self.hu_per_unit
+            rows["mse_hu2"].append(float(error_hu.pow(2).mean()))
+            rows["l1_hu"].append(float(error_hu.abs().mean()))
+            rows["psnr_db"].append(float(psnr(x_cpu, r_cpu, data_range=self.data_range)[0]))
+            rows["ssim"].append(
+                float(ssim(x_cpu, r_cpu, data_range=self.data_range, win_size=_ssim_window(x.shape[2:]))[0])
+            )
             rows["kl"].append(float(kl_divergence(z_mu, z_sigma)))
             if self.perceptual_loss is not None:
                 rows["perceptual"].append(float(self.perceptual_loss(reconstruction, x)))
@@ -148,11 +169,15 @@ class LatentEvaluation(EvaluationWorkflow):
             slices = torch.nn.functional.adaptive_avg_pool2d(slices, self.fid_pool)
         return slices.flatten(1)
 
+    def latent_fid(self, real_latents: torch.Tensor, fake_latents: torch.Tensor) -> float:
+        """The 2D-slice FID of two sets of latents (B, C, *latent), e.g. from :meth:`encode`."""
+        return fid_2d_slices(real_latents, fake_latents, self._slice_features, axis=self.fid_axis)
+
     def sample_metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, Any]:
         real_latents, fake_latents = self.encode(real), self.encode(fake)
-        fid = fid_2d_slices(real_latents, fake_latents, self._slice_features, axis=self.fid_axis)
-        ssim_fn = partial(ssim, data_range=2.0, win_size=_ssim_window(real.shape[2:]))
-        ms_ssim_fn = partial(ms_ssim, data_range=2.0)
+        fid = self.latent_fid(real_latents, fake_latents)
+        ssim_fn = partial(ssim, data_range=self.data_range, win_size=_ssim_window(real.shape[2:]))
+        ms_ssim_fn = partial(ms_ssim, data_range=self.data_range)
         results: dict[str, Any] = {"fid_2d_latent": fid, "samples": len(fake), "real_cases": len(real)}
         for name, volumes in (("synthetic", fake), ("real", real)):
             if len(volumes) >= 2:
@@ -179,7 +204,7 @@ class LatentEvaluation(EvaluationWorkflow):
     def evaluate(self) -> dict[str, Any]:
         results: dict[str, Any] = {"reconstruction": self.reconstruction_metrics()}
         if self.samples:
-            results["samples"] = self.sample_metrics(self._stack(self.real), self._stack(self.samples))
+            results["samples"] = self.sample_metrics(self.stack(self.real), self.stack(self.samples))
         else:
             logger.warning("no samples given: only the reconstruction metrics are computed")
         return results

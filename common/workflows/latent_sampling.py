@@ -3,7 +3,8 @@
 Each sample is drawn in latent space with the chosen scheduler (the paper's 1000-step DDPM, or a fast sampler from
 ``common.schedulers``), divided by the latent scale factor stored with the weights, decoded by the autoencoder —
 whole, or tile by tile with overlap (:func:`common.inferers.tiled_decoding.decode`) so volumes larger than memory
-allows can be decoded — mapped from [-1, 1] back to Hounsfield units through the training window and written as
+allows can be decoded — mapped from the training intensity range (default [-1, 1]; the HU window itself when the
+model was trained in HU) back to Hounsfield units through the training window and written as
 ``<output_dir>/<case_id>/ct.nii.gz`` with the voxel size of the training grid (also stored with the weights), the
 same layout the bundle reads, plus a ``dataset.json`` and a PNG montage of central slices. Existing files are never
 overwritten: the run stops before any sampling if one of its outputs exists.
@@ -25,17 +26,27 @@ from common.inferers.conditional import ConditionalDiffusionInferer
 from common.inferers.per_sample import per_sample_noise
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
 from common.io import atomic_write_nifti, read_nifti, save_preview_png
+from common.transforms.validation import checked_range
 from common.workflows.base import SamplingItem, SamplingWorkflow
 
-__all__ = ["from_unit_range_hu", "LatentSampling"]
+__all__ = ["intensity_to_hu", "LatentSampling"]
 
 
-def from_unit_range_hu(values: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
-    """Map [-1, 1] back to the HU ``window = (low, high)`` the training data were scaled from (clipped)."""
-    low, high = float(window[0]), float(window[1])
-    if not high > low:
-        raise ValueError(f"HU window must be (low, high) with high > low, got {tuple(window)}")
-    return (values.float().clamp(-1.0, 1.0) + 1.0) / 2.0 * (high - low) + low
+def intensity_to_hu(
+    values: torch.Tensor, window: Sequence[float], intensity_range: Sequence[float] = (-1.0, 1.0)
+) -> torch.Tensor:
+    """Map model intensities in ``intensity_range`` back to the HU ``window = (low, high)`` (clipped to the range).
+
+    Training maps the HU window linearly onto ``intensity_range`` (config key ``intensity_range``: [-1, 1] by
+    default; the window itself for a model trained in HU, then this only clips).
+
+    Raises:
+        ValueError: ``window`` or ``intensity_range`` is not (low, high) with high > low.
+    """
+    low, high = checked_range(window, "HU window")
+    in_low, in_high = checked_range(intensity_range, "intensity_range")
+    unit = (values.float().clamp(in_low, in_high) - in_low) / (in_high - in_low)
+    return unit * (high - low) + low
 
 
 class LatentSampling(SamplingWorkflow):
@@ -50,7 +61,9 @@ class LatentSampling(SamplingWorkflow):
             ``mode="crossattn"``).
         scheduler: sampling scheduler.
         latent_shape: (C, *spatial) of one latent (e.g. (3, 32, 32, 32) for 128^3 volumes).
-        hu_window: the (low, high) HU window mapped to [-1, 1] in training.
+        hu_window: the (low, high) HU window mapped to ``intensity_range`` in training.
+        intensity_range: the (low, high) model intensities the HU window was mapped to in training: (-1, 1) by
+            default, the HU window itself for a model trained in HU (``configs/hu_scale.yaml``).
         num_samples: number of volumes.
         batch_size: latents sampled together (decoding is one volume at a time).
         tiled_decode: decode tile by tile (:func:`common.inferers.tiled_decoding.decode_tiled_tail`: the decoder's
@@ -79,6 +92,7 @@ class LatentSampling(SamplingWorkflow):
         latent_shape: Sequence[int],
         output_dir: str,
         hu_window: Sequence[float] = (-1000.0, 1000.0),
+        intensity_range: Sequence[float] = (-1.0, 1.0),
         tiled_decode: bool = False,
         decode_roi_size: Sequence[int] | int = 16,
         decode_overlap: float | None = None,
@@ -88,7 +102,7 @@ class LatentSampling(SamplingWorkflow):
         super().__init__(scheduler, num_inference_steps, output_dir, **options)
         if len(latent_shape) < 3:
             raise ValueError(f"latent_shape must be (C, *spatial), got {tuple(latent_shape)}")
-        from_unit_range_hu(torch.zeros(1), hu_window)  # validates the window
+        intensity_to_hu(torch.zeros(1), hu_window, intensity_range)  # validates the window and the range
         if not bool(stats.computed):
             raise ValueError(
                 "the diffusion checkpoint has no latent scale factor ('stats' entry not computed): it was not written "
@@ -100,6 +114,7 @@ class LatentSampling(SamplingWorkflow):
         self.inferer = inferer
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.hu_window = tuple(float(w) for w in hu_window)
+        self.intensity_range = tuple(float(v) for v in intensity_range)
         self.tiled_decode = bool(tiled_decode)
         self.decode_roi_size = decode_roi_size
         self.decode_overlap = None if decode_overlap is None else float(decode_overlap)
@@ -120,6 +135,7 @@ class LatentSampling(SamplingWorkflow):
         return {
             "latent_shape": self.latent_shape,
             "hu_window": self.hu_window,
+            "intensity_range": self.intensity_range,
             "scale_factor": float(self.stats.scale_factor),
             "pixdim": [float(p) for p in self.stats.pixdim],
             "tiled_decode": self.tiled_decode,
@@ -160,7 +176,7 @@ class LatentSampling(SamplingWorkflow):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decode (B, C, *latent) latents one volume at a time into (B, 1, *spatial) images in [-1, 1] units."""
+        """Decode (B, C, *latent) latents one volume at a time into (B, 1, *spatial) images in model intensities."""
         images = []
         for z in latents:
             if self.tiled_decode:
@@ -175,7 +191,7 @@ class LatentSampling(SamplingWorkflow):
 
     def generate(self, first: int, count: int) -> torch.Tensor:
         """``count`` volumes (count, 1, *spatial) in HU."""
-        return from_unit_range_hu(self.decode(self.sample_latents(first, count)), self.hu_window)
+        return intensity_to_hu(self.decode(self.sample_latents(first, count)), self.hu_window, self.intensity_range)
 
     def sample_item(self, item: SamplingItem, first: int, count: int) -> torch.Tensor:
         return self.generate(first, count)

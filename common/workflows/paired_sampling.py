@@ -32,6 +32,7 @@ from common.io import (
     window_uint8,
     write_png,
 )
+from common.transforms.validation import checked_range
 from common.workflows.base import SamplingItem, SamplingWorkflow
 
 __all__ = ["to_unit_range", "from_unit_range", "slice_affine", "PairedSampling"]
@@ -39,18 +40,14 @@ __all__ = ["to_unit_range", "from_unit_range", "slice_affine", "PairedSampling"]
 
 def to_unit_range(values: torch.Tensor | np.ndarray, window: Sequence[float]) -> torch.Tensor:
     """Map ``window = (low, high)`` linearly to [-1, 1], clipping outside (the training intensity transform)."""
-    low, high = float(window[0]), float(window[1])
-    if not high > low:
-        raise ValueError(f"intensity window must be (low, high) with high > low, got {tuple(window)}")
+    low, high = checked_range(window, "intensity window")
     values = torch.as_tensor(values, dtype=torch.float32)
     return ((values.clamp(low, high) - low) / (high - low) * 2.0 - 1.0).float()
 
 
 def from_unit_range(values: torch.Tensor | np.ndarray, window: Sequence[float]) -> torch.Tensor:
     """Inverse of :func:`to_unit_range`: [-1, 1] back to ``window`` units (values outside [-1, 1] are clipped)."""
-    low, high = float(window[0]), float(window[1])
-    if not high > low:
-        raise ValueError(f"intensity window must be (low, high) with high > low, got {tuple(window)}")
+    low, high = checked_range(window, "intensity window")
     values = torch.as_tensor(values, dtype=torch.float32).clamp(-1.0, 1.0)
     return (values + 1.0) / 2.0 * (high - low) + low
 

@@ -17,6 +17,15 @@ def config_files(bundle: str, *names: str) -> list[str]:
     return [str(REPO_ROOT / "bundles" / bundle / "configs" / f"{name}.yaml") for name in names]
 
 
+def config_parser(bundle: str, names: tuple[str, ...], **overrides: Any) -> ConfigParser:
+    """The configs ``names`` of ``bundle`` read with MONAI's ConfigParser as ``monai.bundle`` reads them (no overlay
+    unless named), ``overrides`` applied: for tests that check config values without running anything."""
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, *names))
+    parser.update(overrides)
+    return parser
+
+
 def make_workflow(bundle: str, names: tuple[str, ...], workflow_type: str | None, **overrides: Any) -> ConfigWorkflow:
     workflow = ConfigWorkflow(
         config_file=config_files(bundle, *names), workflow_type=workflow_type, logging_file=False, **overrides

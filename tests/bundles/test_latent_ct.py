@@ -10,18 +10,22 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import (
+    REPO_ROOT,
     assert_same_samples,
     check_release_samples,
     cli_args,
     config_files,
+    config_parser,
     error_chain,
     load_plain_weights,
     make_workflow,
     run_torchrun,
     run_workflow,
 )
+from monai.bundle import ConfigParser
 
 from common.io import atomic_write_nifti
+from common.networks import SmallConvFeatures
 
 BUNDLE = "latent_ct"
 MODEL = {
@@ -48,7 +52,7 @@ TRAIN = {
     "max_epochs": 2,
     "val_interval": 1,
     "save_interval": 1,
-    "perceptual_network_name": "small",
+    "perceptual_network_name": "random",
     "batch_size": 2,
 }
 AUTOENCODER = ("train_autoencoder",)
@@ -196,12 +200,18 @@ def test_evaluation_writes_the_report_and_the_tsne_map(trained, tmp_path: Path) 
     samples = tmp_path / "samples"
     infer(root, samples, sampler="dpm_solver", num_inference_steps=5, num_samples=3)
     out = tmp_path / "eval"
-    settings = {**MODEL, "bundle_root": str(root), "dataset_dir": str(root / "data" / "phantoms_thorax")}
+    settings = {
+        **MODEL,
+        "bundle_root": str(root),
+        "dataset_dir": str(root / "data" / "phantoms_thorax"),
+        "perceptual_network_name": "random",
+    }
     results = run_workflow(
         BUNDLE, ("evaluate",), None, sample_dir=str(samples), output_dir=str(out), fid_pool=2, **settings
     )[0]
     reconstruction, sampled = results["reconstruction"], results["samples"]
     assert reconstruction["mse_hu2"] > 0 and reconstruction["kl"] > 0 and -1 <= reconstruction["ssim"] <= 1
+    assert 0 < reconstruction["l1_hu"] <= reconstruction["mse_hu2"] ** 0.5
     assert np.isfinite(sampled["fid_2d_latent"]) and sampled["samples"] == 3
     assert "diversity_ms_ssim_synthetic" in sampled and "diversity_ssim_real" in sampled
     assert json.loads((out / "report.json").read_text())["samples"]["samples"] == 3
@@ -318,3 +328,138 @@ def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
     """The release zip, unpacked elsewhere, samples on the tiny checkpoint (bundle_helpers.check_release_samples)."""
     root, _, _ = trained
     check_release_samples(BUNDLE, root, tmp_path, {**MODEL, **UNET}, ["--num_samples", "1", "--seed", "0"])
+
+
+# ------------------------------------------------------------------------------------- fidelity to the thesis
+
+
+def parsed(*names: str, **overrides) -> ConfigParser:
+    """The configs ``names`` read with MONAI's ConfigParser, no overlay unless named, ``overrides`` applied."""
+    parser = config_parser(BUNDLE, names, **{"bundle_root": str(REPO_ROOT / "bundles" / BUNDLE), **overrides})
+    parser.get_parsed_content("imports")  # `$import common` etc., for the expressions that use them
+    return parser
+
+
+def test_base_configs_hold_the_thesis_values() -> None:
+    """Every value the thesis gives (Sec. 5.1, 5.3, 5.4, appendices A/B), read from the base configs alone."""
+    autoencoder = parsed("train_autoencoder")
+    thesis_autoencoder = {  # Sec. 5.3.1 (the best VAE-3 configuration) and Sec. 5.3.2 (loss weights)
+        "spatial_size": [128, 128, 128],
+        "resize_mode": "nearest",
+        "hu_window": [-1000.0, 1000.0],
+        "val_fraction": 0.05,
+        "latent_channels": 3,
+        "ae_channels": [64, 64, 64],
+        "ae_num_res_blocks": 2,
+        "ae_norm_num_groups": 32,
+        "ae_attention_levels": [False, False, True],
+        "kl_weight": 1e-6,
+        "perceptual_weight": 1e-3,
+        "adversarial_weight": 1e-2,
+        "perceptual_network_name": "vgg16",  # a pretrained network (the thesis: LPIPS-SqueezeNet, see the README)
+    }
+    assert {k: autoencoder.get_parsed_content(k) for k in thesis_autoencoder} == thesis_autoencoder
+    definition = autoencoder.get("autoencoder_def")
+    assert definition["_target_"] == "AutoencoderKL" and definition["spatial_dims"] == 3
+    assert autoencoder.get("g_optimizer#_target_") == "torch.optim.Adam"
+    assert autoencoder.get("perceptual_loss#_target_") == "common.losses.FakeVolumePerceptualLoss"  # is_fake_3d
+    names = [t["_target_"] for t in autoencoder.get("load_transforms")]
+    assert names.index("common.transforms.MergeSegmentationd") < names.index("ScaleIntensityRanged")
+    assert names.index("ScaleIntensityRanged") < names.index("Resized")
+    thesis_diffusion = {  # Sec. 5.4.1 / 5.4.2 and Sec. 6.2 (1500 epochs)
+        "num_train_timesteps": 1000,
+        "noise_schedule": "scaled_linear_beta",
+        "beta_start": 0.0015,
+        "beta_end": 0.0195,
+        "unet_channels": [64, 64, 64],
+        "unet_attention_levels": [False, True, True],
+        "unet_num_head_channels": [0, 64, 64],
+        "unet_num_res_blocks": 2,
+        "max_epochs": 1500,
+    }
+    diffusion = parsed("train_autoencoder", "train_diffusion")
+    assert {k: diffusion.get_parsed_content(k) for k in thesis_diffusion} == thesis_diffusion
+    assert diffusion.get("network_def#in_channels") == diffusion.get("network_def#out_channels") == "@latent_channels"
+    assert diffusion.get("loss#_target_") == "torch.nn.MSELoss"
+    assert diffusion.get("optimizer#_target_") == "torch.optim.Adam"
+    inference = parsed("inference")
+    thesis_inference = {
+        **{k: thesis_diffusion[k] for k in thesis_diffusion if k != "max_epochs"},
+        **{k: thesis_autoencoder[k] for k in ("spatial_size", "latent_channels", "ae_channels", "hu_window")},
+        "sampler": "ddpm",  # Sec. 5.5: the DDPM ancestral sampler over all T steps
+        "num_inference_steps": 1000,
+    }
+    assert {k: inference.get_parsed_content(k) for k in thesis_inference} == thesis_inference
+    # the one documented departure (README "Project choices"): the window is mapped to [-1, 1]
+    for config in (autoencoder, inference, parsed("evaluate")):
+        assert config.get_parsed_content("intensity_range") == [-1.0, 1.0]
+
+
+def test_hu_scale_overlay_sets_the_hu_scale_everywhere() -> None:
+    """hu_scale.yaml: the HU window is only clipped (the thesis' scale), loss weights unchanged, outputs in HU."""
+    base = parsed("train_autoencoder", perceptual_network_name="random")
+    hu = parsed("train_autoencoder", "hu_scale", perceptual_network_name="random")
+    assert hu.get_parsed_content("intensity_range") == [-1000.0, 1000.0]
+    for key in ("kl_weight", "perceptual_weight", "adversarial_weight", "learning_rate", "hu_window"):
+        assert hu.get_parsed_content(key) == base.get_parsed_content(key)
+    scale = next(t for t in hu.get_parsed_content("load_transforms") if type(t).__name__ == "ScaleIntensityRanged")
+    values = torch.tensor([[[-3000.0, -1000.0, -250.5, 0.0, 999.0, 3000.0]]])
+    np.testing.assert_allclose(scale({"image": values})["image"], [[[-1000, -1000, -250.5, 0, 999, 1000]]])
+    extractor = hu.get_parsed_content("perceptual_network")
+    assert isinstance(extractor, SmallConvFeatures) and extractor.input_range == (-1000.0, 1000.0)
+    psnr_max = hu.get_parsed_content("validate#evaluator#additional_metrics#val_psnr#max_val")
+    assert psnr_max == 2000.0
+    sampling = parsed("inference", "hu_scale")
+    assert sampling.get_parsed_content("intensity_range") == [-1000.0, 1000.0]
+    assert sampling.get("sampling#intensity_range") == "@intensity_range"
+    assert parsed("evaluate", "hu_scale").get_parsed_content("intensity_range") == [-1000.0, 1000.0]
+
+
+def test_missing_perceptual_weights_are_an_error_naming_the_key_and_the_entry(tmp_path: Path) -> None:
+    """The base config asks for the pretrained perceptual network: no file is an error, never a random fallback."""
+    (tmp_path / "large_files.yml").write_bytes((REPO_ROOT / "bundles" / BUNDLE / "large_files.yml").read_bytes())
+    for names in (("train_autoencoder",), ("evaluate",)):
+        key = "perceptual_network" if names == ("train_autoencoder",) else "perceptual_loss"
+        with pytest.raises(Exception) as error:
+            parsed(*names, bundle_root=str(tmp_path)).get_parsed_content(key)
+        chain = error_chain(error.value)
+        assert "FileNotFoundError: config key 'perceptual_weights'" in chain
+        assert "large_files.yml entry 'models/vgg16-397923af.pth'" in chain and "download_large_files" in chain
+
+
+def test_hu_scale_overlay_end_to_end(tmp_path: Path) -> None:
+    """Both stages, sampling and evaluation with hu_scale.yaml (one epoch each): HU in, HU out."""
+    hu = ("hu_scale",)
+    train(tmp_path, AUTOENCODER + hu, max_epochs=1, save_interval=0)
+    train(tmp_path, DIFFUSION + hu, max_epochs=1, save_interval=0)
+    written = run_workflow(
+        BUNDLE,
+        ("inference", *hu),
+        None,
+        **MODEL,
+        **UNET,
+        bundle_root=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
+        num_samples=2,
+        sampler="dpm_solver",
+        num_inference_steps=3,
+    )[0]
+    manifest = json.loads((tmp_path / "out" / "run_manifest.json").read_text())
+    assert manifest["intensity_range"] == [-1000.0, 1000.0]
+    image = nib.load(written[0]["image"])
+    assert image.shape == (16, 16, 16) and image.get_data_dtype() == np.int16  # HU, not model units
+    values = np.asarray(image.dataobj)
+    assert values.min() >= -1000 and values.max() <= 1000  # a one-epoch model: near 0 HU, no air yet
+    results = run_workflow(
+        BUNDLE,
+        ("evaluate", *hu),
+        None,
+        **MODEL,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data" / "phantoms_thorax"),
+        sample_dir=str(tmp_path / "out"),
+        output_dir=str(tmp_path / "eval"),
+        perceptual_network_name="random",
+        fid_pool=2,
+    )[0]
+    assert results["reconstruction"]["l1_hu"] > 0 and np.isfinite(results["samples"]["fid_2d_latent"])

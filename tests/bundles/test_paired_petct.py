@@ -19,6 +19,7 @@ from bundle_helpers import (
     check_release_samples,
     cli_args,
     config_files,
+    config_parser,
     error_chain,
     load_plain_weights,
     make_workflow,
@@ -49,7 +50,7 @@ TRAIN = {
     "val_interval": 1,
     "save_interval": 1,
     "perceptual_start_epoch": 2,
-    "perceptual_network_name": "small",
+    "perceptual_network_name": "random",
 }
 
 
@@ -176,7 +177,7 @@ def test_resume_continues_from_the_newest_checkpoint(trained, tmp_path: Path) ->
     assert trainer.state.iteration == 2 * trainer.state.epoch_length  # epoch 1 was not repeated
 
 
-@pytest.mark.parametrize("overlay", ["severed", "no_perceptual"])
+@pytest.mark.parametrize("overlay", ["severed", "no_perceptual", "feedback"])
 def test_overlays_train(tmp_path: Path, trained, overlay: str) -> None:
     root, _ = trained
     (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
@@ -184,8 +185,75 @@ def test_overlays_train(tmp_path: Path, trained, overlay: str) -> None:
     network = workflow.parser.get_parsed_content("network")
     if overlay == "severed":
         assert all(len(network[m].condition_encoders) == 0 for m in ("ct", "pet", "mask"))
+    elif overlay == "feedback":
+        assert all(network[m].feedback is not None for m in ("ct", "pet", "mask"))
+        load_plain_weights(root / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # base: no feedback layers
+        with pytest.raises(RuntimeError, match="feedback"):  # the overlay's network is another network
+            load_plain_weights(root / "models" / "model.pt", BUNDLE, ("inference", "feedback"), **SHARED)
     else:
         assert workflow.parser.get_parsed_content("train#trainer").perceptual_weight == 0.0
+
+
+# Paper 000 (paired PET-CT / tumour-mask DDPM): every hyperparameter it states, the config key holding it, its section.
+PAPER_TRAIN = {
+    "pixdim": [2.0, 2.0, 2.0],  # 2.2 "resampled to a uniform 2x2x2 mm voxel size"
+    "roi_size": [128, 128],  # 2.2 "a smart crop function taking 128x128 pixel slices"
+    "split_fractions": [0.8, 0.1, 0.1],  # 2.2 "partitioned into training, validation, and test sets in an 80:10:10"
+    "modalities": ["ct", "pet", "mask"],  # 1, 3 "PET-CT-tumour mask pairs"; one network each (2.3)
+    "num_train_timesteps": 1000,  # 2.1 "after T steps (typically 1000)"
+    "offset_noise_scale": 0.1,  # 2.4 Eq. 1 "C ~ 0.1 N(0, 1)"
+    "perceptual_start_epoch": 50,  # 2.4 "implemented past epoch 50 only"
+    "perceptual_network_name": "vgg16",  # 2.4 "perceptual loss function with pre-trained VGG-16"
+    "severed": False,  # 2.3 conditional encoders (severed: the ablation of 3)
+    "low_pass": True,  # 2.3 TLP in front of the conditional encoders (Fig. 1)
+    "timestep_cbam": True,  # 2.3 "timestep-aware convolutional block attention module"
+    "condition_feedback": False,  # not in the paper: feedback.yaml
+}
+
+
+def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
+    """train.yaml and inference.yaml, no overlay, loaded as monai.bundle does: the values paper 000 states."""
+    train_config = config_parser(BUNDLE, ("train",), bundle_root=str(tmp_path))
+    for key, value in PAPER_TRAIN.items():
+        assert train_config.get_parsed_content(key) == value, key
+    assert train_config["noise_scheduler"]["_target_"] == "DDPMScheduler"  # 2.1 DDPM
+    assert train_config["network_def"]["spatial_dims"] == 2  # 2.2 "2D slices were taken wherever tumour is visible"
+    assert train_config["optimizers"]["_target_"] == "common.engines.paired_optimizers"  # 2.3 "its own optimiser"
+    assert train_config["loss"]["_target_"] == "torch.nn.MSELoss"  # 2.1 predicted noise "compared to the known noise"
+    augmentation = train_config["augmentation"]  # 2.2 "random jitter, rotation, and a random flip"
+    assert augmentation["jitter_pixels"] > 0 and augmentation["rotate_degrees"] > 0 and augmentation["flip_prob"] > 0
+    inference = config_parser(BUNDLE, ("inference",), bundle_root=str(tmp_path))
+    for key in ("pixdim", "roi_size", "modalities", "num_train_timesteps", "severed", "low_pass", "timestep_cbam"):
+        assert inference.get_parsed_content(key) == PAPER_TRAIN[key], key
+    assert inference.get_parsed_content("condition_feedback") is False
+    assert inference.get_parsed_content("sampler") == "ddpm"  # 2.1 full ancestral sampling from x_T
+    assert inference.get_parsed_content("num_inference_steps") == 1000
+    assert inference.get_parsed_content("seed_fraction") is None  # plain sampling; seeding is seeded.yaml
+    assert inference.get_parsed_content("refine_rounds") == 0  # agreement refinement: a project option, off
+    seeded = config_parser(BUNDLE, ("inference", "seeded"), bundle_root=str(tmp_path))
+    assert seeded.get_parsed_content("seed_fraction") == 0.8  # 2.5 "seeding with real images from 80%"
+
+
+@pytest.mark.parametrize("stage", ["train", "inference"])
+def test_feedback_overlay_turns_the_feedback_path_on(tmp_path: Path, stage: str) -> None:
+    tiny = {key: SHARED[key] for key in ("unet_channels", "unet_attention_levels", "unet_num_head_channels")}
+    tiny.update(unet_norm_num_groups=8, unet_num_res_blocks=1, bundle_root=str(tmp_path))
+    base = config_parser(BUNDLE, (stage,), **tiny)
+    overlay = config_parser(BUNDLE, (stage, "feedback"), **tiny)
+    assert base.get_parsed_content("condition_feedback") is False
+    assert overlay.get_parsed_content("condition_feedback") is True
+    assert all(net.feedback is None for net in base.get_parsed_content("network_def").values())
+    assert all(net.feedback is not None for net in overlay.get_parsed_content("network_def").values())
+
+
+def test_base_training_without_the_vgg_file_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    """The base config asks for the paper's VGG-16 loss: no silent random extractor (demo.yaml and tests opt in)."""
+    with pytest.raises(RuntimeError) as error:  # the config expression's error, raised from the loader's
+        config_parser(BUNDLE, ("train",), bundle_root=str(tmp_path)).get_parsed_content("perceptual_loss")
+    chain = error_chain(error.value)
+    assert "FileNotFoundError" in chain and "'perceptual_weights'" in chain and "models/vgg16-397923af.pth" in chain
+    demo = config_parser(BUNDLE, ("train", "demo"), bundle_root=str(tmp_path))
+    assert demo.get_parsed_content("perceptual_network_name") == "random"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from bundle_helpers import (
     check_release_samples,
     cli_args,
     config_files,
+    config_parser,
     error_chain,
     load_plain_weights,
     make_workflow,
@@ -448,3 +449,54 @@ def test_release_run_fails_without_a_package_the_code_needs(trained: Path, tmp_p
     args += ["--masks", phantom_masks(trained, 1)[0], "--num_samples", "1"]
     with pytest.raises(AssertionError, match="nibabel"):
         run_released(folder, "inference.yaml", args, True, tmp_path / "modules.json")
+
+
+# Paper 001 (Med-DDPM, Dorjsembe et al.): every hyperparameter it states, the config key holding it, its section.
+PAPER_TRAIN = {
+    "num_train_timesteps": 250,  # III-B "the cosine noise schedule for 250 steps"
+    "noise_schedule": "cosine",  # II Eq. 2 (Nichol & Dhariwal)
+    "learning_rate": 1.0e-5,  # III-B "a learning rate of 10^-5 for the first 50,000 epochs, and 10^-6 for the last"
+    "batch_size": 1,  # III-B "for 100,000 epochs with a batch size of 1"
+    "train_iterations": 100000,  # III-B, as optimiser steps (the authors' code: total training steps)
+    "modalities": ["t1c"],  # III-A contrast-enhanced T1-weighted whole-head MR
+    "label_values": [0, 1, 2],  # II "0 represents the background, 1 ... the head area, and 2 ... the tumor area"
+    "condition_labels": [1, 2],  # II one-hot "excluding the background class label 0"
+    "spatial_size": [128, 128, 128],  # III-A "resized to 128x128x128"
+    "pixdim": [1.5, 1.5, 1.5],  # III-A "with a slice thickness of 1.5x1.5x1.5mm"
+}
+
+
+def test_base_configs_hold_the_papers_settings(tmp_path: Path) -> None:
+    """train.yaml and inference.yaml, no overlay, loaded as monai.bundle does: the values Med-DDPM states."""
+    train_config = config_parser(BUNDLE, ("train",), bundle_root=str(tmp_path))
+    for key, value in PAPER_TRAIN.items():
+        assert train_config.get_parsed_content(key) == value, key
+    assert train_config["loss"]["_target_"] == "torch.nn.L1Loss"  # II-A Eq. 4, L1 on the noise
+    assert train_config["optimizer"]["_target_"] == "torch.optim.Adam"  # III-B "We used the Adam optimizer"
+    assert train_config["lr_scheduler"]["gamma"] == 0.1  # 1e-5 -> 1e-6 ...
+    train_config.update({"datalist": "${'train': [None] * 1292}"})  # the paper's 1292 training images
+    assert train_config.get_parsed_content("max_epochs") == 77  # 100,000 steps of batch 1
+    assert train_config.get_parsed_content("lr_drop_epoch") == 38  # ... for the second half
+    intensity = train_config["final_transforms"][0]  # III-A "normalized the image intensities to the range of [-1,1]"
+    assert (intensity["b_min"], intensity["b_max"]) == (-1.0, 1.0)
+    network = train_config["network_def"]  # II: 3D U-Net, mask concatenated to x_t (Fig. 1)
+    assert network["spatial_dims"] == 3 and train_config.get_parsed_content("network_def#in_channels") == 3
+    assert train_config.get_parsed_content("unet_channels")[0] == 64  # III-B "64 channels in the first layer"
+    levels = train_config.get_parsed_content("unet_attention_levels")  # III-B "an attention head at resolution 16"
+    assert [128 // 2**i for i, on in enumerate(levels) if on] == [16]
+    # II Eq. 2 with s = 0.008 (Nichol & Dhariwal): alpha_bar_t = f(t) / f(0)
+    scheduler = train_config.get_parsed_content("noise_scheduler")
+    t = np.arange(1, 250)  # the last step's beta is clipped at 0.999, as in the reference
+    f = np.cos((np.concatenate([[0], t]) / 250 + 0.008) / 1.008 * np.pi / 2) ** 2
+    np.testing.assert_allclose(scheduler.alphas_cumprod[:249].numpy(), f[1:] / f[0], rtol=1e-4, atol=1e-7)
+    inference = config_parser(BUNDLE, ("inference",), bundle_root=str(tmp_path))
+    for key in ("num_train_timesteps", "noise_schedule", "modalities", "condition_labels", "spatial_size", "pixdim"):
+        assert inference.get_parsed_content(key) == PAPER_TRAIN[key], key
+    assert inference.get_parsed_content("sampler") == "ddpm"  # Algorithm 2: all T steps
+    assert inference.get_parsed_content("num_inference_steps") == 250
+    assert inference["noise_scheduler"]["variance_type"] == "fixed_large"  # Eq. 3 "sigma_t = sqrt(beta_t)"
+    brats = config_parser(BUNDLE, ("train", "brats"), bundle_root=str(tmp_path))  # III-F
+    assert brats.get_parsed_content("modalities") == ["t1", "t1ce", "t2", "flair"]
+    assert brats.get_parsed_content("condition_labels") == [1, 2, 3, 4]  # 4 -> 3, brain = 4, background dropped
+    assert brats.get_parsed_content("spatial_size") == [192, 192, 144]  # "cropping and padding to 192x192x144"
+    assert brats.get_parsed_content("train_iterations") == 200000  # "except we employed 200,000 epochs"

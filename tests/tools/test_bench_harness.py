@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
 from tools.bench.harness import loop_intervals, markdown_table
-from tools.bench.semantic_mri import _bare_loop_intervals
+from tools.bench.semantic_mri import _bare_loop_intervals, bench_semantic_mri_clipping
 
 
 def test_loop_intervals_counts_steps_across_epochs() -> None:
@@ -38,3 +39,8 @@ def test_semantic_mri_bare_loop_trains_the_network() -> None:
 def test_markdown_table() -> None:
     table = markdown_table([["a", "1"]], ["name", "value"])
     assert table.splitlines()[0].startswith("| name") and "| a" in table
+
+
+def test_clipping_bench_names_a_missing_weights_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="ckpt_path '.*missing.pt': no such weights file"):
+        bench_semantic_mri_clipping(ckpt_path=str(tmp_path / "missing.pt"), workdir=str(tmp_path))

@@ -9,7 +9,14 @@ import torch
 
 from common.metrics.pairing import pairing_metrics
 from tools.bench.harness import mean_standard_error
-from tools.bench.paired_petct import _steps_argument, bench_paired_petct, compare_to_reference, target_verdict
+from tools.bench.paired_petct import (
+    _steps_argument,
+    bench_paired_petct,
+    bench_paired_petct_feedback,
+    compare_to_reference,
+    feedback_effect,
+    target_verdict,
+)
 
 
 def _triples(dice_like: list[tuple[int, int, int]]) -> dict:
@@ -100,8 +107,34 @@ def test_verdict_without_spread() -> None:
         ({"refine_rounds": 1.5}, "refine_rounds must be a whole number"),
         ({"refine_fraction": 0.03}, r"--refine_fraction with --fast_steps 25: refine_fraction 0.03: no sampling"),
         ({"refine_fraction": 1.0}, r"refine_fraction in \(0, 1\), got 2 and 1.0"),
+        ({"feedback": "maybe"}, "feedback must be true or false, got 'maybe'"),
     ],
 )
 def test_bench_rejects_bad_options_before_any_work(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bench_paired_petct(**options)
+
+
+def test_feedback_effect_in_standard_errors() -> None:
+    off = {"pairing_dice_mean": 0.5, "pairing_dice_se": 0.03}
+    on = {"pairing_dice_mean": 0.65, "pairing_dice_se": 0.04}
+    effect = feedback_effect(off, on)
+    assert effect["difference"] == pytest.approx(0.15) and effect["difference_se"] == pytest.approx(0.05)
+    assert effect["standard_errors"] == pytest.approx(3.0) and not effect["within_noise"]
+    assert feedback_effect(off, {**on, "pairing_dice_mean": 0.45})["within_noise"]  # -1 standard error
+    assert feedback_effect({**off, "pairing_dice_se": 0.0}, {**on, "pairing_dice_se": 0.0})["within_noise"]  # no spread
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"sides": "both"}, "sides must be 'off', 'on' or both, got 'both'"),
+        ({"sides": []}, "sides must be 'off', 'on' or both"),
+        ({"train_epochs": 0}, "train_epochs must be a positive number of epochs, got 0"),
+        ({"num_samples": 1}, "num_samples must be at least 2"),
+        ({"sampler": "ddim"}, "sampler must be one of"),
+    ],
+)
+def test_feedback_bench_rejects_bad_options_before_any_work(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bench_paired_petct_feedback(**options)

@@ -12,8 +12,9 @@ import fire
 from common.io import atomic_write_text
 from tools.bench.harness import RESULTS_DIR
 from tools.bench.latent_ct import bench_latent_ct
-from tools.bench.paired_petct import bench_paired_petct
-from tools.bench.semantic_mri import bench_semantic_mri
+from tools.bench.latent_ct_intensity import bench_latent_ct_intensity
+from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feedback
+from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
 from tools.bench.serving import bench_serving
 from tools.bench.sharded_sampling import bench_sharded_sampling
 
@@ -22,8 +23,11 @@ __all__ = ["BENCHMARKS", "main"]
 
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri": bench_semantic_mri,
+    "semantic_mri_clipping": bench_semantic_mri_clipping,
     "paired_petct": bench_paired_petct,
+    "paired_petct_feedback": bench_paired_petct_feedback,
     "latent_ct": bench_latent_ct,
+    "latent_ct_intensity": bench_latent_ct_intensity,
     "sharded_sampling": bench_sharded_sampling,
     "serving": bench_serving,
 }

@@ -31,7 +31,7 @@ from common.metrics.fid import fid_2d_slices
 from tools.bench.harness import bundle_intervals, bundle_workflow, config_files, loop_intervals, markdown_table
 from tools.bench.memory import measure_peak_rss
 
-__all__ = ["bench_latent_ct"]
+__all__ = ["bench_latent_ct", "train_stage"]
 
 
 BUNDLE = "latent_ct"
@@ -116,9 +116,10 @@ def _throughput(workflow: Any, bare: Any, rounds: int, epochs: int) -> dict[str,
     }
 
 
-def _train(root: Path, names: tuple[str, ...], epochs: int) -> dict[str, Any]:
+def train_stage(root: Path, names: tuple[str, ...], epochs: int, **overrides: Any) -> dict[str, Any]:
+    """Train the configs ``names`` of the bundle for ``epochs`` epochs under ``root``; epochs, iterations, seconds."""
     workflow = bundle_workflow(
-        config_files(BUNDLE, *names), "train", bundle_root=str(root), max_epochs=epochs, save_interval=0
+        config_files(BUNDLE, *names), "train", bundle_root=str(root), max_epochs=epochs, save_interval=0, **overrides
     )
     start = time.perf_counter()
     workflow.run()
@@ -251,14 +252,14 @@ def bench_latent_ct(
             "autoencoder": _throughput(ae_workflow, _autoencoder_bare_intervals, overhead_rounds, overhead_epochs)
         }
         quality = work / "quality"
-        training = {"autoencoder": _train(quality, AUTOENCODER, autoencoder_epochs)}
+        training = {"autoencoder": train_stage(quality, AUTOENCODER, autoencoder_epochs)}
         dm_workflow = bundle_workflow(
             config_files(BUNDLE, *DIFFUSION),
             "train",
             **{**overhead_overrides, "autoencoder_ckpt": str(quality / "models" / "model_autoencoder.pt")},
         )
         throughput["diffusion"] = _throughput(dm_workflow, _diffusion_bare_intervals, overhead_rounds, overhead_epochs)
-        training["diffusion"] = _train(quality, DIFFUSION, diffusion_epochs)
+        training["diffusion"] = train_stage(quality, DIFFUSION, diffusion_epochs)
         real = _real_volumes(quality)
         inference = bundle_workflow(config_files(BUNDLE, "inference", "demo"), None, bundle_root=str(quality))
         autoencoder = inference.parser.get_parsed_content("autoencoder")

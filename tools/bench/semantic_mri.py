@@ -38,7 +38,7 @@ from common.metrics.read_back import WHOLE_HEAD_TUMOUR_THRESHOLD, segment_enhanc
 from common.metrics.segmentation import mask_dice
 from tools.bench.harness import bundle_intervals, bundle_workflow, config_files, loop_intervals, markdown_table
 
-__all__ = ["bench_semantic_mri"]
+__all__ = ["bench_semantic_mri", "bench_semantic_mri_clipping"]
 
 
 def _bare_loop_intervals(
@@ -121,15 +121,19 @@ def _sample_dice(image_path: str, label_path: str) -> tuple[float, float]:
     return _tumour_dice(image, label == 2)
 
 
-def _sample(work: Path, ckpt: Path, masks: Path, name: str, sampler: str, steps: int) -> dict[str, Any]:
-    """Sample one image per mask through the inference config (batch 1, as a user would) and score it."""
+def _sample(
+    work: Path, ckpt: Path, masks: Path, name: str, sampler: str, steps: int, tag: str = "", **extra: Any
+) -> dict[str, Any]:
+    """Sample one image per mask through the inference config (batch 1, as a user would) and score it; ``extra``:
+    further config overrides (``tag`` names their output folder)."""
     overrides = {
         "bundle_root": str(work / "quality"),
         "ckpt_path": str(ckpt),
         "masks": str(masks),
-        "output_dir": str(work / f"samples_{sampler}_{steps}"),
+        "output_dir": str(work / f"samples_{sampler}_{steps}{tag}"),
         "sampler": sampler,
         "num_inference_steps": steps,
+        **extra,
     }
     workflow = bundle_workflow(config_files("semantic_mri", "inference", "demo"), None, **overrides)
     sampling = workflow.parser.get_parsed_content("sampling")
@@ -253,4 +257,75 @@ def bench_semantic_mri(
             ),
         ]
     )
+    return markdown + "\n", results
+
+
+def bench_semantic_mri_clipping(
+    ckpt_path: str | None = None,
+    train_epochs: int | None = None,
+    eval_masks: int = 4,
+    workdir: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The paper's sampler with and without clipping each step's x0 estimate to [-1, 1] (``clip_sample``: a project
+    choice, Eq. 3 does not clip), on the same weights, masks and seeds; returns (markdown, raw numbers).
+
+    Args:
+        ckpt_path: demo-overlay weights to sample (e.g. ``models/model.pt`` after ``make demo``); None trains the
+            demo overlay first (``train_epochs``, default its own budget).
+        eval_masks: held-out phantom masks (one sample each, as in :func:`bench_semantic_mri`).
+    """
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="bench_semantic_mri_clipping_") as tmp:
+        work = Path(workdir or tmp)
+        if ckpt_path is None:
+            ckpt, _ = _train(work, train_epochs)
+        elif not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path '{ckpt_path}': no such weights file (train the demo overlay first)")
+        else:
+            ckpt = Path(ckpt_path)
+        eval_dir = write_phantom_dataset(
+            "whole_head_mri", work / "heldout" / "phantoms", n=eval_masks, shape=(32, 32, 32), spacing=(6.0, 6.0, 6.0),
+            seed=1000,
+        )  # fmt: skip
+        masks = eval_dir / "labelsTr"
+        arms = {
+            clip: _sample(work, ckpt, masks, f"ddpm, paper, clip_sample {clip}", "ddpm", 250, f"_clip{clip}",
+                          **{"noise_scheduler#clip_sample": clip})
+            for clip in (True, False)
+        }  # fmt: skip
+    difference = arms[True]["dice_mean"] - arms[False]["dice_mean"]
+    targets = [
+        {
+            "name": "both arms measured on the same weights, masks and seeds (at least 4 masks)",
+            "value": eval_masks,
+            "target": ">= 4",
+            "met": eval_masks >= 4,
+        }
+    ]
+    results = {"arms": {str(k).lower(): v for k, v in arms.items()}, "dice_difference": difference, "targets": targets}
+    rows = [
+        [
+            a["sampler"],
+            f"{a['s_per_sample']:.1f}",
+            f"{a['dice_mean']:.3f} (min {a['dice_min']:.3f})",
+            f"{a['threshold_dice_mean']:.3f} (min {a['threshold_dice_min']:.3f})",
+        ]
+        for a in arms.values()
+    ]
+    source = "given with --ckpt_path, e.g. a `make demo` run's model.pt" if ckpt_path else "trained on the demo overlay"
+    markdown = "\n\n".join(
+        [
+            "# semantic_mri: x0 clipping in the paper's sampler (a project choice), on and off",
+            f"Command: `python -m tools.bench semantic_mri_clipping --eval_masks {eval_masks}` (weights: {source})  \n"
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}; demo overlay sizes; {eval_masks} held-out masks, one sample each, same seeds.",
+            "Tumour Dice as in `semantic_mri.md` (largest bright region read back vs the conditioning tumour label; "
+            "threshold-only reading beside it).",
+            markdown_table(rows, ["sampler", "s / sample", "tumour Dice", "tumour Dice, threshold only"]),
+            f"Clipped minus unclipped: {difference:+.3f} tumour Dice over {eval_masks} masks (no standard error: "
+            "a few masks; read it as a direction, not a significant difference).",
+            "\n".join(f"- {t['name']}: {t['value']} (target {t['target']}: {'met' if t['met'] else 'not met'})"
+                      for t in targets),
+        ]
+    )  # fmt: skip
     return markdown + "\n", results

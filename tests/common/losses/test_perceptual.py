@@ -367,11 +367,17 @@ def test_build_vgg16_from_file(tmp_path: Path) -> None:
 
 
 def test_build_small() -> None:
-    network = build_perceptual_network("small", None, seed=5, input_range=(0, 1))
+    network = build_perceptual_network("random", None, seed=5, input_range=(0, 1))
     assert isinstance(network, SmallConvFeatures) and network.input_range == (0.0, 1.0)
     assert torch.equal(network.features[0].weight, SmallConvFeatures(seed=5).features[0].weight)
     # a weights path left in the config is unused by the random network
-    assert isinstance(build_perceptual_network("small", "unused.pth"), SmallConvFeatures)
+    assert isinstance(build_perceptual_network("random", "unused.pth"), SmallConvFeatures)
+
+
+def test_build_random_is_the_small_network_by_its_explicit_name() -> None:
+    network = build_perceptual_network("random", "unused.pth", seed=5, input_range=(-1000, 1000))
+    assert isinstance(network, SmallConvFeatures) and network.input_range == (-1000.0, 1000.0)
+    assert torch.equal(network.features[0].weight, build_perceptual_network("random", None, seed=5).features[0].weight)
 
 
 def test_build_vgg16_missing_file(tmp_path: Path) -> None:
@@ -385,7 +391,7 @@ def test_build_vgg16_missing_file(tmp_path: Path) -> None:
         (
             "resnet50",
             None,
-            r"`name` of the perceptual network must be one of \('vgg16', 'small', 'auto'\), got 'resnet50'",
+            r"`name` of the perceptual network must be one of \('vgg16', 'random'\), got 'resnet50'",
         ),
         ("vgg16", None, r"config key 'perceptual#weights' is null: the 'vgg16' perceptual network needs"),
     ],
@@ -396,11 +402,8 @@ def test_build_rejects_settings(name: str, weights: str | None, message: str) ->
         build_perceptual_network(name, weights)
 
 
-def test_build_auto_falls_back_to_small_with_a_warning(tmp_path, caplog):
-    missing = tmp_path / "vgg16.pth"
-    with caplog.at_level("WARNING", logger="common"):
-        network = build_perceptual_network("auto", missing, config_key="perceptual_weights")
-    assert isinstance(network, SmallConvFeatures)
-    assert "RANDOM" in caplog.text and "perceptual_weights" in caplog.text
-    torch.save(VGG16Features().state_dict(), missing)
-    assert isinstance(build_perceptual_network("auto", missing), VGG16Features)
+def test_no_silent_fallback_names_are_left() -> None:
+    # "auto" (a random network when the VGG-16 file is missing) and its alias "small" are gone: random is opt-in
+    for name in ("auto", "small"):
+        with pytest.raises(ValueError, match="must be one of"):
+            build_perceptual_network(name, None)

@@ -224,8 +224,8 @@ def test_paired_denoiser_options_and_errors():
 
 def test_feedback_starts_at_zero_and_learns():
     torch.manual_seed(0)
-    with_feedback = PairedDenoiser(2, 1, 1, num_conditions=2, **SMALL)
-    without = PairedDenoiser(2, 1, 1, num_conditions=2, feedback=False, **SMALL)
+    with_feedback = PairedDenoiser(2, 1, 1, num_conditions=2, feedback=True, **SMALL)
+    without = PairedDenoiser(2, 1, 1, num_conditions=2, **SMALL)  # the paper's network: no feedback by default
     assert without.feedback is None and len(with_feedback.feedback) == len(SMALL["channels"])
     without.load_state_dict({k: v for k, v in with_feedback.state_dict().items() if not k.startswith("feedback.")})
     _randomise(with_feedback.out)

@@ -162,3 +162,24 @@ def test_lesion_rule_largest_ignores_a_bright_speck_away_from_the_tumour(
     rule = {"threshold": 0.5, "labels": [2], "largest": largest}
     results = evaluation(sample_dir, real_dir, tmp_path / "eval", lesion_rule=rule).run()
     assert results["lesion_dice_mean"] == pytest.approx(expected)
+
+
+def test_real_beside_sample_preview_and_summary(tmp_path: Path) -> None:
+    sample_dir, real_dir = make_folders(tmp_path, SAMPLE_IDS)
+    workflow = evaluation(sample_dir, real_dir, tmp_path / "eval", lesion_rule={"threshold": 0.5, "labels": [2]})
+    results = workflow.run()
+    png = (tmp_path / "eval" / "real_vs_sample.png").read_bytes()
+    # per pair (3 samples pair with a real case): the real case's row, then the sample's with its lesion Dice (the
+    # row names are the PNG's tEXt Description, stored uncompressed)
+    assert png.startswith(b"\x89PNG") and (
+        b"Description\0rows: real r0, r0_sample000, lesion Dice 1.00, real r0, r0_sample001, lesion Dice 1.00, "
+        b"real r1, r1_sample000, lesion Dice 1.00" in png
+    )
+    summary = workflow.summary(results)
+    assert "Dice 1.000" in summary and "real_vs_sample.png" in summary
+
+
+def test_preview_can_be_turned_off(tmp_path: Path) -> None:
+    sample_dir, real_dir = make_folders(tmp_path, SAMPLE_IDS)
+    evaluation(sample_dir, real_dir, tmp_path / "eval", preview=False).run()
+    assert (tmp_path / "eval" / "report.json").exists() and not (tmp_path / "eval" / "real_vs_sample.png").exists()
