@@ -102,6 +102,18 @@ class SynthesisInferTask(BundleInferTask):
         parser["bundle_root"] = path
         return parser
 
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> dict[str, Any]:
+        """MONAI Label's pre-transforms with its ``image_path`` (a string) set aside while they run: MONAI 1.6's
+        ``Spacingd`` updates every key starting with ``image_`` as a meta dict, and fails on that string (an HTTP 500
+        on every request). The writer reads it back afterwards."""
+        path = data.pop("image_path", None)
+        try:
+            data = super().run_pre_transforms(data, transforms)
+        finally:
+            if path is not None:
+                data["image_path"] = path
+        return data
+
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
         """The image is written as float32 (a segmentation task's label would be cast to integers)."""
         data.setdefault("result_dtype", "float32")
@@ -151,7 +163,8 @@ class GenerativeBundlesApp(MONAILabelApp):
             return super().infer(request, datastore)
         except Exception as e:
             refused = _input_error(e)
-            if refused is None:
+            if refused is None:  # MONAI Label answers 500 without a trace in its log: put one there
+                logger.exception("request for image '%s' failed", request.get("image"))
                 raise
             logger.warning("refused request for image '%s': %s", request.get("image"), refused)
             raise HTTPException(status_code=422, detail=f"image '{request.get('image')}': {refused}") from e
