@@ -9,7 +9,7 @@ BUNDLE := bundles/semantic_mri/configs
 STAMP := $(shell date +%Y%m%d_%H%M%S)
 DEMO_OUT ?= out/demo_$(STAMP)
 
-.PHONY: install install-serve demo test test-slow lint
+.PHONY: install install-serve install-deploy demo test test-slow lint
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -36,6 +36,19 @@ $(SERVE_VENV)/.installed: setup.cfg pyproject.toml constraints-serve.txt
 	PIP_CONSTRAINT=constraints-serve.txt $(SERVE_VENV)/bin/python -m pip install -q -e ".[serve]"
 	touch $@
 
+# The MONAI Deploy app ([deploy]: monai-deploy-app-sdk 4.0.0) in a third environment: the SDK's operators need
+# pydicom 3 and MONAI core imports them with `import monai`, while monailabel needs pydicom 2. It needs no torchvision,
+# so it takes the same torch as .venv (TORCH).
+DEPLOY_VENV ?= .venv-deploy
+install-deploy: $(DEPLOY_VENV)/.installed
+
+$(DEPLOY_VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install -q $(TORCH)
+	$(DEPLOY_VENV)/bin/python -m pip install -q -e ".[deploy]"
+	touch $@
+
 # Main job: train semantic_mri (Med-DDPM) on 32^3 phantoms for a few CPU minutes (demo overlay), sample the masks
 # of two training phantoms with the fast respaced sampler (25 steps), then evaluate: the tumour read back from each
 # sample is scored against its mask (Dice printed) and real_vs_sample.png puts the real phantom of the same mask beside
@@ -54,10 +67,11 @@ demo: install
 	@find $(DEMO_OUT) -name "*.png" -o -name "*.nii.gz" -o -name "report.md" | sort
 	@grep "lesion_dice_mean" $(DEMO_OUT)/eval/report.md
 
-test: install install-serve
+test: install install-serve install-deploy
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
-	$(SERVE_VENV)/bin/python -m pytest tests/apps
+	$(SERVE_VENV)/bin/python -m pytest tests/apps/test_monailabel_app.py
+	$(DEPLOY_VENV)/bin/python -m pytest tests/apps/test_monai_deploy_app.py
 
 # The longer tests (marked slow); CI runs them after `make test`. Exit status 5 = none collected, not a failure.
 test-slow: install
