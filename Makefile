@@ -9,7 +9,7 @@ BUNDLE := bundles/semantic_mri/configs
 STAMP := $(shell date +%Y%m%d_%H%M%S)
 DEMO_OUT ?= out/demo_$(STAMP)
 
-.PHONY: install demo test test-slow lint
+.PHONY: install install-serve install-deploy demo test test-slow lint
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -17,6 +17,36 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+# The serving stack ([serve]: monailabel, monai-deploy-app-sdk) in its own environment: monailabel's pydicom-seg pins
+# jsonschema<4, tools.verify_bundles ([dev]) needs jsonschema>=4. monailabel imports torchvision at start, and
+# torchvision's compiled ops must match the torch build (PyPI's torchvision fails next to the CPU torch 2.13.0 of .venv:
+# "operator torchvision::nms does not exist"), so SERVE_TORCH installs a matching pair (PyPI's builds, which run on a
+# CPU). PIP_CONSTRAINT (constraints-serve.txt) keeps that pair while [serve] resolves, also in the build environment of
+# sam2 (an sdist monailabel pulls). [serve] downgrades numpy to 1.26 and pydicom to 2.4 (monailabel's pins), here only.
+SERVE_VENV ?= .venv-serve
+SERVE_TORCH ?= torch==2.14.1 torchvision==0.29.1
+install-serve: $(SERVE_VENV)/.installed
+
+$(SERVE_VENV)/.installed: setup.cfg pyproject.toml constraints-serve.txt
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install -q $(SERVE_TORCH)
+	PIP_CONSTRAINT=constraints-serve.txt $(SERVE_VENV)/bin/python -m pip install -q -e ".[serve]"
+	touch $@
+
+# The MONAI Deploy app ([deploy]: monai-deploy-app-sdk 4.0.0) in a third environment: the SDK's operators need
+# pydicom 3 and MONAI core imports them with `import monai`, while monailabel needs pydicom 2. It needs no torchvision,
+# so it takes the same torch as .venv (TORCH).
+DEPLOY_VENV ?= .venv-deploy
+install-deploy: $(DEPLOY_VENV)/.installed
+
+$(DEPLOY_VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install -q $(TORCH)
+	$(DEPLOY_VENV)/bin/python -m pip install -q -e ".[deploy]"
 	touch $@
 
 # Main job: train semantic_mri (Med-DDPM) on 32^3 phantoms for a few CPU minutes (demo overlay), sample the masks
@@ -37,9 +67,11 @@ demo: install
 	@find $(DEMO_OUT) -name "*.png" -o -name "*.nii.gz" -o -name "report.md" | sort
 	@grep "lesion_dice_mean" $(DEMO_OUT)/eval/report.md
 
-test: install
+test: install install-serve install-deploy
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	$(SERVE_VENV)/bin/python -m pytest tests/apps/test_monailabel_app.py
+	$(DEPLOY_VENV)/bin/python -m pytest tests/apps/test_monai_deploy_app.py
 
 # The longer tests (marked slow); CI runs them after `make test`. Exit status 5 = none collected, not a failure.
 test-slow: install

@@ -1,10 +1,12 @@
-"""Inferers: conditional and paired diffusion sampling, the KL-autoencoder inferer, tiled latent decoding."""
+"""Inferers: conditional and paired diffusion sampling, whole-chain (serving) synthesis, the KL-autoencoder inferer,
+tiled latent decoding."""
 
 from __future__ import annotations
 
 from common.inferers.autoencoder import KLAutoencoderInferer
 from common.inferers.conditional import CONDITIONING_MODES, ConditionalDiffusionInferer
 from common.inferers.paired import PairedDiffusionInferer
+from common.inferers.synthesis import MaskConditionedSynthesisInferer, WholeChainInferer
 from common.inferers.tiled_decoding import (
     BLEND_MODES,
     GROUP_NORM_MODES,
@@ -24,8 +26,10 @@ __all__ = [
     "ConditionalDiffusionInferer",
     "GROUP_NORM_MODES",
     "KLAutoencoderInferer",
+    "MaskConditionedSynthesisInferer",
     "PairedDiffusionInferer",
     "TiledDecoder",
+    "WholeChainInferer",
     "decode",
     "decode_tiled_tail",
     "decoder_receptive_radius",

@@ -28,17 +28,39 @@ class ValidateCase(Transform):
         num_channels: expected image channel count (one per modality).
         label_values: the label values allowed in the mask (e.g. ``[0, 1, 2]``).
         atol: tolerance for comparing the image and label affines.
+        spatial_dims: when given, the label map must have this many spatial axes and (a MetaTensor) an affine that
+            can be resampled: finite and invertible (serving checks what a user sends; None: not checked).
 
     Raises ``ValueError`` naming the file for: a wrong channel count, NaN/inf voxels, a label grid that differs from
-    the image grid, label values outside ``label_values`` or non-integer labels.
+    the image grid, label values outside ``label_values``, non-integer labels, or (``spatial_dims``) a label map of
+    another dimensionality or with a singular affine.
     """
 
-    def __init__(self, num_channels: int, label_values: Sequence[int], atol: float = 1e-2) -> None:
+    def __init__(
+        self, num_channels: int, label_values: Sequence[int], atol: float = 1e-2, spatial_dims: int | None = None
+    ) -> None:
         if num_channels < 1:
             raise ValueError(f"num_channels must be >= 1, got {num_channels}")
         self.num_channels = num_channels
         self.label_values = sorted(int(v) for v in label_values)
         self.atol = atol
+        self.spatial_dims = spatial_dims
+
+    def check_grid(self, label: torch.Tensor) -> None:
+        """A label map with ``spatial_dims`` spatial axes of at least one voxel, on a finite, invertible affine."""
+        name = source_name(label)
+        if label.ndim - 1 != self.spatial_dims or min(label.shape[1:], default=0) < 1:
+            raise ValueError(
+                f"'{name}': expected a {self.spatial_dims}D label map (channel-first shape (1, {self.spatial_dims} "
+                f"spatial axes)), found shape {tuple(label.shape)}"
+            )
+        if isinstance(label, MetaTensor):
+            affine = label.affine.double()
+            if not bool(torch.isfinite(affine).all()) or abs(float(torch.linalg.det(affine[:-1, :-1]))) < 1e-12:
+                raise ValueError(
+                    f"'{name}': the label map's affine {affine.tolist()} is not finite and invertible (zero or NaN "
+                    "spacing?); it cannot be resampled to the model grid"
+                )
 
     def check_image(self, image: torch.Tensor) -> None:
         name = source_name(image)
@@ -55,6 +77,8 @@ class ValidateCase(Transform):
         name = source_name(label)
         if label.shape[0] != 1:
             raise ValueError(f"'{name}': expected a single-channel label map, found shape {tuple(label.shape)}")
+        if self.spatial_dims is not None:
+            self.check_grid(label)
         if not bool(torch.isfinite(label).all()) or not bool((label == label.round()).all()):
             raise ValueError(
                 f"'{name}': label map has non-integer or NaN/inf values; expected labels {self.label_values}"
@@ -98,10 +122,11 @@ class ValidateCased(MapTransform):
         num_channels: int,
         label_values: Sequence[int],
         atol: float = 1e-2,
+        spatial_dims: int | None = None,
     ) -> None:
         super().__init__([k for k in (image_key, label_key) if k is not None])
         self.image_key, self.label_key = image_key, label_key
-        self.validator = ValidateCase(num_channels, label_values, atol)
+        self.validator = ValidateCase(num_channels, label_values, atol, spatial_dims)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)

@@ -16,6 +16,7 @@ from tools.bench.latent_ct_intensity import bench_latent_ct_intensity
 from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feedback
 from tools.bench.paired_petct_choices import bench_paired_petct_choices
 from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
+from tools.bench.serving import bench_serving
 from tools.bench.sharded_sampling import bench_sharded_sampling
 from tools.bench.utility import bench_latent_ct_utility, bench_semantic_mri_utility
 
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "latent_ct_intensity": bench_latent_ct_intensity,
     "latent_ct_utility": bench_latent_ct_utility,
     "sharded_sampling": bench_sharded_sampling,
+    "serving": bench_serving,
 }
 
 
