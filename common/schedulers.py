@@ -45,11 +45,12 @@ import math
 from typing import NamedTuple
 
 import torch
-from monai.networks.schedulers import Scheduler
+from monai.networks.schedulers import DDPMScheduler, Scheduler
 from monai.networks.schedulers.ddpm import DDPMPredictionType
 from monai.utils import StrEnum
 
 __all__ = [
+    "check_sampler_steps",
     "FixedVarianceType",
     "SchedulerStepOutput",
     "respaced_timesteps",
@@ -450,3 +451,12 @@ def predict_original(
     alpha_bar = _alpha_bar(scheduler, timesteps, noisy)
     original = (noisy - (1.0 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
     return original.clamp(-1.0, 1.0) if clip else original
+
+
+def check_sampler_steps(scheduler: Scheduler, num_inference_steps: int) -> None:
+    """Refuse MONAI's ``DDPMScheduler`` with fewer steps than it was trained with (its respaced step is wrong)."""
+    if isinstance(scheduler, DDPMScheduler) and num_inference_steps != scheduler.num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps={num_inference_steps}: MONAI's DDPMScheduler is only correct with all "
+            f"{scheduler.num_train_timesteps} steps; use sampler 'respaced_ddpm', 'ddim' or 'dpm_solver' for fewer"
+        )

@@ -28,7 +28,7 @@ from monai.networks.schedulers import Scheduler
 
 from common.inferers.conditional import ConditionalDiffusionInferer
 from common.inferers.per_sample import per_sample_noise
-from common.workflows.base import check_sampler_steps
+from common.schedulers import check_sampler_steps
 
 __all__ = ["MaskConditionedSynthesisInferer", "WholeChainInferer"]
 

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from monai.networks.schedulers import DDPMScheduler, Scheduler
+from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from common.data.datalist import EntryCheck, read_datalist, save_datalist
 from common.metrics.report import write_report
+from common.schedulers import check_sampler_steps
 from common.workflows.sharding import (
     MANIFEST_NAME,
     barrier,
@@ -69,15 +70,6 @@ def select_sampler(samplers: Mapping[str, Scheduler], name: str, config_key: str
     if name not in samplers:
         raise ValueError(f"config key '{config_key}': unknown sampler '{name}'; choose one of {sorted(samplers)}")
     return samplers[name]
-
-
-def check_sampler_steps(scheduler: Scheduler, num_inference_steps: int) -> None:
-    """Refuse MONAI's ``DDPMScheduler`` with fewer steps than it was trained with (its respaced step is wrong)."""
-    if isinstance(scheduler, DDPMScheduler) and num_inference_steps != scheduler.num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps={num_inference_steps}: MONAI's DDPMScheduler is only correct with all "
-            f"{scheduler.num_train_timesteps} steps; use sampler 'respaced_ddpm', 'ddim' or 'dpm_solver' for fewer"
-        )
 
 
 # ------------------------------------------------------------------------------------------------------------ sampling
