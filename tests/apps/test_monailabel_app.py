@@ -10,9 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import nibabel as nib
@@ -33,30 +30,17 @@ from serving_helpers import (  # noqa: E402
     write_label_map,
 )
 
+from tools.bench import serving  # noqa: E402
+
 APP = REPO_ROOT / "apps" / "monailabel"
 START_TIMEOUT_S = 120
 
 
-def post(url: str, timeout: float = 120) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=b"", method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def wait_for_info(base: str, process: subprocess.Popen, log: Path) -> dict:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"monailabel start_server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
-                return json.loads(response.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    pytest.fail(f"no answer on {base}/info/ within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+    try:
+        return serving.wait_for_info(base, process, log, START_TIMEOUT_S)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +92,7 @@ def test_label_map_in_image_on_its_grid_out_bad_inputs_refused(server) -> None:
     model = server["info"]["models"][BUNDLE]
     assert model["type"] == "others" and model["labels"] == {} and "label map's grid" in model["description"]
 
-    status, content = post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
+    status, content = serving.post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
     assert status == 200, (content[:2000], server["log"].read_text()[-6000:])
     first = read_nifti(content, work / "first.nii.gz")
     image = np.asarray(first.dataobj, dtype=np.float32)
@@ -117,12 +101,12 @@ def test_label_map_in_image_on_its_grid_out_bad_inputs_refused(server) -> None:
     assert np.isfinite(image).all() and image.std() > 0
 
     for case, message in [("bad_labels", "label values [7] are not allowed"), ("nan_map", "NaN")]:
-        status, content = post(f"{base}/infer/{BUNDLE}?image={case}&output=image")
+        status, content = serving.post(f"{base}/infer/{BUNDLE}?image={case}&output=image")
         assert status == 422, (case, status, content[:2000], server["log"].read_text()[-6000:])
         detail = json.loads(content)["detail"]
         assert message in detail and case in detail, detail
 
-    status, content = post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
+    status, content = serving.post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
     assert status == 200, (content[:2000], server["log"].read_text()[-6000:])
     again = np.asarray(read_nifti(content, work / "again.nii.gz").dataobj, dtype=np.float32)
     np.testing.assert_allclose(again, image, atol=1e-5)

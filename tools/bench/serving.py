@@ -73,26 +73,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _post(url: str) -> tuple[int, bytes]:
+def post(url: str, timeout: float = 600) -> tuple[int, bytes]:
+    """POST with an empty body; (HTTP status, response body), error statuses included."""
     request = urllib.request.Request(url, data=b"", method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=600) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
 
-def _wait(base: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_for_info(base: str, process: subprocess.Popen, log: Path, timeout_s: float = START_TIMEOUT_S) -> dict:
+    """The server's ``/info/`` once it answers; RuntimeError with the end of its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"monailabel start_server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(f"{base}/info/", timeout=5):
-                return
+            with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
+                return json.loads(response.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.5)
-    raise RuntimeError(f"no answer on {base}/info/ within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+    raise RuntimeError(f"no answer on {base}/info/ within {timeout_s:g} s:\n{log.read_text()[-4000:]}")
 
 
 def bench_serving(
@@ -126,11 +128,11 @@ def bench_serving(
             )
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait(base, process, log)
+            wait_for_info(base, process, log)
             seconds = []
             for _ in range(int(requests) + 1):
                 start = time.perf_counter()
-                status, content = _post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
+                status, content = post(f"{base}/infer/{BUNDLE}?image=case1&output=image")
                 seconds.append(time.perf_counter() - start)
                 if status != 200:
                     raise RuntimeError(f"HTTP {status}: {content[:2000]!r}; server log:\n{log.read_text()[-6000:]}")
