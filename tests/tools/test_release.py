@@ -36,7 +36,8 @@ def test_untrained_release_says_so_and_ships_no_weights(tmp_path: Path, caplog: 
         held = release(folder, tmp_path / "dist")
     assert held["trained"] is False and held["weights"] == []
     assert "not trained" in caplog.text and "ships no weights" in caplog.text
-    assert Path(held["zip"]).name == "semantic_mri_v0.1.0.zip"
+    version = json.loads((folder / "configs" / "metadata.json").read_text())["version"]
+    assert Path(held["zip"]).name == f"semantic_mri_v{version}.zip"
     members = _members(held["zip"])
     assert all(m.startswith("semantic_mri/") for m in members)  # one folder, as the zoo publishes
     for required in ("configs/metadata.json", "configs/inference.yaml", "LICENSE", "large_files.yml", "docs/README.md"):
@@ -93,7 +94,8 @@ def test_hash_mismatch_names_the_file_and_both_hashes(tmp_path: Path) -> None:
 
 
 def test_renamed_download_folder_is_accepted(tmp_path: Path) -> None:
-    folder = _copy(tmp_path, name="semantic_mri_v0.1.0")
+    version = json.loads((REPO_ROOT / "bundles" / "semantic_mri" / "configs" / "metadata.json").read_text())["version"]
+    folder = _copy(tmp_path, name=f"semantic_mri_v{version}")
     assert read_metadata(folder)["bundle_name"] == "semantic_mri"
 
 
