@@ -57,6 +57,7 @@ from tools.bench.memory import measure_peak_rss
 
 __all__ = [
     "compare_to_reference",
+    "generate_and_score",
     "target_verdict",
     "feedback_effect",
     "bench_paired_petct",
@@ -249,6 +250,19 @@ def _sample(
     sampling, evaluations = _sampling(
         work, ckpt, out, sampler, steps, seed_fraction, num_samples, refine, seed, feedback
     )
+    return {
+        "sampler": name,
+        "num_triples": num_samples,
+        "seed_fraction": seed_fraction,
+        "refine_rounds": refine[0],
+        "evaluations_per_network": evaluations,
+        **generate_and_score(sampling, num_samples, hot_spot_suv),
+    }
+
+
+def generate_and_score(sampling: Any, num_samples: int, hot_spot_suv: float) -> dict[str, Any]:
+    """Generate ``num_samples`` triples (sample indices 0.., in the sampling object's batches) and score their pairing:
+    seconds per triple, triples scored, the standard error of the pairing Dice and ``pairing_metrics``' figures."""
     start = time.perf_counter()
     samples = {m: [] for m in MODALITIES}
     for first in range(0, num_samples, sampling.batch_size):
@@ -260,17 +274,7 @@ def _sample(
     values = sampling.to_output_units({m: torch.cat(v) for m, v in samples.items()})
     pairing = pairing_metrics(values["ct"], values["pet"], values["mask"].float(), hot_spot_suv, -500.0)
     scored, standard_error = mean_standard_error(pairing, num_samples)
-    return {
-        "sampler": name,
-        "num_triples": num_samples,
-        "seed_fraction": seed_fraction,
-        "refine_rounds": refine[0],
-        "evaluations_per_network": evaluations,
-        "s_per_triple": seconds,
-        "triples_scored": scored,
-        "pairing_dice_se": standard_error,
-        **pairing,
-    }
+    return {"s_per_triple": seconds, "triples_scored": scored, "pairing_dice_se": standard_error, **pairing}
 
 
 def _peak_training(work: str, bundle: bool, iterations: int, perceptual: bool = False, feedback: bool = True) -> None:

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from common.checkpoint import read_checkpoint
-from common.metrics.pairing import pairing_metrics
-from tools.bench.harness import markdown_table, mean_standard_error
-from tools.bench.paired_petct import MODALITIES, _real_reference, _sampling, compare_to_reference
+from tools.bench.harness import markdown_table
+from tools.bench.paired_petct import _real_reference, _sampling, compare_to_reference, generate_and_score
 
 __all__ = ["bench_paired_petct_choices", "CHOICE_ARMS"]
 
@@ -57,22 +55,13 @@ def _arm(
         feedback=settings["feedback"],
         extra={"ckpt_key": key, _clip_key(sampler): clip},
     )
-    start = time.perf_counter()
-    batch, _ = sampling.generate(0, n)
-    seconds = (time.perf_counter() - start) / n
-    values = sampling.to_output_units({m: batch[m] for m in MODALITIES})
-    pairing = pairing_metrics(values["ct"], values["pet"], values["mask"].float(), hot_spot_suv, -500.0)
-    scored, standard_error = mean_standard_error(pairing, n)
     return {
         "arm": name,
         "ckpt_key": key,
         "clip_sample": clip,
         "num_triples": n,
         "evaluations_per_network": evaluations,
-        "s_per_triple": seconds,
-        "triples_scored": scored,
-        "pairing_dice_se": standard_error,
-        **pairing,
+        **generate_and_score(sampling, n, hot_spot_suv),
     }
 
 
