@@ -8,13 +8,20 @@ from common.engines.paired import (
     distributed_networks,
     paired_optimizers,
 )
-from common.engines.prepare_batch import AutoencoderPrepareBatch, offset_noise
+from common.engines.prepare_batch import (
+    AutoencoderPrepareBatch,
+    WeightedTimestepPrepareBatch,
+    min_snr_timestep_weights,
+    offset_noise,
+)
 
 __all__ = [
     "AutoencoderPrepareBatch",
     "PairedDiffusionEvaluator",
     "PairedDiffusionTrainer",
+    "WeightedTimestepPrepareBatch",
     "distributed_networks",
+    "min_snr_timestep_weights",
     "offset_noise",
     "paired_optimizers",
 ]

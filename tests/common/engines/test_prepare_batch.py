@@ -1,4 +1,4 @@
-"""Tests of offset noise (the paired PET-CT paper's Eq. 1-2)."""
+"""Tests of offset noise (the paired PET-CT paper's Eq. 1-2) and weighted timestep sampling (Min-SNR)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,34 @@ def test_offset_noise_errors():
         offset_noise(torch.zeros(1, 1, 4, 4), -0.1)
     with pytest.raises(ValueError, match=r"\(B, C, \*spatial\)"):
         offset_noise(torch.zeros(4, 4), 0.1)
+
+
+def test_min_snr_weights_hand_computed():
+    from common.engines.prepare_batch import min_snr_timestep_weights
+
+    # alpha_bar 0.9 -> SNR 9 -> 5/9; alpha_bar 0.5 -> SNR 1 -> 1; alpha_bar 0.1 -> SNR 1/9 -> 1
+    weights = min_snr_timestep_weights(torch.tensor([0.9, 0.5, 0.1]), gamma=5.0)
+    torch.testing.assert_close(weights, torch.tensor([5 / 9, 1.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="gamma"):
+        min_snr_timestep_weights(torch.tensor([0.5]), gamma=0.0)
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        min_snr_timestep_weights(torch.tensor([0.5, 1.5]))
+
+
+def test_weighted_timesteps_follow_the_weights():
+    from common.engines.prepare_batch import WeightedTimestepPrepareBatch
+
+    torch.manual_seed(0)
+    prepare = WeightedTimestepPrepareBatch(4, weights=torch.tensor([0.0, 1.0, 3.0, 0.0]), condition_name="c")
+    drawn = prepare.get_timesteps(torch.zeros(20000, 1, 2, 2))
+    counts = torch.bincount(drawn, minlength=4).double() / drawn.numel()
+    assert counts[0] == 0 and counts[3] == 0
+    assert counts[2].item() == pytest.approx(0.75, abs=0.02)
+    images, target, _, kwargs = prepare({"image": torch.ones(3, 1, 2, 2), "c": torch.zeros(3, 2, 2, 2)})
+    assert set(kwargs["timesteps"].tolist()) <= {1, 2}
+    torch.testing.assert_close(target, kwargs["noise"])
+    assert kwargs["condition"].shape == (3, 2, 2, 2)
+    with pytest.raises(ValueError, match="expected 4 values"):
+        WeightedTimestepPrepareBatch(4, weights=torch.ones(3))
+    with pytest.raises(ValueError, match="not all zero"):
+        WeightedTimestepPrepareBatch(2, weights=torch.zeros(2))
