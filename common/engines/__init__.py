@@ -8,10 +8,11 @@ from common.engines.paired import (
     distributed_networks,
     paired_optimizers,
 )
-from common.engines.prepare_batch import AutoencoderPrepareBatch, offset_noise
+from common.engines.prepare_batch import AutoencoderPrepareBatch, HybridLossPrepareBatch, offset_noise
 
 __all__ = [
     "AutoencoderPrepareBatch",
+    "HybridLossPrepareBatch",
     "PairedDiffusionEvaluator",
     "PairedDiffusionTrainer",
     "distributed_networks",
