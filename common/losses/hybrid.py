@@ -147,6 +147,15 @@ class HybridDiffusionLoss(nn.Module):
         """(noise prediction, variance values) of a (B, 2C, *spatial) output for (B, C, *spatial) images."""
         return self.scheduler.prediction_channels(model_output, like), model_output[:, like.shape[1] :]
 
+    def model_log_variance(self, variance_values: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The learned log-variance at training ``timesteps`` (B,) (:func:`learned_range_log_variance`)."""
+        tables = self.scheduler.train_tables
+        return learned_range_log_variance(
+            variance_values,
+            _gather(tables.log_betas, timesteps, variance_values),
+            _gather(tables.posterior_log_variance_clipped, timesteps, variance_values),
+        )
+
     def vlb_terms(
         self,
         noise_prediction: torch.Tensor,
@@ -168,9 +177,7 @@ class HybridDiffusionLoss(nn.Module):
         true_mean = coef_original * original + coef_sample * noisy
         model_mean = coef_original * predicted_original + coef_sample * noisy
         true_log_variance = _gather(tables.posterior_log_variance_clipped, timesteps, noisy)
-        model_log_variance = learned_range_log_variance(
-            variance_values, _gather(tables.log_betas, timesteps, noisy), true_log_variance
-        )
+        model_log_variance = self.model_log_variance(variance_values, timesteps)
         kl = normal_kl(true_mean, true_log_variance, model_mean, model_log_variance).flatten(1).mean(1)
         nll = -discretised_gaussian_log_likelihood(
             original, model_mean, 0.5 * model_log_variance, self.bin_width, self.value_range
