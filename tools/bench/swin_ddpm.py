@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import DataLoader, Dataset
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.utils import set_determinism
 
