@@ -7,7 +7,7 @@ phantom) from the same seed, and is scored with the same feature extractor: FID 
 ``SmallConvFeatures`` trunk (global-average-pooled ReLU maps of its three stages), samples against held-out phantoms.
 At this budget the figures compare the arms with each other, not with the paper.
 
-    python -m tools.bench swin_ddpm [--iterations 300] [--num_samples 48]
+    python -m tools.bench swin_ddpm [--iterations 150] [--num_samples 24]
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def _parameters(network: torch.nn.Module) -> int:
 
 
 def _matched_conv_layout() -> dict[str, Any]:
-    """The all-convolutional layout (32, c, c) whose parameter count is closest to the Swin U-Net's."""
+    """The all-convolutional layout (w, c, c) whose parameter count is closest to the Swin U-Net's."""
     target = _parameters(_network(SWIN, True))
-    layouts = [{"channels": (32, c, c), "swin_levels": (False, False, False)} for c in range(32, 97, 8)]
+    widths = [(w, c, c) for w in (24, 32, 40) for c in range(32, 97, 8)]
+    layouts = [{"channels": width, "swin_levels": (False, False, False)} for width in widths]
     return min(layouts, key=lambda layout: abs(_parameters(_network(layout, True)) - target))
 
 
@@ -161,7 +162,7 @@ def _bundle_overhead(folder: Path, work: Path, iterations: int) -> dict[str, flo
     return {"bundle_s": statistics.median(bundle), "bare_s": statistics.median(bare)}
 
 
-def bench_swin_ddpm(iterations: int = 300, num_samples: int = 48, batch_size: int = 8) -> tuple[str, dict[str, Any]]:
+def bench_swin_ddpm(iterations: int = 150, num_samples: int = 24, batch_size: int = 8) -> tuple[str, dict[str, Any]]:
     """Run the arms (module docstring); returns (markdown, results with a ``targets`` list)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as work:
