@@ -19,7 +19,16 @@ sampler                          use it when
                                  (``eta = 1`` is ``RespacedDDPMScheduler`` with "fixed_small").
 ``DPMSolverMultistepScheduler``  the fewest steps for a deterministic sample (the paper: 10-25 steps);
                                  ``solver_order=1`` is ``DDIMClippedScheduler(eta=0)``.
+``LearnedRangeScheduler``        ancestral sampling of a learned-variance model (2C-channel output: noise, then
+                                 the variance interpolation value v; Nichol & Dhariwal 2021, MT-DDPM Eq. 16).
 ===============================  ==============================================================================
+
+Every sampler takes ``learned_variance=True`` for a model with a 2C-channel output: it then uses the first C
+channels (the noise / x0 / v prediction) and ignores the variance channels (``LearnedRangeScheduler`` uses them).
+
+The registered noise schedule ``"t_scaled_linear_beta"`` is improved-diffusion's linear schedule for any T: the
+linear betas of DDPM (``1e-4`` to ``0.02`` at T = 1000) multiplied by ``1000 / T``, so that T = 4000 (MT-DDPM) gives
+about the same ``alpha_bar`` curve as DDPM's T = 1000.
 
 Step counts for a given quality depend on the model and data: compare a fast sampler's samples with
 ``RespacedDDPMScheduler`` at n = T before relying on it.
@@ -45,7 +54,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from monai.networks.schedulers import DDPMScheduler, Scheduler
+from monai.networks.schedulers import DDPMScheduler, NoiseSchedules, Scheduler
 from monai.networks.schedulers.ddpm import DDPMPredictionType
 from monai.utils import StrEnum
 
@@ -58,8 +67,35 @@ __all__ = [
     "RespacedDDPMScheduler",
     "DDIMClippedScheduler",
     "DPMSolverMultistepScheduler",
+    "PosteriorTables",
+    "posterior_tables",
+    "LearnedRangeScheduler",
+    "learned_range_log_variance",
+    "t_scaled_linear_beta",
     "predict_original",
 ]
+
+
+@NoiseSchedules.add_def("t_scaled_linear_beta", "Linear betas scaled by 1000 / T (improved DDPM, any T)")
+def t_scaled_linear_beta(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
+    """Linear betas from ``beta_start * 1000 / T`` to ``beta_end * 1000 / T`` (float32, shape (T,)).
+
+    Nichol & Dhariwal 2021 (improved-diffusion's "linear" schedule) scale DDPM's T = 1000 betas by ``1000 / T`` so the
+    schedule keeps its shape at another T: MT-DDPM's T = 4000 gives betas from 2.5e-5 to 5e-3.
+
+    Raises:
+        ValueError: ``num_train_timesteps`` < 1, or the scaled betas are not in (0, 1).
+    """
+    if num_train_timesteps < 1:
+        raise ValueError(f"`num_train_timesteps` must be >= 1, got {num_train_timesteps}.")
+    scale = 1000.0 / num_train_timesteps
+    low, high = scale * beta_start, scale * beta_end
+    if not (0.0 < low < 1.0 and 0.0 < high < 1.0):
+        raise ValueError(
+            f"`beta_start`, `beta_end` scaled by 1000 / T = {scale:g} must be in (0, 1), got {low:g} and {high:g} "
+            f"(beta_start={beta_start}, beta_end={beta_end}, num_train_timesteps={num_train_timesteps})."
+        )
+    return torch.linspace(low, high, num_train_timesteps, dtype=torch.float64).float()
 
 
 class FixedVarianceType(StrEnum):
@@ -131,6 +167,8 @@ class RespacedSampler(Scheduler):
         clip_sample: clip the x0 estimate to ``[clip_sample_min, clip_sample_max]``. Default True.
         clip_sample_min: lower clipping bound. Default -1.
         clip_sample_max: upper clipping bound, greater than ``clip_sample_min``. Default 1.
+        learned_variance: the model output has 2C channels (the prediction, then C variance channels); ``step`` uses
+            the first C. Default False (C channels).
         schedule_args: keyword arguments of the schedule function (e.g. ``beta_start``, ``beta_end``, ``s``).
 
     Raises:
@@ -146,9 +184,11 @@ class RespacedSampler(Scheduler):
         clip_sample: bool = True,
         clip_sample_min: float = -1.0,
         clip_sample_max: float = 1.0,
+        learned_variance: bool = False,
         **schedule_args,
     ) -> None:
         super().__init__(num_train_timesteps, schedule, **schedule_args)
+        self.learned_variance = bool(learned_variance)
         _check_choice("prediction_type", prediction_type, DDPMPredictionType)
         if clip_sample and clip_sample_min >= clip_sample_max:
             raise ValueError(
@@ -187,19 +227,37 @@ class RespacedSampler(Scheduler):
             )
         return index
 
+    def prediction_channels(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The first C channels of a learned-variance model's 2C-channel output; ``model_output`` otherwise.
+
+        Raises:
+            ValueError: ``learned_variance`` and ``model_output`` does not have 2C channels for a C-channel sample.
+        """
+        if not self.learned_variance:
+            return model_output
+        channels = sample.shape[1]
+        if model_output.dim() != sample.dim() or model_output.shape[1] != 2 * channels:
+            raise ValueError(
+                f"a learned-variance scheduler needs a model output of 2 x {channels} channels (prediction, then "
+                f"variance values; network out_channels = 2 * image channels), got shape {tuple(model_output.shape)} "
+                f"for a sample of shape {tuple(sample.shape)}."
+            )
+        return model_output[:, :channels]
+
     def predict_original_sample(
         self, model_output: torch.Tensor, sample: torch.Tensor, alpha_cumprod: float
     ) -> torch.Tensor:
         """The x0 estimate from the model output at ``alpha_bar = alpha_cumprod``, clipped if ``clip_sample``.
 
         Args:
-            model_output: the network output, shape of ``sample`` (split a learned-variance output first).
+            model_output: the network output, shape of ``sample`` (2C channels with ``learned_variance``).
             sample: x_t, shape (B, C, *spatial).
             alpha_cumprod: ``alpha_bar`` of the sample's timestep.
 
         Returns:
             x0 estimate, shape of ``sample``.
         """
+        model_output = self.prediction_channels(model_output, sample)
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"`model_output` must have the shape of `sample` {tuple(sample.shape)}, got {tuple(model_output.shape)}"
@@ -266,6 +324,51 @@ def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> t
     return torch.randn(like.size(), dtype=like.dtype, layout=like.layout, generator=generator, device=like.device)
 
 
+class PosteriorTables(NamedTuple):
+    """Forward and posterior tables of a (respaced) chain, float64, one entry per step ``t_i -> t_{i+1}``.
+
+    betas: ``beta'_i = 1 - alpha_bar_i / alpha_bar_prev_i``.
+    posterior_variance: ``beta_tilde_i = beta'_i (1 - alpha_bar_prev_i) / (1 - alpha_bar_i)`` (0 into the data).
+    posterior_log_variance_clipped: ``log beta_tilde``, where ``beta_tilde`` is 0 (the step into the data) the
+        value of the step before it in the table (improved-diffusion's clipping; MT-DDPM Eq. 16's second term).
+    log_betas: ``log beta'`` (Eq. 16's first term).
+    mean_coef_original, mean_coef_sample: the posterior mean is ``mean_coef_original * x0 + mean_coef_sample * x_t``.
+    """
+
+    betas: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    log_betas: torch.Tensor
+    mean_coef_original: torch.Tensor
+    mean_coef_sample: torch.Tensor
+
+
+def posterior_tables(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: torch.Tensor) -> PosteriorTables:
+    """The :class:`PosteriorTables` of the steps from ``alpha_bar`` to ``alpha_bar_prev`` (float64, shape (n,)).
+
+    The tables are ordered as the inputs, descending in t (the step into the data last), as ``timesteps`` are. The
+    clipped log posterior variance of the step into the data is that of the step just before it (the next to last
+    entry); with a single step (n = 1) it is ``log beta'``.
+    """
+    alpha_bar, alpha_bar_prev = alphas_cumprod.double(), alphas_cumprod_prev.double()
+    betas = 1.0 - alpha_bar / alpha_bar_prev
+    posterior_variance = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+    clipped = posterior_variance.clone()
+    if len(clipped) > 1:
+        clipped[-1] = clipped[-2]
+    else:
+        clipped[-1] = betas[-1]
+    return PosteriorTables(
+        betas=betas,
+        posterior_variance=posterior_variance,
+        posterior_log_variance_clipped=torch.log(clipped),
+        log_betas=torch.log(betas),
+        mean_coef_original=alpha_bar_prev.sqrt() * betas / (1.0 - alpha_bar),
+        # sqrt(1 - beta') from the ratio itself: 1 - beta' cancels where alpha_bar is tiny (cosine, first step)
+        mean_coef_sample=(alpha_bar / alpha_bar_prev).sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar),
+    )
+
+
 class RespacedDDPMScheduler(RespacedSampler):
     """Ancestral DDPM sampling on a respaced subset of the training timesteps (Ho et al. 2020; Nichol & Dhariwal 2021).
 
@@ -309,14 +412,12 @@ class RespacedDDPMScheduler(RespacedSampler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Keep ``num_inference_steps`` timesteps and recompute the respaced betas and posterior tables."""
         super().set_timesteps(num_inference_steps, device)
-        alpha_bar, alpha_bar_prev = self.respaced_alphas_cumprod, self.respaced_alphas_cumprod_prev
-        self.respaced_betas = 1.0 - alpha_bar / alpha_bar_prev
-        self.respaced_posterior_variance = self.respaced_betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-        self.respaced_posterior_mean_coef_original = alpha_bar_prev.sqrt() * self.respaced_betas / (1.0 - alpha_bar)
-        # sqrt(1 - beta') from the ratio itself: 1 - beta' cancels where alpha_bar is tiny (cosine, first step)
-        self.respaced_posterior_mean_coef_sample = (
-            (alpha_bar / alpha_bar_prev).sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-        )
+        tables = posterior_tables(self.respaced_alphas_cumprod, self.respaced_alphas_cumprod_prev)
+        self.respaced_tables = tables
+        self.respaced_betas = tables.betas
+        self.respaced_posterior_variance = tables.posterior_variance
+        self.respaced_posterior_mean_coef_original = tables.mean_coef_original
+        self.respaced_posterior_mean_coef_sample = tables.mean_coef_sample
 
     def _next_sample(
         self, index: int, original: torch.Tensor, sample: torch.Tensor, generator: torch.Generator | None
@@ -437,6 +538,93 @@ class DPMSolverMultistepScheduler(RespacedSampler):
             return original
         ratio = (self.respaced_log_snr[index] - self.respaced_log_snr[index - 1]).item() / h
         return original + (original - previous[1]) / (2.0 * ratio)
+
+
+def learned_range_log_variance(
+    variance_values: torch.Tensor, log_beta: torch.Tensor | float, log_posterior_variance: torch.Tensor | float
+) -> torch.Tensor:
+    """MT-DDPM Eq. 16 / Nichol & Dhariwal 2021 Eq. 15: ``f log beta + (1 - f) log beta_tilde`` with ``f = (v + 1) / 2``.
+
+    The network's raw output ``v`` (nominally in [-1, 1]; not clamped) is mapped to the interpolation weight
+    ``f = (v + 1) / 2``, so v = +1 gives the fixed_large variance ``beta`` and v = -1 the fixed_small variance
+    ``beta_tilde`` (clipped at the step into the data, see :class:`PosteriorTables`). The slide version of Eq. 16 uses
+    ``v`` itself as the weight; improved-diffusion (which the paper follows) maps it as here. MONAI 1.6's
+    ``learned_range`` interpolates the variances instead of their logarithms.
+
+    Args:
+        variance_values: v, (B, C, *spatial).
+        log_beta: ``log beta'`` of the step, a float or a tensor broadcasting against ``v``.
+        log_posterior_variance: the clipped ``log beta_tilde`` of the step, likewise.
+
+    Returns:
+        The log-variance, shape of ``variance_values``.
+    """
+    fraction = (variance_values + 1.0) / 2.0
+    return fraction * log_beta + (1.0 - fraction) * log_posterior_variance
+
+
+class LearnedRangeScheduler(RespacedDDPMScheduler):
+    """Ancestral sampling of a learned-variance model on respaced timesteps (MT-DDPM Eq. 16 and its sampling step).
+
+    The model output has 2C channels: the noise prediction (``prediction_type``) and the variance values v. The step
+    from ``t_i`` to ``t_{i+1}`` draws from ``N(mean, Sigma)`` with the respaced posterior mean of the clipped x0
+    estimate (as :class:`RespacedDDPMScheduler`) and ``log Sigma = f log beta'_i + (1 - f) log beta_tilde_i``,
+    ``f = (v + 1) / 2`` (:func:`learned_range_log_variance`) on the respaced tables, so the variance range follows
+    the respacing (improved-diffusion's respace). The step into the data returns the x0 estimate (the mean).
+
+    ``train_tables`` holds the :class:`PosteriorTables` of all T training steps indexed by t (ascending) for the
+    hybrid loss (:class:`common.losses.HybridDiffusionLoss`); ``respaced_tables`` those of the kept timesteps.
+
+    Args:
+        num_train_timesteps: T. Default 1000 (MT-DDPM: 4000 with "t_scaled_linear_beta").
+        schedule: ``NoiseSchedules`` name. Default "linear_beta".
+        kwargs: ``prediction_type``, ``clip_sample``, ``clip_sample_min``, ``clip_sample_max`` and the schedule's
+            arguments, see ``RespacedSampler`` (``learned_variance`` is always True here).
+
+    Raises:
+        ValueError: ``learned_variance=False`` or a ``variance_type`` is given.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000, schedule: str = "linear_beta", **kwargs) -> None:
+        if not kwargs.pop("learned_variance", True):
+            raise ValueError("`learned_variance` must be True for LearnedRangeScheduler (it reads the variance output)")
+        if "variance_type" in kwargs:
+            raise ValueError(
+                f"LearnedRangeScheduler learns its variance: remove `variance_type` (got {kwargs['variance_type']!r})"
+                "; use RespacedDDPMScheduler for a fixed variance."
+            )
+        super().__init__(num_train_timesteps, schedule, learned_variance=True, **kwargs)
+        self.variance_type = "learned_range"
+        full = posterior_tables(self.train_alphas_cumprod.flip(0), self._train_alphas_cumprod_prev().flip(0))
+        self.train_tables = PosteriorTables(*(table.flip(0) for table in full))
+
+    def _train_alphas_cumprod_prev(self) -> torch.Tensor:
+        return torch.cat([torch.ones(1, dtype=torch.float64), self.train_alphas_cumprod[:-1]])
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> SchedulerStepOutput:
+        """One step with the learned variance: ``model_output`` is (B, 2C, *spatial) for a (B, C, *spatial) sample."""
+        index = self.step_index(timestep)
+        original = self.predict_original_sample(model_output, sample, self.respaced_alphas_cumprod[index].item())
+        if index == len(self.respaced_alphas_cumprod) - 1:
+            return SchedulerStepOutput(original, original)
+        tables = self.respaced_tables
+        mean = tables.mean_coef_original[index].item() * original + tables.mean_coef_sample[index].item() * sample
+        log_variance = self.log_variance(model_output[:, sample.shape[1] :], index)
+        noise = _standard_normal(sample, generator)
+        return SchedulerStepOutput(mean + torch.exp(0.5 * log_variance) * noise, original)
+
+    def log_variance(self, variance_values: torch.Tensor, index: int) -> torch.Tensor:
+        """The learned log-variance of the step at position ``index`` of ``timesteps`` (respaced tables)."""
+        tables = self.respaced_tables
+        return learned_range_log_variance(
+            variance_values, tables.log_betas[index].item(), tables.posterior_log_variance_clipped[index].item()
+        )
 
 
 def _alpha_bar(scheduler: Scheduler, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from common.data.headers import (
     read_case_headers,
     world_bounding_box,
 )
+from common.data.images2d import IMAGE_SUFFIXES, ensure_slice_phantoms, find_images, prepare_image_dataset
 from common.data.latent_scale import LatentStats, compute_scale_factor, latent_scale_factor
 from common.data.layouts import LAYOUTS, NIFTI_SUFFIXES, case_id_from_path, case_paths, find_cases, write_datalist
 from common.data.petct import (
@@ -36,6 +37,10 @@ from common.data.prepare import (
 from common.data.splits import split_by_patient, split_cases
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "ensure_slice_phantoms",
+    "find_images",
+    "prepare_image_dataset",
     "CT_IMAGE_NAMES",
     "LAYOUTS",
     "LatentStats",

@@ -10,6 +10,7 @@ from common.engines.paired import (
 )
 from common.engines.prepare_batch import (
     AutoencoderPrepareBatch,
+    HybridLossPrepareBatch,
     WeightedTimestepPrepareBatch,
     min_snr_timestep_weights,
     offset_noise,
@@ -17,6 +18,7 @@ from common.engines.prepare_batch import (
 
 __all__ = [
     "AutoencoderPrepareBatch",
+    "HybridLossPrepareBatch",
     "PairedDiffusionEvaluator",
     "PairedDiffusionTrainer",
     "WeightedTimestepPrepareBatch",

@@ -1,4 +1,4 @@
-"""Batch preparation for the bundle engines: offset noise for diffusion training and autoencoder batches."""
+"""Batch preparation for the bundle engines: offset noise, hybrid-loss diffusion batches and autoencoder batches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import Any
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
 
-__all__ = ["offset_noise", "AutoencoderPrepareBatch", "WeightedTimestepPrepareBatch", "min_snr_timestep_weights"]
+from common.losses.hybrid import DiffusionTarget
+
+__all__ = [
+    "offset_noise",
+    "AutoencoderPrepareBatch",
+    "HybridLossPrepareBatch",
+    "WeightedTimestepPrepareBatch",
+    "min_snr_timestep_weights",
+]
 
 
 def offset_noise(like: torch.Tensor, scale: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -106,3 +114,26 @@ class WeightedTimestepPrepareBatch(DiffusionPrepareBatch):
     def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
         drawn = torch.multinomial(self.probs, images.shape[0], replacement=True)
         return drawn.to(images.device).long()
+
+
+class HybridLossPrepareBatch(DiffusionPrepareBatch):
+    """MONAI's ``DiffusionPrepareBatch`` whose target is a :class:`common.losses.hybrid.DiffusionTarget`.
+
+    The hybrid loss of a learned-variance model (:class:`common.losses.HybridDiffusionLoss`) needs the clean images
+    and the timesteps besides the noise; the inferer's inputs and keyword arguments (``noise``, ``timesteps``) are
+    MONAI's.
+
+    Args:
+        num_train_timesteps: T; timesteps are drawn uniformly from 0 .. T - 1.
+        condition_name: key of a condition in the batch, as for ``DiffusionPrepareBatch``.
+    """
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, DiffusionTarget, tuple, dict]:
+        images, noise, args, infer_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
+        return images, DiffusionTarget(noise, images, infer_kwargs["timesteps"]), args, infer_kwargs

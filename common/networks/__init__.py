@@ -1,5 +1,5 @@
-"""Networks: the paired denoiser with its timestep-aware blocks and condition encoders, feature extractors (perceptual
-loss; FID / IS feature networks loaded from local files)."""
+"""Networks: the paired denoiser with its timestep-aware blocks and condition encoders, MT-DDPM's Swin diffusion U-Net,
+feature extractors (perceptual loss; FID / IS feature networks loaded from local files)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from common.networks.paired_denoiser import (
     paired_networks,
     stack_conditions,
 )
+from common.networks.swin_diffusion_unet import ConvSection, SwinDiffusionUNet, SwinSection, TimestepSequential
 from common.networks.timestep_blocks import TimestepCBAM, TimestepLowPass, low_pass_gain, normalised_radial_frequency
 
 __all__ = [
@@ -57,6 +58,10 @@ __all__ = [
     "PairedDenoiser",
     "PerceptualNetwork",
     "SmallConvFeatures",
+    "ConvSection",
+    "SwinDiffusionUNet",
+    "SwinSection",
+    "TimestepSequential",
     "TimestepCBAM",
     "TimestepLowPass",
     "check_paired_networks",

@@ -16,6 +16,7 @@ from common.workflows.base import (
     select_sampler,
 )
 from common.workflows.evaluation import SampleEvaluation, mask_id_of_sample
+from common.workflows.image_sampling import ImageEvaluation, ImageSampling, slice_affine_2d
 from common.workflows.latent_evaluation import LatentEvaluation, list_samples
 from common.workflows.latent_sampling import LatentSampling, intensity_to_hu
 from common.workflows.paired_evaluation import PairedEvaluation, load_sample_triples
@@ -37,6 +38,8 @@ from common.workflows.utility import (
 
 __all__ = [
     "EvaluationWorkflow",
+    "ImageEvaluation",
+    "ImageSampling",
     "LatentEvaluation",
     "LatentSampling",
     "MaskConditionedSampling",
@@ -57,6 +60,7 @@ __all__ = [
     "read_sample_datalist",
     "select_sampler",
     "slice_affine",
+    "slice_affine_2d",
     "to_unit_range",
     "UtilityArm",
     "UtilityExperiment",

@@ -1,0 +1,107 @@
+"""End-to-end tests of the swin_ddpm bundle through its configs (in-process ``monai.bundle`` workflows, 16 x 16
+phantoms, a tiny Swin U-Net, T = 100)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import assert_same_samples, config_parser, error_chain, make_workflow, run_workflow
+
+BUNDLE = "swin_ddpm"
+SHARED = {
+    "image_size": [16, 16],
+    "unet_channels": [16, 32],
+    "swin_levels": [False, True],
+    "swin_num_heads": 2,
+    "swin_window_size": 4,
+    "unet_norm_num_groups": 8,
+    "num_train_timesteps": 100,
+}
+TRAIN = {**SHARED, "num_workers": 0, "phantom#n": 6, "batch_size": 3, "max_epochs": 2, "val_interval": 1}
+TRAIN["save_interval"] = 1
+
+
+def infer(root: Path, out: Path, names: tuple[str, ...] = ("inference",), **overrides) -> list[dict]:
+    settings = {**SHARED, "bundle_root": str(root), "output_dir": str(out), "num_samples": 3, "seed": 0}
+    settings["num_inference_steps"] = 5
+    return run_workflow(BUNDLE, names, None, **{**settings, **overrides})[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("swin_ddpm")
+    make_workflow(BUNDLE, ("train",), "train", bundle_root=str(root), **TRAIN).run()
+    return root
+
+
+def test_training_writes_phantoms_checkpoints_and_ema_weights(trained: Path) -> None:
+    phantoms = trained / "data" / "phantoms_chest_xray_16"
+    assert len(list((phantoms / "images").glob("*.png"))) == 6
+    models = trained / "models"
+    assert sorted(p.name for p in models.glob("*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    state = torch.load(models / "model.pt", weights_only=True)
+    assert state["out.2.weight"].shape[0] == 2  # noise + variance channels
+
+
+def test_inference_then_evaluate(trained: Path, tmp_path: Path) -> None:
+    entries = infer(trained, tmp_path / "samples")
+    assert len(entries) == 3
+    image = nib.load(entries[0]["image"])
+    assert image.shape == (16, 16)
+    np.testing.assert_allclose(np.diag(image.affine)[:2], [1.68 * 16, 1.68 * 16])  # the paper's field of view
+    values = image.get_fdata()
+    assert values.min() >= 0.0 and values.max() <= 255.0  # written back as 8-bit radiograph values
+    assert (tmp_path / "samples" / "preview_seed0.png").is_file()
+    settings = {**SHARED, "bundle_root": str(trained), "sample_dir": str(tmp_path / "samples")}
+    run_workflow(BUNDLE, ("evaluate",), None, output_dir=str(tmp_path / "eval"), **settings)
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["samples"] == 3 and report["real_images"] == 6
+    assert "FDS (t-SNE of the images, KL real || synthetic)" in report["distribution"]
+    infer(trained, tmp_path / "again")
+    assert_same_samples(tmp_path / "samples", tmp_path / "again", 3)
+    fast = infer(trained, tmp_path / "fast", sampler="dpm_solver")
+    assert len(fast) == 3
+
+
+def test_fixed_variance_and_conv_unet_overlays_train_one_step(tmp_path: Path) -> None:
+    for overlay, channels in (("fixed_variance", 1), ("conv_unet", 2)):
+        root = tmp_path / overlay
+        overrides = {**TRAIN, "max_epochs": 1, "unet_channels": [16, 32], "unet_norm_num_groups": 8}
+        overrides["swin_levels"] = [False, False] if overlay == "conv_unet" else [False, True]
+        make_workflow(BUNDLE, ("train", overlay), "train", bundle_root=str(root), **overrides).run()
+        state = torch.load(root / "models" / "model.pt", weights_only=True)
+        assert state["out.2.weight"].shape[0] == channels, overlay
+
+
+@pytest.mark.parametrize(
+    "overlay, suffix, spacing",
+    [("heart_mri", ".nii.gz", 2.0 * 256 / 16), ("pelvic_ct", ".nii.gz", 350.0 / 16)],
+)
+def test_dataset_overlays_prepare_their_phantoms(tmp_path: Path, overlay: str, suffix: str, spacing: float) -> None:
+    parser = config_parser(BUNDLE, ("train", overlay), bundle_root=str(tmp_path), **{**SHARED, "phantom#n": 2})
+    train = parser.get_parsed_content("datalist")["train"]
+    assert train[0]["image"].endswith(suffix)
+    item = parser.get_parsed_content("preprocessing")(train[0])
+    assert item["image"].shape == (1, 16, 16)
+    low, high = parser.get_parsed_content("intensity_range")
+    assert low <= float(item["image"].min()) and float(item["image"].max()) <= high
+    assert nib.load(train[0]["image"]).header.get_zooms()[0] == pytest.approx(spacing)
+
+
+def test_bad_inputs_name_the_config_key(tmp_path: Path, trained: Path) -> None:
+    with pytest.raises((RuntimeError, ValueError, FileNotFoundError)) as error:
+        config_parser(BUNDLE, ("train",), **{**SHARED, "swin_window_size": 16}).get_parsed_content("network_def")
+    assert "network_def#window_size" in error_chain(error.value) and "[8, 8]" in error_chain(error.value)
+    with pytest.raises((RuntimeError, ValueError, FileNotFoundError)) as error:
+        infer(trained, tmp_path / "too_many", num_inference_steps=500)
+    assert "num_inference_steps" in error_chain(error.value) and "got 500" in error_chain(error.value)
+    with pytest.raises((RuntimeError, ValueError, FileNotFoundError)) as error:
+        overrides = {**SHARED, "bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "absent")}
+        parser = config_parser(BUNDLE, ("train",), **overrides)
+        parser.get_parsed_content("datalist")
+    assert "dataset_dir" in error_chain(error.value) and "absent" in error_chain(error.value)
