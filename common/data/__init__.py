@@ -25,6 +25,7 @@ from common.data.petct import (
     load_petct_case,
     tumour_slices,
 )
+from common.data.planar import find_patches, find_planar_cases, patch_cases, prepare_planar_dataset, reference_cases
 from common.data.prepare import (
     ensure_phantom_dataset,
     field_of_view_mm,
@@ -36,6 +37,11 @@ from common.data.prepare import (
 from common.data.splits import split_by_patient, split_cases
 
 __all__ = [
+    "find_patches",
+    "find_planar_cases",
+    "patch_cases",
+    "prepare_planar_dataset",
+    "reference_cases",
     "CT_IMAGE_NAMES",
     "LAYOUTS",
     "LatentStats",

@@ -28,6 +28,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ __all__ = [
     "pathology_patch",
     "mammography_affine",
     "write_mammography_dataset",
+    "PLANAR_PHANTOMS",
 ]
 
 FIELD_OF_VIEW_MM = 240.0
@@ -270,3 +272,10 @@ def write_mammography_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+PLANAR_PHANTOMS = {
+    "mammography": write_mammography_dataset,
+    "mammography_shifted": partial(write_mammography_dataset, shifted=True),
+}
+"""2D phantom kinds by name: ``(out_dir, **options) -> out_dir`` (``common.data.prepare`` writes them on first use)."""
