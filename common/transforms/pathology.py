@@ -100,9 +100,11 @@ class PathologyPatchNormalize(Randomizable, Transform):
                 raise ValueError("the anatomy reference's mask is empty: no pixel to take the quantile of")
         low = float(reference.min())
         high = float(torch.quantile(values.double(), self.quantile))
-        equalised = torch.as_tensor(self.equalise(patch), dtype=torch.float32)
-        span = float(equalised.max() - equalised.min())
-        equalised = (equalised - equalised.min()) / span if span > 0 else torch.ones_like(equalised)
+        equalised = torch.ones_like(patch)  # a constant patch has no histogram to equalise
+        if float(patch.max() - patch.min()) > 0:
+            equalised = torch.as_tensor(self.equalise(patch), dtype=torch.float32)
+            span = float(equalised.max() - equalised.min())
+            equalised = (equalised - equalised.min()) / span if span > 0 else torch.ones_like(equalised)
         if self.edge_sigma_fraction is not None:
             spatial = patch.shape[1:]
             edge = gaussian_patch_weight(spatial, spatial, [0] * len(spatial), self.edge_sigma_fraction)

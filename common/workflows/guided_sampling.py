@@ -141,8 +141,12 @@ class GuidedSampling(SamplingWorkflow):
         self.output_range = (float(output_range[0]), float(output_range[1]))
         # the settings are checked before any sampling (errors name the config keys)
         MultiConditionGuidance([], scheduler, self.combine)
+        grid = (1, 1, *self.spatial_size)
         for name, setting in self.settings.items():
-            GuidanceCondition(name, torch.zeros(1, 1, 1, 1), setting["factor"], setting["stop"], mode=setting["mode"])
+            condition = GuidanceCondition(
+                name, torch.zeros(grid), setting["factor"], setting["stop"], mode=setting["mode"]
+            )
+            condition.check(grid, scheduler.num_train_timesteps)
 
     # ------------------------------------------------------------------------------------------------ file layout
 
@@ -208,6 +212,12 @@ class GuidedSampling(SamplingWorkflow):
             return None
         entry = self.patches[int(rng.integers(len(self.patches)))]
         data = self.patch_preprocessing(dict(entry))
+        patch_shape = tuple(np.asarray(data["patch"]).shape[1:])
+        if len(patch_shape) != len(self.spatial_size) or any(p > s for p, s in zip(patch_shape, self.spatial_size)):
+            raise ValueError(
+                f"config key 'patch_size': pathology patch '{entry['image']}' of size {patch_shape} is larger than the "
+                f"image {self.spatial_size}"
+            )
         data["reference"], data["breast"] = item.data["image"], item.data["breast"][None].float()
         for transform in (self.patch_augmentation, self.patch_normalize):
             if transform is None:

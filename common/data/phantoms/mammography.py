@@ -274,8 +274,15 @@ def write_mammography_dataset(
     return out_dir
 
 
+def _thorax_slices(out_dir: str | Path, **options) -> Path:
+    from common.data.phantoms.thorax_slices import write_thorax_slice_dataset
+
+    return write_thorax_slice_dataset(out_dir, **options)
+
+
 PLANAR_PHANTOMS = {
     "mammography": write_mammography_dataset,
     "mammography_shifted": partial(write_mammography_dataset, shifted=True),
+    "thorax_ct_slices": _thorax_slices,
 }
 """2D phantom kinds by name: ``(out_dir, **options) -> out_dir`` (``common.data.prepare`` writes them on first use)."""
