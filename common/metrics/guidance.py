@@ -2,8 +2,8 @@
 
 - ``low_pass_psnr``: PSNR of ``phi_N(sample)`` against ``phi_N(reference)`` (area filter): agreement of the low
   frequencies with the anatomy reference (guided vs unguided is the benchmark's first target).
-- ``read_back_lesion``: a fixed rule reading a bright lesion back inside the patch box: pixels brighter than their
-  smoothed surroundings by ``threshold`` (Dice against the placed mask).
+- ``read_back_lesion``: a fixed rule reading a bright lesion back inside the patch box: the brightest blob of the
+  residual over the smoothed image (Dice against the placed mask).
 - ``seam_ratio``: mean gradient magnitude on the patch box's border ring over the mean inside the breast elsewhere;
   near 1 when the patch blends in, well above 1 for a visible seam.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, label
 
 from common.inferers.guidance import LowPassFilter
 
@@ -43,16 +43,23 @@ def low_pass_psnr(sample: torch.Tensor, reference: torch.Tensor, factor: int, da
 
 
 def read_back_lesion(
-    image: np.ndarray, corner: Sequence[int], shape: Sequence[int], threshold: float, sigma: float
+    image: np.ndarray, corner: Sequence[int], shape: Sequence[int], relative_threshold: float, sigma: float
 ) -> np.ndarray:
-    """Bool (H, W): pixels of the box brighter than their Gaussian-smoothed (``sigma`` pixels) surroundings by more
-    than ``threshold`` (image units); False outside the box."""
+    """Bool (H, W): the bright blob of the box. The residual ``image - gaussian(image, sigma)`` (``sigma`` in pixels)
+    is thresholded at ``relative_threshold`` times its maximum inside the box, and the connected region holding
+    that maximum is kept; False outside the box."""
     image = np.asarray(image, dtype=np.float64)
     residual = image - gaussian_filter(image, sigma)
     found = np.zeros(image.shape, dtype=bool)
     box = box_slices(corner, shape)
-    found[box] = residual[box] > threshold
-    return found
+    inside = residual[box]
+    peak = float(inside.max())
+    if peak <= 0:
+        return found
+    found[box] = inside > float(relative_threshold) * peak
+    regions, _ = label(found)
+    brightest = regions[np.unravel_index(np.argmax(np.where(found, residual, -np.inf)), found.shape)]
+    return regions == brightest
 
 
 def seam_ratio(image: np.ndarray, corner: Sequence[int], shape: Sequence[int], breast: np.ndarray) -> float:

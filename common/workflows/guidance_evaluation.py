@@ -36,11 +36,11 @@ def score_guided_sample(
     record: dict[str, Any],
     lesion_mask: np.ndarray,
     anatomy_factor: int,
-    lesion_threshold: float,
+    lesion_relative_threshold: float,
     read_sigma: float,
 ) -> dict[str, float]:
     """Figures of one sample: ``low_pass_psnr`` (both in [-1, 1]) and, with a lesion, ``lesion_dice`` and
-    ``seam_ratio`` (``sample`` in [-1, 1]; the threshold in those units)."""
+    ``seam_ratio`` (``sample`` and ``reference`` in [-1, 1])."""
     factor = int(record.get("conditions", {}).get("anatomy", {}).get("factor", anatomy_factor))
     scores = {
         "low_pass_psnr": float(
@@ -50,7 +50,7 @@ def score_guided_sample(
     pathology = record.get("conditions", {}).get("pathology")
     if pathology is not None:
         corner, shape = pathology["corner"], pathology["patch_size"]
-        found = read_back_lesion(sample, corner, shape, lesion_threshold, read_sigma)
+        found = read_back_lesion(sample, corner, shape, lesion_relative_threshold, read_sigma)
         scores["lesion_dice"] = mask_dice(torch.as_tensor(found), torch.as_tensor(lesion_mask > 0))
         scores["seam_ratio"] = seam_ratio(sample, corner, shape, breast)
     return scores
@@ -66,8 +66,8 @@ class GuidanceEvaluation(EvaluationWorkflow):
             [-1, 1], "label"?}`` (the inference config's).
         output_range: the range the samples were written in (mapped back to [-1, 1]).
         anatomy_factor: N of the low-pass PSNR when a provenance record has none (an unguided run).
-        lesion_threshold: read-back threshold in [-1, 1] units.
-        read_sigma: smoothing (pixels) of the read-back's surroundings.
+        lesion_relative_threshold: read-back threshold as a share of the box's largest residual.
+        read_sigma: smoothing (pixels) of the read-back's background.
         breast_labels: label values of the breast in a reference label map (the seam ratio's "elsewhere").
         breast_threshold: breast = reference above it when the reference has no label map.
         max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
@@ -80,8 +80,8 @@ class GuidanceEvaluation(EvaluationWorkflow):
         reference_preprocessing: Callable[[dict], dict],
         output_range: Sequence[float] = (0.0, 1.0),
         anatomy_factor: int = 8,
-        lesion_threshold: float = 0.15,
-        read_sigma: float = 3.0,
+        lesion_relative_threshold: float = 0.5,
+        read_sigma: float = 6.0,
         breast_labels: Sequence[int] = (1,),
         breast_threshold: float = -0.9,
         max_samples: int | None = None,
@@ -92,7 +92,7 @@ class GuidanceEvaluation(EvaluationWorkflow):
         self.reference_preprocessing = reference_preprocessing
         self.output_range = (float(output_range[0]), float(output_range[1]))
         self.anatomy_factor = int(anatomy_factor)
-        self.lesion_threshold = float(lesion_threshold)
+        self.lesion_relative_threshold = float(lesion_relative_threshold)
         self.read_sigma = float(read_sigma)
         self.breast_labels = [int(v) for v in breast_labels]
         self.breast_threshold = float(breast_threshold)
@@ -131,7 +131,14 @@ class GuidanceEvaluation(EvaluationWorkflow):
             sample = self.to_model_range(read_nifti(entry["image"]))
             mask = read_nifti(entry["label"]).numpy()
             scores = score_guided_sample(
-                sample, reference, breast, record, mask, self.anatomy_factor, self.lesion_threshold, self.read_sigma
+                sample,
+                reference,
+                breast,
+                record,
+                mask,
+                self.anatomy_factor,
+                self.lesion_relative_threshold,
+                self.read_sigma,
             )
             positives += int(record.get("cancer", 0))
             per_sample[entry.get("case_id", entry["image"])] = scores

@@ -80,7 +80,7 @@ def _evaluate(root: Path, sample_dir: Path) -> dict[str, Any]:
         output_dir=str(sample_dir / "eval"),
         reference_preprocessing=parser.get_parsed_content("reference_preprocessing"),
         anatomy_factor=parser.get_parsed_content("anatomy_factor"),
-        lesion_threshold=parser.get_parsed_content("lesion_threshold"),
+        lesion_relative_threshold=parser.get_parsed_content("lesion_relative_threshold"),
         read_sigma=parser.get_parsed_content("read_sigma"),
     )
     return evaluation.evaluate()
@@ -145,7 +145,7 @@ def bench_mammo_guidance(
         root = Path(work)
         train_seconds = _train(root, epochs, cases)
         parser = bundle_workflow(config_files(BUNDLE, "evaluate", *DEMO), None, bundle_root=str(root)).parser
-        threshold, sigma = parser["lesion_threshold"], parser["read_sigma"]
+        threshold, sigma = parser["lesion_relative_threshold"], parser["read_sigma"]
         steps = bundle_workflow(config_files(BUNDLE, "inference", *DEMO), None, bundle_root=str(root)).parser[
             "num_train_timesteps"
         ]
