@@ -25,8 +25,6 @@ Streams (each from its own random stream, so they never share a case):
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from common.io import atomic_write_nifti
+from common.io import atomic_folder, atomic_write_nifti
 
 __all__ = [
     "FIELD_OF_VIEW_MM",
@@ -228,13 +226,8 @@ def write_mammography_dataset(
         raise ValueError(
             f"expected n >= 1, patches >= 0, 0 <= cancer_fraction <= 1, got {n}, {patches}, {cancer_fraction}"
         )
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"out_dir {str(out_dir)!r} exists and is not empty; choose a new or empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     affine = mammography_affine(size)
-    try:
+    with atomic_folder(out_dir) as staging:
         entries = []
         positives = round(float(cancer_fraction) * 10)
         for index in range(int(first), int(first) + int(n)):
@@ -267,11 +260,7 @@ def write_mammography_dataset(
             "patches": patch_entries,
         }
         (staging / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def _thorax_slices(out_dir: str | Path, **options) -> Path:

@@ -11,15 +11,13 @@ crops centred on the tumour of cases from a separate random stream. The layout i
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from common.data.phantoms.kinds import phantom_grid
 from common.data.phantoms.thorax import thorax_ct_phantom
-from common.io import atomic_write_nifti
+from common.io import atomic_folder, atomic_write_nifti
 
 __all__ = ["THORAX_SLICE_LABELS", "thorax_slice", "write_thorax_slice_dataset"]
 
@@ -61,14 +59,9 @@ def write_thorax_slice_dataset(
     Case ``i`` draws from ``(seed, i)`` and has a tumour when ``i % 10 < round(10 cancer_fraction)``; patch ``j``
     from ``(seed, 1, j)``.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"out_dir {str(out_dir)!r} exists and is not empty; choose a new or empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     spacing = 350.0 / int(size)
     affine = np.diag([spacing, spacing, 1.0, 1.0])
-    try:
+    with atomic_folder(out_dir) as staging:
         entries, patch_entries = [], []
         for index in range(int(n)):
             cancer = index % 10 < round(float(cancer_fraction) * 10)
@@ -98,8 +91,4 @@ def write_thorax_slice_dataset(
             "patches": patch_entries,
         }
         (staging / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
