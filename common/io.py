@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +29,7 @@ import torch
 __all__ = [
     "to_numpy",
     "atomic_path",
+    "atomic_folder",
     "atomic_write_text",
     "read_json_object",
     "atomic_write_nifti",
@@ -85,6 +88,26 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden staging folder next to ``out_dir``; on success rename it to ``out_dir``, on any error delete it.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and is not empty (it is left untouched).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"out_dir {str(out_dir)!r} exists and is not empty; choose a new or empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
+        staging.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -26,6 +26,7 @@ from common.data.petct import (
     load_petct_case,
     tumour_slices,
 )
+from common.data.planar import find_patches, find_planar_cases, patch_cases, prepare_planar_dataset, reference_cases
 from common.data.prepare import (
     ensure_phantom_dataset,
     field_of_view_mm,
@@ -41,6 +42,11 @@ __all__ = [
     "ensure_slice_phantoms",
     "find_images",
     "prepare_image_dataset",
+    "find_patches",
+    "find_planar_cases",
+    "patch_cases",
+    "prepare_planar_dataset",
+    "reference_cases",
     "CT_IMAGE_NAMES",
     "LAYOUTS",
     "LatentStats",

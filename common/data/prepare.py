@@ -93,13 +93,17 @@ def _needs_phantoms(dataset_dir: Path, phantom: dict | None) -> bool:
 
 def _write_phantoms(phantom: dict) -> None:
     from common.data.phantoms.kinds import write_phantom_dataset
+    from common.data.phantoms.mammography import PLANAR_PHANTOMS
 
     options = {k: v for k, v in phantom.items() if k not in ("dir", "kind")}
     logger.info(f"dataset_dir '{phantom['dir']}' is empty: writing {options.get('n', 8)} '{phantom['kind']}' phantoms")
     folder = Path(phantom["dir"])
     if folder.exists():  # an empty folder: the writer wants to create it itself, atomically
         folder.rmdir()
-    write_phantom_dataset(phantom["kind"], folder, **options)
+    if phantom["kind"] in PLANAR_PHANTOMS:
+        PLANAR_PHANTOMS[phantom["kind"]](folder, **options)
+    else:
+        write_phantom_dataset(phantom["kind"], folder, **options)
 
 
 def ensure_phantom_dataset(dataset_dir: str | Path, phantom: dict | None) -> None:

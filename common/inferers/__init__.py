@@ -1,10 +1,19 @@
-"""Inferers: conditional and paired diffusion sampling, whole-chain (serving) synthesis, the KL-autoencoder inferer,
-tiled latent decoding."""
+"""Inferers: conditional, paired and multi-condition guided (ILVR) diffusion sampling, whole-chain (serving)
+synthesis, the KL-autoencoder inferer, tiled latent decoding."""
 
 from __future__ import annotations
 
 from common.inferers.autoencoder import KLAutoencoderInferer
 from common.inferers.conditional import CONDITIONING_MODES, ConditionalDiffusionInferer
+from common.inferers.guidance import (
+    GuidanceCombine,
+    GuidanceCondition,
+    GuidedDiffusionInferer,
+    LowPassFilter,
+    LowPassMode,
+    MultiConditionGuidance,
+    gaussian_patch_weight,
+)
 from common.inferers.paired import PairedDiffusionInferer
 from common.inferers.synthesis import MaskConditionedSynthesisInferer, WholeChainInferer
 from common.inferers.tiled_decoding import (
@@ -21,6 +30,13 @@ from common.inferers.tiled_decoding import (
 )
 
 __all__ = [
+    "GuidanceCombine",
+    "GuidanceCondition",
+    "GuidedDiffusionInferer",
+    "LowPassFilter",
+    "LowPassMode",
+    "MultiConditionGuidance",
+    "gaussian_patch_weight",
     "BLEND_MODES",
     "CONDITIONING_MODES",
     "ConditionalDiffusionInferer",

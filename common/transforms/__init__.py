@@ -1,4 +1,5 @@
 """MONAI transforms of the bundles: loading, validation, conditions, CT structures, crops, latents, augmentation,
+pathology patches (paper 003),
 binary morphology, resampling outputs to the source grid."""
 
 from __future__ import annotations
@@ -38,10 +39,22 @@ from common.transforms.ct import (
 from common.transforms.io import SafeLoadImageD, SafeLoadImaged, SafeLoadImageDict, source_name
 from common.transforms.latent import EncodeLatentd, SampleLatentd
 from common.transforms.morphology import binary_opening, fill_holes, largest_component
+from common.transforms.pathology import (
+    PathologyPatchNormalize,
+    PathologyPatchNormalizeD,
+    PathologyPatchNormalized,
+    PathologyPatchNormalizeDict,
+    place_patch,
+)
 from common.transforms.spatial import ResampleToSourceD, ResampleToSourced, ResampleToSourceDict
 from common.transforms.validation import ValidateCase, ValidateCaseD, ValidateCased, ValidateCaseDict, checked_range
 
 __all__ = [
+    "PathologyPatchNormalize",
+    "PathologyPatchNormalized",
+    "PathologyPatchNormalizeD",
+    "PathologyPatchNormalizeDict",
+    "place_patch",
     "ResampleToSourceD",
     "ResampleToSourceDict",
     "ResampleToSourced",

@@ -16,6 +16,8 @@ from common.workflows.base import (
     select_sampler,
 )
 from common.workflows.evaluation import SampleEvaluation, mask_id_of_sample
+from common.workflows.guidance_evaluation import GuidanceEvaluation, score_guided_sample
+from common.workflows.guided_sampling import ConditionSettings, GuidedSampling
 from common.workflows.image_sampling import ImageEvaluation, ImageSampling, slice_affine_2d
 from common.workflows.latent_evaluation import LatentEvaluation, list_samples
 from common.workflows.latent_sampling import LatentSampling, intensity_to_hu
@@ -37,6 +39,10 @@ from common.workflows.utility import (
 )
 
 __all__ = [
+    "ConditionSettings",
+    "GuidanceEvaluation",
+    "GuidedSampling",
+    "score_guided_sample",
     "EvaluationWorkflow",
     "ImageEvaluation",
     "ImageSampling",

@@ -143,7 +143,7 @@ def test_required_packages_follow_the_imports(tmp_path: Path) -> None:
         required_packages(folder, [code])
 
 
-@pytest.mark.parametrize("bundle", ["semantic_mri", "paired_petct", "latent_ct", "swin_ddpm"])
+@pytest.mark.parametrize("bundle", ["semantic_mri", "paired_petct", "latent_ct", "swin_ddpm", "mammo_guidance"])
 def test_metadata_lists_every_package_the_code_imports(bundle: str) -> None:
     folder = REPO_ROOT / "bundles" / bundle
     listed = json.loads((folder / "configs" / "metadata.json").read_text())["required_packages_version"]

@@ -32,8 +32,6 @@ the ``PHANTOM_KINDS`` registry (with ``PHANTOM_ALIASES`` for bundle names) so la
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ from common.data.phantoms.geometry import MIN_GRID_SIZE, PhantomCase, _check_sha
 from common.data.phantoms.head_neck import HECKTOR_MODALITIES, PETCT_MODALITIES, head_neck_petct_phantom
 from common.data.phantoms.mri import BRATS_MODALITIES, brats_mri_phantom, whole_head_mri_phantom
 from common.data.phantoms.thorax import THORAX_STRUCTURES, thorax_ct_phantom
-from common.io import atomic_write_nifti
+from common.io import atomic_folder, atomic_write_nifti
 
 __all__ = [
     "PhantomKind",
@@ -252,11 +250,7 @@ def write_phantom_dataset(
         raise ValueError(f"first must be a case index >= 0, got {first}")
     grid = phantom_grid(kind, size, shape, spacing)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"out_dir {str(out_dir)!r} exists and is not empty; choose a new or empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:
         entries = _write_cases(phantom, staging, int(n), grid, int(seed), int(first))
         description = {
             "name": phantom.name,
@@ -268,10 +262,6 @@ def write_phantom_dataset(
             "training": entries,
         }
         (staging / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

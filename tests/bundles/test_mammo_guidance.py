@@ -1,0 +1,151 @@
+"""End-to-end tests of the mammo_guidance bundle (paper 003) through its configs, in-process, on tiny phantoms."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bundle_helpers import config_parser, error_chain, make_workflow, run_workflow
+
+from common.io import atomic_write_nifti
+
+BUNDLE = "mammo_guidance"
+SHARED = {
+    "spatial_size": [32, 32],
+    "patch_size": 8,
+    "network_def#channels": [16, 16],
+    "network_def#attention_levels": [False, False],
+    "network_def#num_head_channels": 16,
+    "network_def#norm_num_groups": 8,
+    "network_def#num_res_blocks": 1,
+    "num_train_timesteps": 10,
+    "anatomy_factor": 4,
+    "pathology_stop": 2,
+    "phantom_cases": 8,
+}
+TRAIN = {**SHARED, "num_workers": 0, "max_epochs": 2, "val_interval": 1, "save_interval": 1, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mammo_guidance")
+    make_workflow(BUNDLE, ("train",), "train", bundle_root=str(root), **TRAIN).run()
+    return root
+
+
+def infer(root: Path, out: Path, **overrides) -> list[dict]:
+    settings = {**SHARED, "bundle_root": str(root), "output_dir": str(out), "num_references": 1, **overrides}
+    return run_workflow(BUNDLE, ("inference",), None, **settings)[0]
+
+
+def test_train_infer_evaluate_on_phantoms(trained: Path, tmp_path: Path) -> None:
+    data = trained / "data" / "phantoms_mammography"
+    content = json.loads((data / "dataset.json").read_text())
+    assert content["numTraining"] == 8 and len(content["patches"]) == 6
+    assert sorted(p.name for p in (trained / "models").glob("*.pt"))[-1] == "model.pt"
+    written = infer(trained, tmp_path / "samples", num_samples=2, num_references=2)
+    assert len(written) == 4
+    for entry in written:
+        image, label = nib.load(entry["image"]), nib.load(entry["label"])
+        assert image.shape == (32, 32) and label.get_data_dtype() == np.uint8
+        pixels = image.get_fdata()
+        assert np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0
+        record = json.loads(Path(entry["provenance"]).read_text())
+        pathology = record["conditions"]["pathology"]
+        assert record["cancer"] == entry["cancer"] == 1 and record["conditions"]["anatomy"]["factor"] == 4
+        assert pathology["factor"] == 2 and pathology["stop"] == 2 and 0.975 <= pathology["quantile"] <= 0.995
+        mask = np.asarray(label.dataobj) > 0
+        rows, cols = np.nonzero(mask)
+        (top, left), (height, width) = pathology["corner"], pathology["patch_size"]
+        assert mask.any() and top <= rows.min() and rows.max() < top + height
+        assert left <= cols.min() and cols.max() < left + width
+        breast = np.asarray(nib.load(record["anatomy_reference_label"]).dataobj) == 1
+        assert breast[mask].all()  # the placed lesion lies inside the reference's breast
+    datalist = json.loads((tmp_path / "samples" / "dataset.json").read_text())
+    assert datalist["numTraining"] == 4 and all("provenance" in e for e in datalist["training"])
+    assert (tmp_path / "samples" / "preview_seed0.png").read_bytes().startswith(b"\x89PNG")
+    settings = {"bundle_root": str(trained), "sample_dir": str(tmp_path / "samples"), "anatomy_factor": 4}
+    results = run_workflow(BUNDLE, ("evaluate",), None, output_dir=str(tmp_path / "eval"), **settings)[0]
+    assert results["samples"] == 4 and results["positives (cancer flag)"] == 4
+    assert results["summary"]["low_pass_psnr"]["n"] == 4 and results["summary"]["lesion_dice"]["n"] == 4
+    assert (tmp_path / "eval" / "report.md").is_file()
+
+
+def test_same_seed_same_samples_and_unguided_baseline(trained: Path, tmp_path: Path) -> None:
+    runs = {name: infer(trained, tmp_path / name, seed=seed) for name, seed in (("a", 3), ("b", 3), ("c", 4))}
+    image = {name: nib.load(cases[0]["image"]).get_fdata() for name, cases in runs.items()}
+    np.testing.assert_array_equal(image["a"], image["b"])
+    assert not np.allclose(image["a"], image["c"])
+    unguided = infer(trained, tmp_path / "unguided", guided=False)
+    record = json.loads(Path(unguided[0]["provenance"]).read_text())
+    assert record["conditions"] == {} and record["cancer"] == 0
+    assert not np.asarray(nib.load(unguided[0]["label"]).dataobj).any()
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"anatomy_factor": 5}, "config key 'anatomy_factor': the factor 5 must divide the image size \\(32, 32\\)"),
+        ({"pathology_stop": 10}, "config key 'pathology_stop'.*\\[0, 10\\), got 10"),
+        ({"anatomy_stop": -1}, "config key 'anatomy_stop'.*got -1"),
+        ({"patch_position": [0, 0]}, "config key 'patch_position': \\[0, 0\\] puts the lesion outside the breast"),
+        ({"guidance_combine": "both"}, "config key 'guidance_combine'.*'both'"),
+    ],
+)
+def test_bad_guidance_settings_name_the_key(trained: Path, tmp_path: Path, overrides: dict, match: str) -> None:
+    with pytest.raises(RuntimeError) as error:
+        infer(trained, tmp_path / "out", **overrides)
+    assert re.search(match, error_chain(error.value)), error_chain(error.value)
+
+
+def _folder_with(tmp_path: Path, image: np.ndarray, name: str = "imagesTr/case.nii.gz") -> Path:
+    folder = tmp_path / "refs"
+    atomic_write_nifti(image[None].astype(np.float32), np.eye(4), folder / name)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.ones((48, 48)), "config key 'references'.*shape \\(48, 48\\), expected the model grid"),
+        (np.full((32, 32), np.nan), "config key 'references'.*NaN"),
+    ],
+    ids=["other_size", "nan"],
+)
+def test_bad_references_name_the_key(trained: Path, tmp_path: Path, image: np.ndarray, match: str) -> None:
+    folder = _folder_with(tmp_path, image)
+    patches = trained / "data" / "phantoms_mammography"
+    with pytest.raises(RuntimeError) as error:
+        infer(trained, tmp_path / "out", dataset_dir=str(folder), patch_dir=str(patches))
+    assert re.search(match, error_chain(error.value)), error_chain(error.value)
+
+
+def test_patch_larger_than_the_image_is_refused(trained: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "patches"
+    atomic_write_nifti(np.ones((1, 40, 40), np.float32), np.eye(4), folder / "patches" / "patch_000.nii.gz")
+    atomic_write_nifti(np.ones((1, 40, 40), np.uint8), np.eye(4), folder / "patches" / "patch_000_mask.nii.gz")
+    with pytest.raises(RuntimeError) as error:
+        infer(trained, tmp_path / "out", patch_dir=str(folder))
+    assert "config key 'patch_size'" in error_chain(error.value)
+
+
+def test_missing_dataset_dir_is_an_error(tmp_path: Path) -> None:
+    parser = config_parser(BUNDLE, ("train",), bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(RuntimeError) as error:
+        parser.get_parsed_content("datalist")
+    assert "config key 'dataset_dir'" in error_chain(error.value) and "does not exist" in error_chain(error.value)
+
+
+def test_base_configs_hold_the_papers_settings() -> None:
+    parser = config_parser(BUNDLE, ("inference",))
+    assert (
+        parser["patch_quantile_range"] == [0.975, 0.995] and parser["noise_scheduler"]["variance_type"] == "fixed_large"
+    )
+    assert parser["guidance_combine"] == "sum" and parser["sampler"] == "ddpm"  # Eq. 4 literally, Eq. 2's sampler
+    assert config_parser(BUNDLE, ("train",))["loss"]["_target_"] == "torch.nn.MSELoss"  # Eq. 1
+    lung = config_parser(BUNDLE, ("inference", "lung_ct"))
+    assert lung["phantom_kind"] == "thorax_ct_slices" and lung["breast_labels"] == [1]
