@@ -279,6 +279,7 @@ def test_normalised_data_passed_as_hu_is_refused(trained, tmp_path: Path) -> Non
     assert "ct.nii.gz" in chain and "normalised" in chain
 
 
+@pytest.mark.slow  # multi-process torchrun: semantic_mri's two-process training is the default suite's one
 def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
     """multi_gpu_train.yaml on stage 1: autoencoder and discriminator in DDP (gloo on CPU), rank-0 checkpoints."""
     root, _, _ = trained
@@ -307,6 +308,7 @@ def test_denoiser_and_decoder_export(trained, tmp_path: Path) -> None:
     assert torch.jit.load(str(decoder))(torch.randn(1, 3, 8, 8, 8)).shape == (1, 1, 16, 16, 16)
 
 
+@pytest.mark.slow  # multi-process torchrun: semantic_mri's two-process training is the default suite's one
 def test_torchrun_stage_two_on_cpu(trained, tmp_path: Path) -> None:
     """multi_gpu_train.yaml on stage 2: the denoiser in DDP, one scale factor for both ranks (rank 0's)."""
     root, _, _ = trained

@@ -319,6 +319,7 @@ def test_mask_labels_and_pet_units_are_checked(trained, tmp_path: Path) -> None:
     assert pet_path.name in chain and "SUV" in chain
 
 
+@pytest.mark.slow  # multi-process torchrun: semantic_mri's two-process training is the default suite's one
 def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
     """multi_gpu_train.yaml: each modality's network in DDP (gloo on CPU), rank-0 checkpoints."""
     root, _ = trained

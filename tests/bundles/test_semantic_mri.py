@@ -133,6 +133,7 @@ def test_inference_never_overwrites_another_configuration(trained: Path, tmp_pat
     assert Path(first[0]["image"][0]).read_bytes() != before
 
 
+@pytest.mark.slow  # multi-process torchrun: semantic_mri's two-process training is the default suite's one
 def test_torchrun_sampling_matches_one_process_and_resumes(trained: Path, tmp_path: Path) -> None:
     """multi_gpu_inference.yaml on 2 CPU processes (gloo): the same arrays as one process, file for file; a run that
     fails after its first samples resumes to the same files."""
