@@ -20,8 +20,6 @@ atomically; case ``i`` draws from ``numpy.random.default_rng((seed, i))``.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from scipy.ndimage import gaussian_filter, zoom
 
 from common.data.phantoms.geometry import phantom_affine
 from common.data.phantoms.thorax import thorax_ct_phantom
-from common.io import atomic_write_nifti, write_png
+from common.io import atomic_folder, atomic_write_nifti, write_png
 
 __all__ = [
     "SLICE_PHANTOM_KINDS",
@@ -166,12 +164,7 @@ def write_slice_phantoms(kind: str, out_dir: str | Path, n: int = 32, size: int 
     if int(n) < 1 or int(size) < _MIN_SIZE:
         raise ValueError(f"phantoms need n >= 1 and size >= {_MIN_SIZE}, got n={n}, size={size}")
     spec = SLICE_PHANTOM_KINDS[kind]
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"out_dir {str(out_dir)!r} exists and is not empty; choose a new or empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:
         (staging / "images").mkdir()
         entries = []
         for index in range(int(n)):
@@ -180,8 +173,4 @@ def write_slice_phantoms(kind: str, out_dir: str | Path, n: int = 32, size: int 
             entries.append({"case_id": case_id, "image": f"images/{case_id}{spec.suffix}"})
         description = {"name": kind, "description": spec.description, "numTraining": len(entries)}
         (staging / "dataset.json").write_text(json.dumps({**description, "training": entries}, indent=2) + "\n")
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
