@@ -330,6 +330,7 @@ def test_torchrun_stage_two_on_cpu(trained, tmp_path: Path) -> None:
     assert scale["scale_factor"] == pytest.approx(float(next(iter(factors))), rel=1e-3)
 
 
+@pytest.mark.slow  # whole release runs: semantic_mri's run inside its own folder is the default suite's one
 def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
     """The release zip, unpacked elsewhere, samples on the tiny checkpoint (bundle_helpers.check_release_samples)."""
     root, _, _ = trained

@@ -344,6 +344,7 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path: Path) -> None:
     load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # loadable by inference
 
 
+@pytest.mark.slow  # whole release runs: semantic_mri's run inside its own folder is the default suite's one
 def test_release_samples_from_its_own_folder(trained, tmp_path: Path) -> None:
     """The release zip, unpacked elsewhere, samples on the tiny checkpoint (bundle_helpers.check_release_samples)."""
     root, _ = trained

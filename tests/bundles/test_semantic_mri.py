@@ -474,7 +474,13 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # unwrapped EMA weights
 
 
-@pytest.mark.parametrize("inside", [True, False], ids=["inside_the_folder", "outside_with_pythonpath"])
+@pytest.mark.parametrize(
+    "inside",
+    [
+        pytest.param(True, id="inside_the_folder"),
+        pytest.param(False, id="outside_with_pythonpath", marks=pytest.mark.slow),
+    ],
+)
 def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path, inside: bool) -> None:
     """Inside the folder with the default masks (the phantom masks training would write, written on first use);
     from outside with the user's own mask."""
@@ -487,6 +493,7 @@ def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path, insi
     assert (folder / "data" / "phantoms_whole_head" / "labelsTr").is_dir() == inside
 
 
+@pytest.mark.slow  # whole release runs: semantic_mri's run inside its own folder is the default suite's one
 def test_release_run_fails_without_a_package_the_code_needs(trained: Path, tmp_path: Path) -> None:
     """The check above can fail: with nibabel missing from the metadata, the released code cannot import it."""
     folder = release_and_unpack(BUNDLE, trained, tmp_path)

@@ -111,7 +111,7 @@ def test_bundle_config_parser(tmp_path: Path) -> None:
         bundle_config_parser(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("inside", [True, False])
+@pytest.mark.parametrize("inside", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_monai_bundle_run_from_inside_and_outside(tmp_path: Path, inside: bool) -> None:
     """``python -m monai.bundle run`` as a user types it: relative from inside the folder, absolute from elsewhere."""
     config = _bundle(tmp_path / "copy_v2")
