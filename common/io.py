@@ -30,6 +30,7 @@ __all__ = [
     "to_numpy",
     "atomic_path",
     "atomic_folder",
+    "write_image_label_pair",
     "atomic_write_text",
     "read_json_object",
     "atomic_write_nifti",
@@ -472,3 +473,17 @@ def save_preview_png(
     ]
     description = "rows: " + ", ".join(name for name, _ in volumes)
     return write_png(path, montage(rows), text={"Description": description}, overwrite=overwrite)
+
+
+def write_image_label_pair(
+    folder: str | os.PathLike,
+    names: tuple[str, str],
+    image: np.ndarray,
+    label: np.ndarray,
+    affine: np.ndarray,
+) -> dict[str, str]:
+    """Write a 2D/3D ``image`` and its ``label`` (no channel axis) as NIfTI under ``folder`` at the relative ``names``
+    (image, label) with one ``affine``; returns the datalist entry ``{"image": names[0], "label": names[1]}``."""
+    atomic_write_nifti(image[None], affine, Path(folder) / names[0])
+    atomic_write_nifti(label[None], affine, Path(folder) / names[1])
+    return {"image": names[0], "label": names[1]}

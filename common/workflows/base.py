@@ -38,6 +38,7 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from common.data.datalist import EntryCheck, read_datalist, save_datalist
+from common.io import read_nifti
 from common.metrics.report import write_report
 from common.schedulers import check_sampler_steps
 from common.workflows.sharding import (
@@ -56,6 +57,7 @@ __all__ = [
     "SamplingItem",
     "SamplingUnit",
     "SamplingWorkflow",
+    "UnconditionalSampling",
     "read_sample_datalist",
     "EvaluationWorkflow",
 ]
@@ -410,6 +412,34 @@ class SamplingWorkflow:
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluation
+
+
+class UnconditionalSampling(SamplingWorkflow):
+    """A :class:`SamplingWorkflow` of unconditioned single-image samples: sample ``index`` is the case
+    ``synthetic_seed<seed>_<index>`` with one image file at :meth:`image_path`, previewed as it is.
+
+    Subclasses implement :meth:`image_path` and the drawing and writing (:meth:`sample_item`, :meth:`write_item`,
+    :meth:`write_preview`, :meth:`datalist_fields`).
+    """
+
+    def case_id(self, index: int) -> str:
+        return f"synthetic_seed{self.seed}_{index:04d}"
+
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def sample_paths(self, item: SamplingItem, index: int) -> list[Path]:
+        return [self.image_path(index)]
+
+    def entry_of(self, item: SamplingItem, index: int) -> dict[str, Any]:
+        return {"case_id": self.case_id(index), "image": str(self.image_path(index))}
+
+    def read_sample(self, item: SamplingItem, index: int) -> torch.Tensor:
+        """A written image, (1, *spatial)."""
+        return read_nifti(self.image_path(index))[None]
+
+    def preview_of(self, item: SamplingItem, index: int, sample: torch.Tensor) -> tuple[str, torch.Tensor]:
+        return self.case_id(index), sample
 
 
 def read_sample_datalist(

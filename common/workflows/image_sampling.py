@@ -29,7 +29,7 @@ from common.io import atomic_write_nifti, read_nifti, save_preview_png
 from common.metrics.distribution import DistributionMetrics
 from common.metrics.image import mean_pairwise, ssim
 from common.transforms.validation import checked_range
-from common.workflows.base import EvaluationWorkflow, SamplingItem, SamplingWorkflow, read_sample_datalist
+from common.workflows.base import EvaluationWorkflow, SamplingItem, UnconditionalSampling, read_sample_datalist
 from common.workflows.latent_sampling import intensity_to_hu
 
 __all__ = ["slice_affine_2d", "ImageSampling", "ImageEvaluation"]
@@ -42,7 +42,7 @@ def slice_affine_2d(spatial_size: Sequence[int], pixdim: Sequence[float]) -> np.
     return affine
 
 
-class ImageSampling(SamplingWorkflow):
+class ImageSampling(UnconditionalSampling):
     """Generate ``num_samples`` 2D images from noise and write them (module docstring).
 
     Args:
@@ -85,14 +85,8 @@ class ImageSampling(SamplingWorkflow):
     def modules(self) -> Sequence[nn.Module]:
         return (self.network,)
 
-    def case_id(self, index: int) -> str:
-        return f"synthetic_seed{self.seed}_{index:04d}"
-
     def image_path(self, index: int) -> Path:
         return self.output_dir / f"{self.case_id(index)}.nii.gz"
-
-    def sample_paths(self, item: SamplingItem, index: int) -> list[Path]:
-        return [self.image_path(index)]
 
     def manifest_fields(self) -> dict[str, Any]:
         return {
@@ -116,15 +110,6 @@ class ImageSampling(SamplingWorkflow):
     def write_item(self, item: SamplingItem, index: int, sample: torch.Tensor) -> None:
         affine = slice_affine_2d(sample.shape[1:], self.pixdim)
         atomic_write_nifti(sample, affine, self.image_path(index), dtype="float32", overwrite=self.overwrite)
-
-    def entry_of(self, item: SamplingItem, index: int) -> dict[str, Any]:
-        return {"case_id": self.case_id(index), "image": str(self.image_path(index))}
-
-    def read_sample(self, item: SamplingItem, index: int) -> torch.Tensor:
-        return read_nifti(self.image_path(index))[None]
-
-    def preview_of(self, item: SamplingItem, index: int, sample: torch.Tensor) -> tuple[str, torch.Tensor]:
-        return self.case_id(index), sample
 
     def write_preview(self, previews: list[tuple[str, torch.Tensor]]) -> None:
         save_preview_png(self.preview_path(), previews, spatial_dims=2, value_range=self.output_window, overwrite=True)

@@ -25,9 +25,9 @@ from common.data.phantoms.kinds import phantom_affine
 from common.inferers.conditional import ConditionalDiffusionInferer
 from common.inferers.per_sample import per_sample_noise
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
-from common.io import atomic_write_nifti, read_nifti, save_preview_png
+from common.io import atomic_write_nifti, save_preview_png
 from common.transforms.validation import checked_range
-from common.workflows.base import SamplingItem, SamplingWorkflow
+from common.workflows.base import SamplingItem, UnconditionalSampling
 
 __all__ = ["intensity_to_hu", "LatentSampling"]
 
@@ -49,7 +49,7 @@ def intensity_to_hu(
     return unit * (high - low) + low
 
 
-class LatentSampling(SamplingWorkflow):
+class LatentSampling(UnconditionalSampling):
     """Generate ``num_samples`` CT volumes from a latent diffusion model and write them (see the module docstring).
 
     Args:
@@ -121,14 +121,8 @@ class LatentSampling(SamplingWorkflow):
         self.decode_group_norm = decode_group_norm
         self._margin: int | None = None
 
-    def case_id(self, index: int) -> str:
-        return f"synthetic_seed{self.seed}_{index:04d}"
-
     def image_path(self, index: int) -> Path:
         return self.output_dir / self.case_id(index) / "ct.nii.gz"
-
-    def sample_paths(self, item: SamplingItem, index: int) -> list[Path]:
-        return [self.image_path(index)]
 
     def manifest_fields(self) -> dict[str, Any]:
         """The latent shape, the HU window, the latent scale and grid, and how latents are decoded."""
@@ -200,16 +194,6 @@ class LatentSampling(SamplingWorkflow):
         """One int16 HU volume with the training grid's voxel size (stored with the weights)."""
         affine = phantom_affine(sample.shape[1:], [float(p) for p in self.stats.pixdim])
         atomic_write_nifti(sample, affine, self.image_path(index), dtype="int16", overwrite=self.overwrite)
-
-    def entry_of(self, item: SamplingItem, index: int) -> dict[str, Any]:
-        return {"case_id": self.case_id(index), "image": str(self.image_path(index))}
-
-    def read_sample(self, item: SamplingItem, index: int) -> torch.Tensor:
-        """A written volume, (1, *spatial) in HU."""
-        return read_nifti(self.image_path(index))[None]
-
-    def preview_of(self, item: SamplingItem, index: int, sample: torch.Tensor) -> tuple[str, torch.Tensor]:
-        return self.case_id(index), sample
 
     def write_preview(self, previews: list[tuple[str, torch.Tensor]]) -> None:
         save_preview_png(self.preview_path(), previews, value_range=self.hu_window, overwrite=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from common.io import atomic_folder, atomic_write_nifti
+from common.io import atomic_folder, write_image_label_pair
 
 __all__ = [
     "FIELD_OF_VIEW_MM",
@@ -235,20 +235,16 @@ def write_mammography_dataset(
             lesion = ("mass", "calcification")[(index // 10) % 2] if index % 10 < positives else "none"
             case = mammogram_phantom(size, np.random.default_rng(stream), lesion=lesion, shifted=shifted)
             case_id = f"mammo_{index:03d}"
-            image, label = f"imagesTr/{case_id}.nii.gz", f"labelsTr/{case_id}.nii.gz"
-            atomic_write_nifti(case.image[None], affine, staging / image)
-            atomic_write_nifti(case.label[None], affine, staging / label)
+            names = f"imagesTr/{case_id}.nii.gz", f"labelsTr/{case_id}.nii.gz"
             entries.append(
-                {"image": image, "label": label, "view": case.view, "density": case.density}
-                | {"cancer": case.cancer, "lesion": case.lesion}
+                write_image_label_pair(staging, names, case.image, case.label, affine)
+                | {"view": case.view, "density": case.density, "cancer": case.cancer, "lesion": case.lesion}
             )
         patch_entries = []
         for index in range(int(patches)):
             image, mask = pathology_patch(size, patch_size, np.random.default_rng((seed, _PATCH_STREAM, index)))
             names = f"patches/patch_{index:03d}.nii.gz", f"patches/patch_{index:03d}_mask.nii.gz"
-            atomic_write_nifti(image[None], affine, staging / names[0])
-            atomic_write_nifti(mask[None], affine, staging / names[1])
-            patch_entries.append({"image": names[0], "label": names[1]})
+            patch_entries.append(write_image_label_pair(staging, names, image, mask, affine))
         description = {
             "name": "mammography_shifted" if shifted else "mammography",
             "description": "Digital phantom: 2D mammograms (CC/MLO) with masses and calcification clusters"

@@ -17,7 +17,7 @@ import numpy as np
 
 from common.data.phantoms.kinds import phantom_grid
 from common.data.phantoms.thorax import thorax_ct_phantom
-from common.io import atomic_folder, atomic_write_nifti
+from common.io import atomic_folder, write_image_label_pair
 
 __all__ = ["THORAX_SLICE_LABELS", "thorax_slice", "write_thorax_slice_dataset"]
 
@@ -67,9 +67,7 @@ def write_thorax_slice_dataset(
             cancer = index % 10 < round(float(cancer_fraction) * 10)
             image, label = thorax_slice(size, np.random.default_rng((seed, index)), cancer)
             names = f"imagesTr/lung_{index:03d}.nii.gz", f"labelsTr/lung_{index:03d}.nii.gz"
-            atomic_write_nifti(image[None], affine, staging / names[0])
-            atomic_write_nifti(label[None], affine, staging / names[1])
-            entries.append({"image": names[0], "label": names[1], "cancer": int(cancer)})
+            entries.append(write_image_label_pair(staging, names, image, label, affine) | {"cancer": int(cancer)})
         for index in range(int(patches)):
             image, label = thorax_slice(size, np.random.default_rng((seed, 1, index)), True)
             rows, cols = np.nonzero(label == 3)
@@ -78,9 +76,8 @@ def write_thorax_slice_dataset(
             left = int(np.clip(round(cols.mean()) - half, 0, int(size) - int(patch_size)))
             window = (slice(top, top + int(patch_size)), slice(left, left + int(patch_size)))
             names = f"patches/patch_{index:03d}.nii.gz", f"patches/patch_{index:03d}_mask.nii.gz"
-            atomic_write_nifti(image[window][None], affine, staging / names[0])
-            atomic_write_nifti((label[window] == 3).astype(np.uint8)[None], affine, staging / names[1])
-            patch_entries.append({"image": names[0], "label": names[1]})
+            mask = (label[window] == 3).astype(np.uint8)
+            patch_entries.append(write_image_label_pair(staging, names, image[window], mask, affine))
         description = {
             "name": "thorax_ct_slices",
             "description": "Digital phantom: axial chest CT slices ([-1000, 1000] HU -> [0, 1]) with lung tumours",
