@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 BUNDLE := bundles/semantic_mri/configs
 STAMP := $(shell date +%Y%m%d_%H%M%S)
 DEMO_OUT ?= out/demo_$(STAMP)
+APP_LOG := .monailabel_app_test.log
 
 .PHONY: install install-serve install-deploy demo test test-slow lint
 install: $(VENV)/.installed
@@ -67,11 +68,15 @@ demo: install
 	@find $(DEMO_OUT) -name "*.png" -o -name "*.nii.gz" -o -name "report.md" | sort
 	@grep "lesion_dice_mean" $(DEMO_OUT)/eval/report.md
 
+# The default suite runs on two pytest-xdist workers (one file per worker at a time, one torch thread each: see
+# tests/conftest.py), then the two app tests, each in its own environment, side by side.
 test: install install-serve install-deploy
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
-	$(SERVE_VENV)/bin/python -m pytest tests/apps/test_monailabel_app.py
-	$(DEPLOY_VENV)/bin/python -m pytest tests/apps/test_monai_deploy_app.py
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+	@echo "MONAI Label app test (.venv-serve) and MONAI Deploy app test (.venv-deploy), side by side, one thread each:"
+	@OMP_NUM_THREADS=1 $(SERVE_VENV)/bin/python -m pytest tests/apps/test_monailabel_app.py > $(APP_LOG) 2>&1 & serve=$$!; \
+	OMP_NUM_THREADS=1 $(DEPLOY_VENV)/bin/python -m pytest tests/apps/test_monai_deploy_app.py; deploy=$$?; \
+	wait $$serve; served=$$?; cat $(APP_LOG); rm -f $(APP_LOG); test $$deploy -eq 0 && test $$served -eq 0
 
 # The longer tests (marked slow); CI runs them after `make test`. Exit status 5 = none collected, not a failure.
 test-slow: install
