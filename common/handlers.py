@@ -21,7 +21,7 @@ from common.checkpoint import (
     unwrap,
 )
 
-__all__ = ["EngineStateAdapter", "TrainingCheckpointer", "ResumeFromLatest"]
+__all__ = ["EngineStateAdapter", "TrainingCheckpointer", "ResumeFromLatest", "GradientClipping"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +206,44 @@ class ResumeFromLatest:
                 check_state_dict_fits(obj, content[key], f"{path} [{key}]")
         logger.info(f"resume: restoring {sorted(load_dict)} from '{path}'")
         CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location="cpu").attach(engine)
+
+
+class GradientClipping:
+    """Clip the global gradient norm of the trainer's network before every optimizer step
+    (``torch.nn.utils.clip_grad_norm_``).
+
+    Args:
+        max_norm: the largest allowed L2 norm of all gradients together; None or 0 clips nothing (the handler does
+            not attach), so a config key such as ``grad_clip_norm: null`` keeps a paper's plain optimizer.
+        norm_type: the norm (2.0: Euclidean; ``inf``: the largest absolute gradient).
+
+    The clip is a pre-hook on the trainer's optimizer, so it runs wherever ``optimizer.step()`` is called, also
+    under AMP: ``GradScaler.step`` unscales the gradients before it calls the step (and skips steps with infinite
+    gradients, hook included). The engine must have ``network`` and ``optimizer`` (MONAI's ``SupervisedTrainer``).
+    """
+
+    def __init__(self, max_norm: float | None, norm_type: float = 2.0) -> None:
+        if max_norm is not None and not max_norm >= 0:
+            raise ValueError(f"grad_clip_norm: expected None, 0 (no clipping) or a positive norm, got {max_norm!r}")
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.last_norm: float | None = None
+        self._hook = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.max_norm:
+            # MONAI's trainers attach their handlers before they set engine.network / engine.optimizer
+            engine.add_event_handler(Events.STARTED, self._install)
+
+    def _install(self, engine: Engine) -> None:
+        if self._hook is not None:  # a second run() of the same engine keeps the one hook
+            return
+        missing = [name for name in ("network", "optimizer") if getattr(engine, name, None) is None]
+        if missing:
+            raise TypeError(f"GradientClipping: the engine has no {missing} (expected MONAI's SupervisedTrainer)")
+        parameters = [p for p in engine.network.parameters() if p.requires_grad]
+
+        def clip(optimizer, args, kwargs) -> None:
+            self.last_norm = float(nn.utils.clip_grad_norm_(parameters, self.max_norm, norm_type=self.norm_type))
+
+        self._hook = engine.optimizer.register_step_pre_hook(clip)

@@ -270,3 +270,47 @@ def test_resume_rejects_a_checkpoint_lacking_an_entry(tmp_path: Path) -> None:
     ema = nn.Linear(2, 1)
     with pytest.raises(KeyError, match=r"lacks \['ema'\]; it has \['network', 'optimizer', 'trainer'\]"):
         ResumeFromLatest(str(tmp_path), {**run.objects(), "ema": ema}).attach(run.trainer)
+
+
+def _one_sgd_step(max_norm):
+    """One SupervisedTrainer step of plain SGD (lr 1) on a linear layer with large gradients; returns the weight
+    change and the handler."""
+    from monai.engines import SupervisedTrainer
+
+    from common.handlers import GradientClipping
+
+    torch.manual_seed(0)
+    network = nn.Linear(4, 3)
+    before = copy.deepcopy(network.state_dict())
+    data = [{"image": 100 * torch.randn(2, 4), "label": torch.zeros(2, 3)}]
+    handler = GradientClipping(max_norm)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=1.0),
+        loss_function=nn.MSELoss(),
+        train_handlers=[handler],
+    )
+    trainer.run()
+    change = [before[k] - v for k, v in network.state_dict().items()]
+    return torch.cat([c.flatten() for c in change]), handler
+
+
+def test_gradient_clipping_scales_the_step_to_the_norm_and_none_leaves_it():
+    free, _ = _one_sgd_step(None)
+    assert free.norm() > 10  # the unclipped SGD step is the whole (large) gradient
+    clipped, handler = _one_sgd_step(1.0)
+    torch.testing.assert_close(clipped.norm(), torch.tensor(1.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(clipped, free / free.norm(), atol=1e-5, rtol=1e-4)  # same direction
+    assert handler.last_norm == pytest.approx(float(free.norm()), rel=1e-5)
+    unchanged, _ = _one_sgd_step(1e9)
+    torch.testing.assert_close(unchanged, free)
+
+
+def test_gradient_clipping_refuses_a_negative_norm():
+    from common.handlers import GradientClipping
+
+    with pytest.raises(ValueError, match="grad_clip_norm.*-1"):
+        GradientClipping(-1.0)
