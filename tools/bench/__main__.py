@@ -17,6 +17,7 @@ from tools.bench.mammo_guidance import bench_mammo_guidance
 from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feedback
 from tools.bench.paired_petct_choices import bench_paired_petct_choices
 from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
+from tools.bench.semantic_mri_ttq import bench_semantic_mri_time_to_quality
 from tools.bench.serving import bench_serving
 from tools.bench.sharded_sampling import bench_sharded_sampling
 from tools.bench.swin_ddpm import bench_swin_ddpm
@@ -28,6 +29,7 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri": bench_semantic_mri,
     "semantic_mri_clipping": bench_semantic_mri_clipping,
+    "semantic_mri_ttq": bench_semantic_mri_time_to_quality,
     "semantic_mri_utility": bench_semantic_mri_utility,
     "paired_petct": bench_paired_petct,
     "paired_petct_feedback": bench_paired_petct_feedback,
