@@ -528,12 +528,6 @@ def bench_swin_ddpm(
             "met": respaced[ours_key]["total"] < monai_50,
         },
         {
-            "name": "VLB bits/dim, 50-step respaced chain: ours - linear interpolation on correct respaced tables",
-            "value": respaced[ours_key]["total"] - linear_50,
-            "target": "< 0",
-            "met": respaced[ours_key]["total"] < linear_50,
-        },
-        {
             "name": f"FID 50 steps / FID 500 steps (mean over {step_seeds} sampling seeds)",
             "value": ratio_of_means,
             "target": "<= 1.1",
@@ -576,7 +570,7 @@ def bench_swin_ddpm(
             name,
             f"{v['kl']:.4f}",
             f"{v['decoder']:.4f}",
-            f"{v['prior']:.4f}",
+            f"{v['prior']:.1e}",
             f"{v['total']:.4f}",
         ]
         for name, v in full.items()
@@ -586,7 +580,7 @@ def bench_swin_ddpm(
             name,
             f"{v['kl']:.4f}",
             f"{v['decoder']:.4f}",
-            f"{v['prior']:.4f}",
+            f"{v['prior']:.1e}",
             f"{v['total']:.4f}",
         ]
         for name, v in respaced.items()
@@ -616,6 +610,10 @@ def bench_swin_ddpm(
             markdown_table(
                 vlb_rows, ["chain", "model transition", "sum of KL terms", "decoder (t = 0)", "prior", "total"]
             ),
+            "The last row is a diagnostic, not a target: MONAI's formula (variances interpolated linearly) applied "
+            "to the same network output on correct respaced tables, which separates the interpolation from MONAI's "
+            f"respacing slip (ours - it: {respaced[ours_key]['total'] - linear_50:+.4f} bits/dim). The network was "
+            "trained for the log-variance map, so this row reads its v under a map it was not trained for.",
             f"Bundle trainer (train.yaml + demo.yaml, all handlers) {overhead['bundle_s'] * 1000:.1f} ms per "
             f"iteration, bare loop (same network, hybrid loss, optimiser and batches) {overhead['bare_s'] * 1000:.1f} "
             f"ms (medians of {overhead['iterations'][0]} / {overhead['iterations'][1]} iterations in "
