@@ -39,10 +39,13 @@ def _readings(steps: int) -> dict:
 
 
 def test_exact_model_has_zero_kl_on_the_full_chain_for_both_interpolations() -> None:
-    """At v = -1 both give beta_tilde, the true posterior variance, and the mean is exact: every KL term is 0."""
+    """At v = -1 both give beta_tilde, the true posterior variance, and the mean is exact: every KL term is 0 with
+    our float64 tables; MONAI's float32 tables lose digits of 1 - alpha_bar at small t (alpha_bar_0 = 1 - 2.5e-5),
+    which leaves a small KL (measured: 0.0034 bits/dim over these terms)."""
     readings = _readings(T)
+    assert readings["ours"]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert 0.0 <= readings["monai"]["kl"] < 0.01
     for name in ("ours", "monai"):
-        assert readings[name]["kl"] == pytest.approx(0.0, abs=1e-5), name
         assert readings[name]["prior"] > 0 and readings[name]["total"] >= readings[name]["kl"]
 
 
