@@ -1,4 +1,5 @@
-"""Ignite handlers for the bundle trainers: atomic checkpoints (training state + inference files) and resuming."""
+"""Ignite handlers for the bundle trainers: atomic checkpoints (training state + inference files), resuming, and an
+EMA of the weights updated with one fused call per iteration."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 from monai.handlers import CheckpointLoader
 from torch import nn
 
@@ -21,7 +24,7 @@ from common.checkpoint import (
     unwrap,
 )
 
-__all__ = ["EngineStateAdapter", "TrainingCheckpointer", "ResumeFromLatest", "GradientClipping"]
+__all__ = ["EngineStateAdapter", "TrainingCheckpointer", "ResumeFromLatest", "GradientClipping", "FusedEMAHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +250,26 @@ class GradientClipping:
             self.last_norm = float(nn.utils.clip_grad_norm_(parameters, self.max_norm, norm_type=self.norm_type))
 
         self._hook = engine.optimizer.register_step_pre_hook(clip)
+
+
+class FusedEMAHandler(EMAHandler):
+    """ignite's ``EMAHandler`` (same arguments, momentum warm-up, ``ema_model`` and checkpoint entries) whose update
+    ``ema = (1 - momentum) * ema + momentum * model`` is one ``torch._foreach_lerp_`` over all parameters.
+
+    ignite updates parameter by parameter (two in-place kernels each, about 300 launches per iteration for the Swin
+    U-Net), which on a CPU costs a few percent of a small model's training step; the fused call does the same
+    arithmetic. Buffers follow ``handle_buffers`` as in ignite ("update" falls back to ignite's loop).
+    """
+
+    def _update_ema_model(self, engine: Engine, name: str) -> None:
+        if self.handle_buffers == "update":
+            super()._update_ema_model(engine, name)
+            return
+        momentum = float(getattr(engine.state, name))
+        ema_parameters = list(self.ema_model.parameters())
+        model_parameters = [p.detach() for p in self.model.parameters()]
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_parameters, model_parameters, momentum)
+        if self.handle_buffers == "copy":
+            for ema_buffer, model_buffer in zip(self.ema_model.buffers(), self.model.buffers()):
+                ema_buffer.data = model_buffer.data

@@ -10,7 +10,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import assert_same_samples, config_parser, error_chain, make_workflow, run_workflow
+from bundle_helpers import (
+    assert_same_samples,
+    check_release_samples,
+    cli_args,
+    config_parser,
+    error_chain,
+    load_plain_weights,
+    make_workflow,
+    run_torchrun,
+    run_workflow,
+)
+from ignite.engine import Events
 
 BUNDLE = "swin_ddpm"
 SHARED = {
@@ -105,3 +116,54 @@ def test_bad_inputs_name_the_config_key(tmp_path: Path, trained: Path) -> None:
         parser = config_parser(BUNDLE, ("train",), **overrides)
         parser.get_parsed_content("datalist")
     assert "dataset_dir" in error_chain(error.value) and "absent" in error_chain(error.value)
+
+
+@pytest.mark.slow  # resume: semantic_mri's interrupted run is the default suite's representative
+def test_resume_continues_from_the_newest_checkpoint(trained: Path, tmp_path: Path) -> None:
+    """A run given epoch 1's checkpoint and resume=true trains epoch 2 only, from the saved weights and EMA."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data").symlink_to(trained / "data", target_is_directory=True)
+    checkpoint = torch.load(trained / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    torch.save(checkpoint, tmp_path / "models" / "checkpoint_epoch=1.pt")
+    workflow = make_workflow(BUNDLE, ("train",), "train", bundle_root=str(tmp_path), **{**TRAIN, "resume": True})
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    started = {}
+    network = workflow.parser.get_parsed_content("network")
+
+    def record(engine) -> None:
+        started.update(
+            iteration=engine.state.iteration, weights={k: v.clone() for k, v in network.state_dict().items()}
+        )
+
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=2), record)
+    workflow.run()
+    assert started["iteration"] == trainer.state.epoch_length  # continued after epoch 1, not from scratch
+    assert all(torch.equal(started["weights"][k], v) for k, v in checkpoint["network"].items())
+    final = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 2 * trainer.state.epoch_length
+    ema = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(v, final["ema"][k]) for k, v in ema.items())
+
+
+@pytest.mark.slow  # multi-process torchrun: semantic_mri's two-process training is the default suite's one
+def test_torchrun_two_processes_on_cpu(trained: Path, tmp_path: Path) -> None:
+    """multi_gpu_train.yaml: DDP with gloo on CPU, DistributedSampler, rank-0 checkpoints of unwrapped weights."""
+    (tmp_path / "data").symlink_to(trained / "data", target_is_directory=True)
+    overrides = {**TRAIN, "max_epochs": 1, "save_interval": 0, "batch_size": 2}
+    result = run_torchrun(
+        BUNDLE, ("train", "multi_gpu_train"), ["--bundle_root", str(tmp_path), *cli_args(overrides)], 29571
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    content = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in content["network"])  # unwrapped
+    assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"] == 2  # 5 cases, 2 ranks, batch 2
+    load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **SHARED)  # what inference loads
+
+
+@pytest.mark.slow  # whole release runs: semantic_mri's run inside its own folder is the default suite's one
+def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path) -> None:
+    """The release zip, unpacked elsewhere, samples on the tiny checkpoint with only its listed packages."""
+    args = ["--num_samples", "1", "--seed", "0", "--num_inference_steps", "5"]
+    folder = check_release_samples(BUNDLE, trained, tmp_path, SHARED, args)
+    written = list((folder / "samples").rglob("*.nii.gz"))
+    assert len(written) == 1 and nib.load(written[0]).shape == (16, 16)

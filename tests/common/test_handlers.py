@@ -1,5 +1,5 @@
-"""Tests of common/handlers.py: training-state checkpoints and inference files with a tiny ignite trainer, and
-resuming from them."""
+"""Tests of common/handlers.py: training-state checkpoints and inference files with a tiny ignite trainer, resuming
+from them, and the fused EMA update."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 from torch import nn
 
 from common.data import LatentStats
-from common.handlers import ResumeFromLatest, TrainingCheckpointer
+from common.handlers import FusedEMAHandler, ResumeFromLatest, TrainingCheckpointer
 
 EPOCH_LENGTH = 2
 DATA = [torch.ones(1, 2)] * EPOCH_LENGTH
@@ -314,3 +315,24 @@ def test_gradient_clipping_refuses_a_negative_norm():
 
     with pytest.raises(ValueError, match="grad_clip_norm.*-1"):
         GradientClipping(-1.0)
+
+
+def _count_into(engine: Engine, buffer: torch.Tensor) -> None:
+    buffer.add_(1.0)
+
+
+@pytest.mark.parametrize("handle_buffers", ["copy", "update"])
+def test_fused_ema_matches_ignites_update(handle_buffers: str) -> None:
+    """The same EMA weights and buffers as ignite's EMAHandler, warm-up included, after a few iterations."""
+    emas = []
+    for handler in (EMAHandler, FusedEMAHandler):
+        run = Run(seed=3)
+        run.network.register_buffer("running", torch.zeros(1))
+        run.trainer.add_event_handler(Events.ITERATION_COMPLETED, _count_into, run.network.running)
+        ema = handler(run.network, momentum=0.3, momentum_warmup=0.1, warmup_iters=3, handle_buffers=handle_buffers)
+        ema.attach(run.trainer)
+        run.trainer.run(DATA, max_epochs=3)
+        emas.append(ema.ema_model.state_dict())
+    assert emas[1]["running"].item() > 0 and not torch.equal(emas[1]["weight"], Run(seed=3).network.weight)
+    for name, value in emas[0].items():
+        torch.testing.assert_close(emas[1][name], value, rtol=1e-6, atol=1e-7, msg=name)
