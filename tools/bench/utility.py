@@ -167,7 +167,7 @@ def bench_semantic_mri_utility(
         time_limit_minutes,
         "python -m tools.bench semantic_mri_utility --ckpt_path <demo model.pt>"
         + (f" --time_limit_minutes {time_limit_minutes:g} (repeated until done)" if time_limit_minutes else ""),
-        "the demo overlay's weights (configs/train.yaml + configs/demo.yaml, 60 epochs, EMA)",
+        "the demo overlay's weights (configs/train.yaml + configs/demo.yaml, EMA)",
         **overrides,
     )
 
