@@ -6,7 +6,8 @@ held-out real images. Here each arm is trained with several seeds; an arm's figu
 per-seed AUC (``sklearn.metrics.roc_auc_score``) or F1 (``f1_score`` of ``probability >= threshold``). Its 95 %
 interval resamples the test cases (``scipy.stats.bootstrap``, percentile); two arms are compared on the same
 resampled cases (the CI of the difference) and by a paired permutation test (``scipy.stats.permutation_test``,
-``permutation_type="samples"``: each case's predictions are swapped between the two arms at random).
+``permutation_type="samples"``: each case's predictions are swapped between the two arms at random). Inside the
+resampling loops the figures come from ranks and counts (:func:`fast_score`, equal to sklearn's, much quicker).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 
-__all__ = ["CLASSIFICATION_METRICS", "classification_score", "compare_arms", "metric_with_ci"]
+__all__ = ["CLASSIFICATION_METRICS", "classification_score", "compare_arms", "fast_score", "metric_with_ci"]
 
 CLASSIFICATION_METRICS = ("auc", "f1")
 """The scores of an arm, in report order."""
@@ -53,6 +54,23 @@ def classification_score(
     return float(np.mean([f1_score(labels, column >= threshold, zero_division=0.0) for column in probabilities.T]))
 
 
+def fast_score(metric: str, labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> float:
+    """:func:`classification_score` without the checks, from ranks (AUC: the Mann-Whitney statistic, ties counted
+    half, as ``roc_auc_score``) and counts (F1, 0 without any positive call or case): the resampling loops' score."""
+    positive = labels == 1
+    count = int(positive.sum())
+    if metric == "auc":
+        if count in (0, len(labels)):
+            return float("nan")
+        ranks = stats.rankdata(probabilities, axis=0)
+        auc = (ranks[positive].sum(axis=0) - count * (count + 1) / 2.0) / (count * (len(labels) - count))
+        return float(auc.mean())
+    called = probabilities >= threshold
+    true_positive = (called & positive[:, None]).sum(axis=0)
+    denominator = called.sum(axis=0) + count
+    return float(np.mean(np.where(denominator > 0, 2.0 * true_positive / np.maximum(denominator, 1), 0.0)))
+
+
 def _interval(result: Any) -> tuple[float | None, float | None]:
     low, high = (float(v) for v in (result.confidence_interval.low, result.confidence_interval.high))
     return (low if np.isfinite(low) else None), (high if np.isfinite(high) else None)
@@ -82,7 +100,7 @@ def metric_with_ci(
     per_seed = [_plain(classification_score(metric, labels, column[:, None], threshold)) for column in probabilities.T]
 
     def statistic(index: np.ndarray) -> float:
-        return classification_score(metric, labels[index], probabilities[index], threshold)
+        return fast_score(metric, labels[index], probabilities[index], threshold)
 
     low = high = None
     if np.isfinite(value) and len(labels) >= 2:
@@ -127,10 +145,13 @@ def compare_arms(
 
     def difference(a: np.ndarray, b: np.ndarray) -> float:
         """Score of the rows ``a`` minus that of the rows ``b`` of ``table`` (rows >= n: the baseline's)."""
-        first = classification_score(metric, labels[a % n], table[a], threshold)
-        return first - classification_score(metric, labels[b % n], table[b], threshold)
+        return fast_score(metric, labels[a % n], table[a], threshold) - fast_score(
+            metric, labels[b % n], table[b], threshold
+        )
 
-    value = difference(np.arange(n), np.arange(n) + n)
+    value = classification_score(metric, labels, arm, threshold) - classification_score(
+        metric, labels, baseline, threshold
+    )
     result: dict[str, Any] = {"n": n, "difference": _plain(value), "ci_low": None, "ci_high": None, "p": None}
     if not np.isfinite(value) or n < 2:
         return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.metrics.classification import classification_score, compare_arms, metric_with_ci
+from common.metrics.classification import classification_score, compare_arms, fast_score, metric_with_ci
 
 LABELS = [0, 0, 1, 1]
 PROBABILITIES = np.array([[0.1], [0.4], [0.35], [0.8]])
@@ -61,3 +61,13 @@ def test_paired_comparison() -> None:
     assert better["ci_low"] > 0 and better["p"] < 0.05
     with pytest.raises(ValueError, match="the same \\(cases, seeds\\) shape"):
         compare_arms("auc", labels, strong, weak[:, :1])
+
+
+@pytest.mark.parametrize("metric", ["auc", "f1"])
+def test_fast_score_equals_sklearn(metric: str) -> None:
+    rng = np.random.default_rng(2)
+    labels = (rng.uniform(size=60) < 0.2).astype(np.int64)
+    probabilities = np.round(rng.uniform(size=(60, 3)), 1)  # rounded: ties on both sides of the threshold
+    expected = classification_score(metric, labels, probabilities)
+    assert fast_score(metric, labels, probabilities) == pytest.approx(expected)
+    assert fast_score("f1", np.zeros(4, dtype=np.int64), np.zeros((4, 1))) == 0.0
