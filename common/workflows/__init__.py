@@ -27,14 +27,18 @@ from common.workflows.paired_sampling import PairedSampling, from_unit_range, sl
 from common.workflows.sampling import MaskConditionedSampling, list_masks
 from common.workflows.sharding import bundle_run_fields, rank_and_world_size
 from common.workflows.utility import (
+    ClassificationUtility,
     UtilityArm,
     UtilityExperiment,
+    case_label,
     check_held_out,
+    classification_items,
     paired_sample_items,
     paired_slice_items,
     require_test_dir,
     round_robin,
     segmentation_items,
+    stratified_draw,
     utility_arms,
     utility_test_cases,
 )
@@ -70,14 +74,18 @@ __all__ = [
     "slice_affine",
     "slice_affine_2d",
     "to_unit_range",
+    "ClassificationUtility",
     "UtilityArm",
     "UtilityExperiment",
+    "case_label",
+    "classification_items",
     "check_held_out",
     "paired_sample_items",
     "paired_slice_items",
     "require_test_dir",
     "round_robin",
     "segmentation_items",
+    "stratified_draw",
     "utility_arms",
     "utility_test_cases",
 ]

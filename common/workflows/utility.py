@@ -19,6 +19,11 @@ Arms: ``real`` (scarce real cases), ``real+aug`` (with the augmentation), ``synN
 ``real+synN``, ``real+synN+aug`` for each N in ``synthetic_multiples`` x ``real_count``; and two sanity arms that
 check the harness: ``real_all`` (every training case) and ``ceiling`` (trained on the test cases themselves: what
 this network and budget reach on those images), whose ratio should be close to 1 on phantoms.
+
+The classification task (:class:`ClassificationUtility`, paper 003's experiment) is the same loop with another
+scoring step: an image-level classifier, a stratified scarce set (a share of positives), arms ``real`` and
+``real+synN``, AUC and F1 with bootstrap intervals and paired permutation tests against ``real``
+(:mod:`common.metrics.classification`), optionally on a second, domain-shifted test set.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from common.data.headers import check_case_headers
 from common.data.layouts import find_cases
 from common.data.prepare import ensure_phantom_dataset
 from common.io import atomic_write_text, read_nifti, write_png
+from common.metrics.classification import CLASSIFICATION_METRICS, classification_score, compare_arms, metric_with_ci
 from common.metrics.report import write_report
 from common.metrics.segmentation import OVERLAP_METRICS, overlap_counts, overlap_metrics
 from common.metrics.statistics import bonferroni, mean_ci, one_way_anova, paired_t_test
@@ -54,9 +60,12 @@ from common.workflows.paired_sampling import to_unit_range
 
 __all__ = [
     "BASELINES",
+    "ClassificationUtility",
     "UtilityArm",
     "UtilityExperiment",
+    "case_label",
     "check_held_out",
+    "classification_items",
     "describe_transform",
     "paired_sample_items",
     "paired_slice_items",
@@ -64,6 +73,7 @@ __all__ = [
     "round_robin",
     "segmentation_inputs",
     "segmentation_items",
+    "stratified_draw",
     "utility_arms",
     "utility_test_cases",
 ]
@@ -98,25 +108,30 @@ class UtilityArm:
 
 
 def utility_arms(
-    real_count: int, synthetic_multiples: Sequence[int], sanity: bool = True, synthetic_per_case: int = 1
+    real_count: int,
+    synthetic_multiples: Sequence[int],
+    sanity: bool = True,
+    synthetic_per_case: int = 1,
+    augmented: bool = True,
+    synthetic_only: bool = True,
 ) -> list[UtilityArm]:
     """The arms of the experiment: real, real+aug, then synN, real+synN, real+synN+aug for N = multiple x
     ``real_count`` x ``synthetic_per_case`` (synthetic items worth one real case: 1 for volumes, the typical
-    number of tumour slices of a case for 2D samples), then (``sanity``) real_all and ceiling."""
+    number of tumour slices of a case for 2D samples), then (``sanity``) real_all and ceiling. Without
+    ``augmented`` the ``+aug`` arms are left out, without ``synthetic_only`` the ``synN`` arms (e.g. paper 003's
+    design: real vs real + k synthetic)."""
     if real_count < 1:
         raise ValueError(f"config key 'real_count': expected >= 1 scarce real case, got {real_count}")
     if any(int(m) < 1 for m in synthetic_multiples):
         raise ValueError(f"config key 'synthetic_multiples': expected integers >= 1, got {list(synthetic_multiples)}")
     if synthetic_per_case < 1:
         raise ValueError(f"config key 'synthetic_per_case': expected >= 1, got {synthetic_per_case}")
-    arms = [UtilityArm("real", "scarce"), UtilityArm("real+aug", "scarce", augment=True)]
+    arms = [UtilityArm("real", "scarce")] + ([UtilityArm("real+aug", "scarce", augment=True)] if augmented else [])
     for multiple in synthetic_multiples:
         n = int(multiple) * int(real_count) * int(synthetic_per_case)
-        arms += [
-            UtilityArm(f"syn{n}", "none", n),
-            UtilityArm(f"real+syn{n}", "scarce", n),
-            UtilityArm(f"real+syn{n}+aug", "scarce", n, augment=True),
-        ]
+        arms += [UtilityArm(f"syn{n}", "none", n)] if synthetic_only else []
+        arms += [UtilityArm(f"real+syn{n}", "scarce", n)]
+        arms += [UtilityArm(f"real+syn{n}+aug", "scarce", n, augment=True)] if augmented else []
     if sanity:
         arms += [UtilityArm("real_all", "all"), UtilityArm("ceiling", "test")]
     return arms
@@ -127,12 +142,15 @@ def _ids(cases: Sequence[Mapping[str, Any]]) -> set[str]:
 
 
 def _files(case: Mapping[str, Any]) -> set[str]:
-    """The resolved paths of a case's image and label files (any nesting of strings, lists and dicts)."""
+    """The resolved paths of a case's image and label files (any nesting of strings, lists and dicts). Strings that
+    name no file (no folder and no extension: a view "CC", a lesion type "none") are metadata, not paths."""
     found: set[str] = set()
 
     def walk(value: Any) -> None:
         if isinstance(value, str):
-            found.add(str(Path(value).resolve()))
+            path = Path(value)
+            if path.suffix or len(path.parts) > 1:
+                found.add(str(path.resolve()))
         elif isinstance(value, Mapping):
             for v in value.values():
                 walk(v)
@@ -330,6 +348,9 @@ class UtilityExperiment(EvaluationWorkflow):
         batch_size: items per step.
         min_test_cases: fewest test cases for a p-value (below: the report says so).
         sanity: also run ``real_all`` and ``ceiling``.
+        augmented_arms: also run the ``+aug`` arms (needs ``augmentation``).
+        synthetic_only_arms: also run the ``synN`` arms (synthetic data only).
+        held_out_from: more roles the test cases must not share a case with (e.g. ``{"pathology_patches": [...]}``).
         subset_seed: seed of the draw of the scarce subset.
         time_limit_minutes: start no new training run after this long (cached runs still count; every call trains
             one run at least); the next call resumes. None: no limit.
@@ -361,6 +382,9 @@ class UtilityExperiment(EvaluationWorkflow):
         batch_size: int = 2,
         min_test_cases: int = 5,
         sanity: bool = True,
+        augmented_arms: bool = True,
+        synthetic_only_arms: bool = True,
+        held_out_from: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         subset_seed: int = 0,
         time_limit_minutes: float | None = None,
         overwrite: bool = False,
@@ -377,7 +401,13 @@ class UtilityExperiment(EvaluationWorkflow):
                 f"config key 'real_count': {real_count} scarce real cases asked for, but only {len(train_cases)} "
                 "training case(s) exist"
             )
-        self.arms = utility_arms(int(real_count), synthetic_multiples, sanity, int(synthetic_per_case))
+        if augmented_arms and augmentation is None:
+            raise ValueError(
+                "config key 'augmentation': the '+aug' arms need an augmentation transform (or augmented_arms false)"
+            )
+        self.arms = utility_arms(
+            int(real_count), synthetic_multiples, sanity, int(synthetic_per_case), augmented_arms, synthetic_only_arms
+        )
         if any(arm.synthetic for arm in self.arms) and (sampling is None or synthetic_items is None):
             raise ValueError(
                 "config keys 'sampling', 'synthetic_items': synthetic arms (synthetic_multiples "
@@ -385,14 +415,14 @@ class UtilityExperiment(EvaluationWorkflow):
             )
         self.train_cases = sorted(train_cases, key=lambda c: str(c["case_id"]))
         self.test_cases = sorted(test_cases, key=lambda c: str(c["case_id"]))
-        scarce = random.Random(int(subset_seed)).sample(self.train_cases, int(real_count))
-        self.scarce_cases = sorted(scarce, key=lambda c: str(c["case_id"]))
-        check_held_out(
-            self.test_cases,
-            generator_training_cases=generator_cases,
-            seeding_cases=seed_cases,
-            segmenter_training_cases=self.train_cases,
-        )
+        self.scarce_cases = sorted(self.draw_scarce(int(real_count), int(subset_seed)), key=lambda c: str(c["case_id"]))
+        self.held_out_from = {
+            "generator_training_cases": generator_cases,
+            "seeding_cases": seed_cases,
+            "segmenter_training_cases": self.train_cases,
+            **(held_out_from or {}),
+        }
+        check_held_out(self.test_cases, **self.held_out_from)
         self.generator_cases = list(generator_cases)
         self.seed_cases = list(seed_cases)
         self.real_items = real_items
@@ -416,6 +446,14 @@ class UtilityExperiment(EvaluationWorkflow):
         self.device = torch.device(device)
 
     # ------------------------------------------------------------------------------------------------------ data
+
+    def draw_scarce(self, count: int, seed: int) -> list[Mapping[str, Any]]:
+        """The scarce real subset: ``count`` training cases drawn at random with ``seed``."""
+        return random.Random(seed).sample(self.train_cases, count)
+
+    def scored_items(self, real: Mapping[str, list[dict]]) -> list[dict]:
+        """The items every trained network is scored on: the held-out test cases."""
+        return real["test"]
 
     def synthetic_pool(self) -> list[dict]:
         """The first max-N synthetic items (round-robin over the masks); samples the missing ones first."""
@@ -520,12 +558,16 @@ class UtilityExperiment(EvaluationWorkflow):
         network = self.train(items, arm.augment, seed)
         result = {"settings": settings, "cases": self.score(network, test), "seconds": time.perf_counter() - start}
         atomic_write_text(self.run_path(arm, seed), json.dumps(result, indent=1) + "\n", overwrite=True)
-        dice = [c["dice"] for c in result["cases"].values() if c["dice"] is not None]
         logger.info(
-            f"arm '{arm.name}' seed {seed}: {len(items)} training item(s), test Dice "
-            f"{np.mean(dice) if dice else float('nan'):.3f} ({result['seconds']:.1f} s)"
+            f"arm '{arm.name}' seed {seed}: {len(items)} training item(s), {self.headline(result['cases'])} "
+            f"({result['seconds']:.1f} s)"
         )
         return result
+
+    def headline(self, cases: Mapping[str, Mapping[str, Any]]) -> str:
+        """One run's test figure for the log."""
+        dice = [c["dice"] for c in cases.values() if c["dice"] is not None]
+        return f"test Dice {np.mean(dice) if dice else float('nan'):.3f}"
 
     # ------------------------------------------------------------------------------------------------- the whole
 
@@ -550,7 +592,7 @@ class UtilityExperiment(EvaluationWorkflow):
                 logger.info(f"time limit reached: {number} of {len(pending)} runs done; run again to resume")
                 return {"complete": False, "runs_done": number, "runs_total": len(pending)}
             trained += fresh
-            runs.setdefault(arm.name, {})[seed] = self.run_arm(arm, seed, items, real["test"])
+            runs.setdefault(arm.name, {})[seed] = self.run_arm(arm, seed, items, self.scored_items(real))
         return self.statistics(runs)
 
     def statistics(self, runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -695,9 +737,12 @@ class UtilityExperiment(EvaluationWorkflow):
             )
         return "\n".join(lines) + "\n"
 
+    plot_metric = "dice"
+    """The ``metrics`` entry of an arm the plot shows (``utility_<plot_metric>.png``)."""
+
     def plot(self, results: Mapping[str, Any]) -> Path:
-        """``utility_dice.png``: Dice per arm (bars, left to right in the report's order) with 95 % CI whiskers;
-        grid lines every 0.1; real-only arms grey, synthetic-only blue, mixed green, sanity arms orange."""
+        """``utility_<plot_metric>.png``: that score per arm (bars, left to right in the report's order) with 95 % CI
+        whiskers; grid lines every 0.1; real-only arms grey, synthetic-only blue, mixed green, sanity arms orange."""
         names = list(results["arms"])
         bar, gap, margin, height = 28, 12, 20, 240
         image = np.full((height + 2 * margin, margin * 2 + len(names) * (bar + gap), 3), 255, np.uint8)
@@ -709,7 +754,7 @@ class UtilityExperiment(EvaluationWorkflow):
             image[y(tick), margin:-margin] = 220
         for index, name in enumerate(names):
             arm = results["arms"][name]
-            dice = arm["metrics"]["dice"]
+            dice = arm["metrics"][self.plot_metric]
             if dice["mean"] is None:
                 continue
             colour = (
@@ -730,11 +775,11 @@ class UtilityExperiment(EvaluationWorkflow):
                     image[y(bound), middle - 5 : middle + 6] = 0
         text = {
             "Title": self.title,
-            "Description": "Dice per arm, left to right: "
-            + ", ".join(f"{n} {results['arms'][n]['metrics']['dice']['mean'] or 0:.3f}" for n in names)
+            "Description": f"{self.plot_metric} per arm, left to right: "
+            + ", ".join(f"{n} {results['arms'][n]['metrics'][self.plot_metric]['mean'] or 0:.3f}" for n in names)
             + "; whiskers: 95 % CI over test cases; grid every 0.1 from 0 to 1",
         }
-        return write_png(self.output_dir / "utility_dice.png", image, text=text, overwrite=True)
+        return write_png(self.output_dir / f"utility_{self.plot_metric}.png", image, text=text, overwrite=True)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every arm; once all are done write ``report.json``, ``report.md`` and the plot."""
@@ -746,3 +791,312 @@ class UtilityExperiment(EvaluationWorkflow):
         png = self.plot(results)
         logger.info(f"{self.title}: '{json_path}', '{md_path}', '{png}'")
         return results
+
+
+# ------------------------------------------------------------------------------------------ the classification task
+
+
+def case_label(case: Mapping[str, Any], label_key: str = "cancer") -> int:
+    """A case's image-level class (0/1): its ``provenance`` record's ``label_key`` (a synthetic sample: the flag its
+    sampler recorded), else the case's own ``label_key`` (e.g. a ``dataset.json`` entry's ``cancer``).
+
+    Raises:
+        ValueError: no such flag, or a value other than 0/1, naming the case (and the record).
+    """
+    source = f"case '{case.get('case_id')}'"
+    record = case.get("provenance")
+    if record:
+        path = Path(str(record))
+        try:
+            flags = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{source}: provenance record '{path}' is unreadable ({error})") from error
+        source = f"{source}, provenance record '{path}'"
+    else:
+        flags = case
+    value = flags.get(label_key)
+    if value is None or str(value) not in ("0", "1", "True", "False"):
+        raise ValueError(
+            f"{source}: expected a 0/1 '{label_key}' flag (the classifier's label), found {value!r}; real cases "
+            f"need it in their dataset.json entries"
+        )
+    return int(str(value) in ("1", "True"))
+
+
+def classification_items(
+    cases: Sequence[Mapping[str, Any]],
+    transform: Callable[[dict], Mapping[str, Any]],
+    label_key: str = "cancer",
+    lesion_key: str | None = None,
+) -> list[dict[str, Any]]:
+    """Cases as in-memory items ``{"image": (C, *spatial) float32, "label": () int64 class, "case_id"}``:
+    ``transform`` loads a case (``{"image"}`` on the classifier's grid and scale), :func:`case_label` gives the class.
+
+    ``lesion_key``: the transform's lesion mask of a synthetic sample; a sample flagged positive must have one that
+    is not empty, a negative one an empty one (the record and the mask written with it must agree).
+
+    Raises:
+        ValueError: a flag that disagrees with the sample's lesion mask, naming the case.
+    """
+    items = []
+    for case in cases:
+        label = case_label(case, label_key)
+        data = transform(dict(case))
+        if lesion_key is not None:
+            has_lesion = bool((convert_to_tensor(data[lesion_key], track_meta=False) > 0).any())
+            if has_lesion != bool(label):
+                raise ValueError(
+                    f"case '{case.get('case_id')}': its '{label_key}' flag is {label} but its lesion mask "
+                    f"'{case.get(lesion_key)}' is {'not ' if has_lesion else ''}empty"
+                )
+        items.append(
+            {
+                "image": convert_to_tensor(data["image"], dtype=torch.float32, track_meta=False),
+                "label": torch.tensor(label, dtype=torch.int64),
+                "case_id": str(case["case_id"]),
+            }
+        )
+    return items
+
+
+def stratified_draw(
+    cases: Sequence[Mapping[str, Any]], count: int, positive_fraction: float, seed: int, label_key: str = "cancer"
+) -> list[Mapping[str, Any]]:
+    """``count`` cases of which ``round(count * positive_fraction)`` are positive (:func:`case_label`), drawn at
+    random with ``seed``.
+
+    Raises:
+        ValueError: too few positive or negative cases for the draw (names the counts and the config keys).
+    """
+    positives = [c for c in cases if case_label(c, label_key)]
+    negatives = [c for c in cases if not case_label(c, label_key)]
+    wanted = round(int(count) * float(positive_fraction))
+    if wanted > len(positives) or count - wanted > len(negatives):
+        raise ValueError(
+            f"config keys 'real_count', 'positive_fraction': {count} cases with {wanted} positive(s) asked for, the "
+            f"training pool has {len(positives)} positive and {len(negatives)} negative case(s)"
+        )
+    rng = random.Random(int(seed))
+    return rng.sample(positives, wanted) + rng.sample(negatives, int(count) - wanted)
+
+
+class ClassificationUtility(UtilityExperiment):
+    """Does the synthetic data help an image-level classifier? Paper 003's downstream experiment in the same harness.
+
+    A classifier (two logits: negative, positive) is trained per arm and seed with the same optimiser steps; arms
+    ``real`` (``real_count`` real cases, ``positive_fraction`` of them positive: the paper's 10 % cancer), then
+    ``real+synN`` for N = multiple x ``real_count``, and the sanity arms. Every network is scored on the held-out
+    test cases (and on ``shifted_test_cases``, a shifted domain, when given): the positive-class probability per case.
+    The report gives, per arm, AUC and F1 (seed means, :mod:`common.metrics.classification`) with 95 % bootstrap
+    intervals over test cases, and each arm against ``real``: the difference with its paired-bootstrap interval and
+    a paired permutation test, Bonferroni-corrected for the arms compared.
+
+    Args (beyond :class:`UtilityExperiment`'s, whose ``real_items`` / ``synthetic_items`` here return
+    :func:`classification_items` and whose ``loss`` takes (logits, class index), e.g. ``CrossEntropyLoss``):
+        positive_fraction: share of positive cases in the scarce real set.
+        shifted_test_cases: a second held-out real test set from a shifted domain (scored, never trained on).
+        threshold: positive-class probability at or above which a case counts as positive for F1.
+        resamples: bootstrap / permutation resamples.
+        label_key: the case flag that is the class.
+    """
+
+    plot_metric = "auc"
+
+    def __init__(
+        self,
+        *args: Any,
+        positive_fraction: float = 0.1,
+        shifted_test_cases: Sequence[Mapping[str, Any]] = (),
+        threshold: float = 0.5,
+        resamples: int = 1000,
+        label_key: str = "cancer",
+        **kwargs: Any,
+    ) -> None:
+        if not 0.0 <= float(positive_fraction) <= 1.0:
+            raise ValueError(f"config key 'positive_fraction': expected a share in [0, 1], got {positive_fraction}")
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"config key 'threshold': expected a probability in (0, 1), got {threshold}")
+        self.positive_fraction = float(positive_fraction)
+        self.label_key = str(label_key)
+        self.threshold = float(threshold)
+        self.resamples = int(resamples)
+        kwargs.setdefault("augmented_arms", False)
+        kwargs.setdefault("synthetic_only_arms", False)
+        super().__init__(*args, **kwargs)
+        self.shifted_test_cases = sorted(shifted_test_cases, key=lambda c: str(c["case_id"]))
+        if self.shifted_test_cases:
+            check_held_out(self.shifted_test_cases, main_test_set_cases=self.test_cases, **self.held_out_from)
+
+    def draw_scarce(self, count: int, seed: int) -> list[Mapping[str, Any]]:
+        """A stratified draw: ``positive_fraction`` of the ``count`` real cases positive."""
+        return stratified_draw(self.train_cases, count, self.positive_fraction, seed, self.label_key)
+
+    def scored_items(self, real: Mapping[str, list[dict]]) -> list[dict]:
+        """The held-out test items, then those of the shifted test set (loaded once)."""
+        if not hasattr(self, "_shifted_items"):
+            self._shifted_items = list(self.real_items(self.shifted_test_cases)) if self.shifted_test_cases else []
+        return [*real["test"], *self._shifted_items]
+
+    def settings(self, arm: UtilityArm, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return super().settings(arm, items) | {
+            "shifted_test_cases": sorted(_ids(self.shifted_test_cases)),
+            "task": "classification",
+        }
+
+    @torch.no_grad()
+    def score(self, network: nn.Module, items: Sequence[dict]) -> dict[str, dict[str, float | int]]:
+        """The positive-class probability (softmax of two logits) and the true class of every scored case."""
+        network.eval()
+        scores = {}
+        for item in items:
+            logits = torch.as_tensor(self.inferer(item["image"][None].to(self.device), network)).float().cpu()
+            if logits.shape != (1, 2):
+                raise ValueError(
+                    f"config key 'network': the classifier must return (batch, 2) logits, got {tuple(logits.shape)}"
+                )
+            scores[item["case_id"]] = {
+                "probability": float(torch.softmax(logits, dim=1)[0, 1]),
+                "label": int(item["label"]),
+            }
+        return scores
+
+    def headline(self, cases: Mapping[str, Mapping[str, Any]]) -> str:
+        test = _ids(self.test_cases)
+        labels = [c["label"] for k, c in cases.items() if k in test]
+        probabilities = np.array([[c["probability"]] for k, c in cases.items() if k in test])
+        return f"test AUC {classification_score('auc', labels, probabilities):.3f}"
+
+    def _table(self, runs: Mapping[int, Mapping[str, Any]], cases: Sequence[str]) -> tuple[list[int], np.ndarray]:
+        """(labels, (cases, seeds) probabilities) of one arm on ``cases``."""
+        first = runs[self.seeds[0]]["cases"]
+        labels = [int(first[c]["label"]) for c in cases]
+        table = np.array([[runs[s]["cases"][c]["probability"] for s in self.seeds] for c in cases], dtype=np.float64)
+        return labels, table
+
+    def statistics(self, runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
+        """Per test set and arm: AUC and F1 with intervals; per compared arm: the paired comparison with ``real``."""
+        sets = {"test": sorted(_ids(self.test_cases))}
+        if self.shifted_test_cases:
+            sets["shifted"] = sorted(_ids(self.shifted_test_cases))
+        compared = [arm.name for arm in self.arms if not arm.sanity and arm.name != "real"]
+        options = {"threshold": self.threshold, "resamples": self.resamples}
+        arms: dict[str, Any] = {}
+        comparisons: dict[str, dict[str, Any]] = {}
+        for arm in self.arms:
+            by_seed = runs[arm.name]
+            counts = {"scarce": self.real_count, "all": len(self.train_cases), "test": len(self.test_cases)}
+            entry: dict[str, Any] = {
+                "real_cases": counts.get(arm.real, 0),
+                "synthetic": arm.synthetic,
+                "augment": arm.augment,
+                "sanity": arm.sanity,
+                "seconds": float(sum(by_seed[s]["seconds"] for s in self.seeds)),
+            }
+            for name, cases in sets.items():
+                labels, table = self._table(by_seed, cases)
+                scores = {m: metric_with_ci(m, labels, table, **options) for m in CLASSIFICATION_METRICS}
+                entry["metrics" if name == "test" else f"metrics_{name}"] = scores
+                if arm.name in compared:
+                    _, baseline = self._table(runs["real"], cases)
+                    for metric in CLASSIFICATION_METRICS:
+                        result = compare_arms(metric, labels, table, baseline, **options)
+                        result["p_bonferroni"] = bonferroni(result["p"], len(compared)) if compared else None
+                        comparisons.setdefault(f"vs real ({name})", {}).setdefault(arm.name, {})[metric] = result
+            arms[arm.name] = entry
+        test_labels = [int(runs["real"][self.seeds[0]]["cases"][c]["label"]) for c in sets["test"]]
+        results: dict[str, Any] = {
+            "complete": True,
+            "task": "classification",
+            "settings": {
+                "real_count": self.real_count,
+                "positive_fraction": self.positive_fraction,
+                "seeds": self.seeds,
+                "iterations": self.iterations,
+                "batch_size": self.batch_size,
+                "threshold": self.threshold,
+                "resamples": self.resamples,
+                "network": self.network_summary(),
+            },
+            "cases": {
+                "test": sets["test"],
+                "test_positives": int(sum(test_labels)),
+                "shifted": sets.get("shifted", []),
+                "scarce_real": sorted(_ids(self.scarce_cases)),
+                "scarce_real_positives": sum(case_label(c, self.label_key) for c in self.scarce_cases),
+                "training": sorted(_ids(self.train_cases)),
+                "generator": sorted(_ids(self.generator_cases)),
+                "seeding": sorted(_ids(self.seed_cases)),
+                "held_out_from": {role: len(cases) for role, cases in self.held_out_from.items()},
+            },
+            "arms": arms,
+            "comparisons": comparisons,
+            "comparisons_count": len(compared),
+        }
+        if "real_all" in arms and "ceiling" in arms:
+            best, top = arms["real_all"]["metrics"]["auc"]["mean"], arms["ceiling"]["metrics"]["auc"]["mean"]
+            results["sanity"] = {
+                "real_all_auc": best,
+                "ceiling_auc": top,
+                "ratio": best / top if best is not None and top else None,
+            }
+        return results
+
+    def markdown(self, results: Mapping[str, Any]) -> str:
+        """One table per test set: AUC and F1 per arm with intervals, per-seed AUC, and the comparison with real."""
+
+        def interval(summary: Mapping[str, Any] | None) -> str:
+            if summary is None or summary["mean"] is None:
+                return "-"
+            if summary["ci_low"] is None:
+                return f"{summary['mean']:.3f}"
+            return f"{summary['mean']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}]"
+
+        def versus(result: Mapping[str, Any] | None) -> str:
+            if result is None or result["difference"] is None:
+                return "-"
+            text = f"{result['difference']:+.3f}"
+            if result["ci_low"] is not None:
+                text += f" [{result['ci_low']:+.3f}, {result['ci_high']:+.3f}]"
+            return text + (f", p {result['p_bonferroni']:.3g}" if result["p"] is not None else "")
+
+        settings, cases = results["settings"], results["cases"]
+        lines = [
+            f"# {self.title}",
+            "",
+            f"{len(cases['test'])} held-out real test images ({cases['test_positives']} positive; never seen by the "
+            f"generator's training, the guidance references or the pathology patches); {settings['real_count']} real "
+            f"training images ({cases['scarce_real_positives']} positive); seeds {settings['seeds']}; "
+            f"{settings['iterations']} optimiser steps of batch {settings['batch_size']} in every arm; network "
+            f"{settings['network']}.",
+            "AUC and F1 (positive at probability >= "
+            f"{settings['threshold']:g}): means over seeds, 95 % percentile bootstrap interval over test images "
+            f"({settings['resamples']} resamples); vs real: the difference with its paired-bootstrap interval and a "
+            "paired permutation test (each image's predictions swapped between the arms), Bonferroni-corrected for "
+            f"{results['comparisons_count']} comparison(s).",
+        ]
+        sets = [("test", "metrics", "held-out test set")]
+        if cases["shifted"]:
+            sets.append(("shifted", "metrics_shifted", f"shifted test set ({len(cases['shifted'])} images)"))
+        for name, key, heading in sets:
+            rows = [
+                "| arm | real | synthetic | AUC [95 % CI] | F1 [95 % CI] | AUC per seed | AUC vs real | F1 vs real |",
+                "|" + "---|" * 8,
+            ]
+            for arm_name, arm in results["arms"].items():
+                metrics = arm[key]
+                seeds = ", ".join("-" if v is None else f"{v:.3f}" for v in metrics["auc"]["per_seed"])
+                against = results["comparisons"].get(f"vs real ({name})", {}).get(arm_name, {})
+                rows.append(
+                    f"| {arm_name} | {arm['real_cases']} | {arm['synthetic']} | {interval(metrics['auc'])} "
+                    f"| {interval(metrics['f1'])} | {seeds} | {versus(against.get('auc'))} "
+                    f"| {versus(against.get('f1'))} |"
+                )
+            lines += ["", f"## {heading}", "", *rows]
+        if results.get("sanity") and results["sanity"]["ratio"] is not None:
+            s = results["sanity"]
+            lines += [
+                "",
+                f"Harness sanity: real_all AUC {s['real_all_auc']:.3f} / ceiling AUC {s['ceiling_auc']:.3f} = "
+                f"{s['ratio']:.3f} (ceiling: the same network and budget trained on the test images themselves).",
+            ]
+        return "\n".join(lines) + "\n"

@@ -86,6 +86,45 @@ def test_same_seed_same_samples_and_unguided_baseline(trained: Path, tmp_path: P
     assert not np.asarray(nib.load(unguided[0]["label"]).dataobj).any()
 
 
+def utility(root: Path, out: Path, **overrides) -> dict:
+    """The classification utility overlay in quick mode on the tiny trained generator (8 phantoms, 20 test images)."""
+    settings = {
+        **SHARED,
+        "bundle_root": str(root),
+        "output_dir": str(out),
+        "quick": True,
+        "real_count": 4,
+        "positive_fraction": 0.0,  # the 8 tiny phantoms hold one positive, maybe in the validation split
+        "pathology_fraction": 0.5,
+        "test_phantom_cases": 20,
+        **overrides,
+    }
+    return run_workflow(BUNDLE, ("inference", "utility"), None, **settings)[0]
+
+
+def test_utility_classifier_quick_run(trained: Path, tmp_path: Path) -> None:
+    results = utility(trained, tmp_path / "a")
+    assert list(results["arms"]) == ["real", "real+syn4", "real_all", "ceiling"]
+    cases = results["cases"]
+    assert cases["test"][0] == "mammo_008" and cases["test_positives"] == 2 and len(cases["shifted"]) == 20
+    assert not (set(cases["test"]) | set(cases["shifted"])) & (set(cases["generator"]) | set(cases["seeding"]))
+    assert cases["held_out_from"]["pathology_patches"] == 6
+    assert results["arms"]["real+syn4"]["metrics"]["auc"]["mean"] is not None
+    assert "auc" in results["comparisons"]["vs real (shifted)"]["real+syn4"]
+    assert (tmp_path / "a" / "utility_auc.png").is_file() and "## shifted test set" in (
+        tmp_path / "a" / "report.md"
+    ).read_text()
+    records = [json.loads(p.read_text()) for p in (tmp_path / "a" / "synthetic" / "provenance").glob("*.json")]
+    assert len(records) >= 4 and {r["cancer"] for r in records} <= {0, 1}
+
+
+def test_utility_refuses_a_test_set_the_generator_saw(trained: Path, tmp_path: Path) -> None:
+    seen = trained / "data" / "phantoms_mammography"
+    with pytest.raises(Exception) as error:
+        utility(trained, tmp_path, test_dir=str(seen), synthetic_multiples=[])
+    assert re.search(r"ValueError: the test set is not held out: case\(s\) \['mammo_00\d'", error_chain(error.value))
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.bench.utility import utility_targets
+from tools.bench.utility import classification_targets, utility_targets
 
 
 def arm(dice: float) -> dict:
@@ -37,3 +37,26 @@ def test_targets_report_failures() -> None:
     targets = utility_targets(measured, rerun_difference=1e-3, wall_minutes=31.0)
     assert [t["met"] for t in targets] == [False, False, False, True, True, False, False]
     assert targets[-1]["value"] == 1
+
+
+def classification_results(difference: float, positives: int = 5) -> dict:
+    compared = {"difference": difference, "ci_low": difference - 0.1, "ci_high": difference + 0.1, "p_bonferroni": 0.2}
+    return {
+        "comparisons": {"vs real (test)": {"real+syn50": {"auc": compared, "f1": {**compared, "difference": -0.01}}}},
+        "settings": {"seeds": [0, 1, 2], "real_count": 50, "positive_fraction": 0.1},
+        "cases": {
+            "test": ["t0"], "shifted": ["s0"], "generator": ["g0"], "seeding": ["g0"], "training": ["g0"],
+            "scarce_real_positives": positives,
+        },
+    }  # fmt: skip
+
+
+def test_classification_targets_report_the_measured_sign() -> None:
+    targets = classification_targets(classification_results(-0.02), rerun_difference=0.0, wall_minutes=9.0)
+    auc = next(t for t in targets if t["name"].startswith("downstream, held-out test set: AUC of real+syn50"))
+    assert auc["value"] == -0.02 and auc["ci_low"] == pytest.approx(-0.12) and not auc["met"]
+    assert [t["met"] for t in targets] == [False, False, True, True, True, True, True]
+    measured = classification_results(0.05, positives=4)
+    measured["cases"]["shifted"] = ["g0"]
+    targets = classification_targets(measured, rerun_difference=0.0, wall_minutes=9.0)
+    assert [t["met"] for t in targets] == [True, False, False, True, True, False, True]

@@ -9,7 +9,9 @@ unguided, and guided with the respaced fast sampler. Figures (``common.metrics.g
 - lesion read-back Dice inside the placed patch box against the placed mask (target >= 0.6), the same rule on the
   unguided sample at the same box (~0 expected) and on real phantom masses (the ceiling);
 - seam ratio on the patch border (target: near 1, here within [0.5, 1.5]);
-- guidance overhead: sampling time guided / unguided at the same steps, alternating rounds (target <= 1.10);
+- guidance overhead: sampling time guided / unguided at the same steps, alternating rounds (target <= 1.10), in wall
+  time (the first rule) and, added after the first run read 1.15 on this shared machine, in process CPU time and as
+  the time spent inside the guidance call itself (an in-loop timer) over the rest of the guided sampling;
 - fast sampler: network evaluations full / fast (target >= 10) with its PSNR and Dice next to the full sampler's.
 
     python -m tools.bench mammo_guidance                 # writes benchmarks/results/mammo_guidance.{md,json}
@@ -22,10 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 
+from common.inferers.guidance import MultiConditionGuidance
 from common.io import read_nifti
 from common.metrics.guidance import read_back_lesion
 from common.metrics.segmentation import mask_dice
@@ -53,6 +57,31 @@ def _train(root: Path, epochs: int, cases: int) -> float:
     workflow.run()
     workflow.finalize()
     return time.perf_counter() - start
+
+
+class _GuidanceTimer:
+    """Seconds spent inside ``MultiConditionGuidance.__call__`` while active (the in-loop guidance cost)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.call = MultiConditionGuidance.__call__
+
+    def __enter__(self) -> _GuidanceTimer:
+        timer = self
+
+        def timed(guidance: MultiConditionGuidance, *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return timer.call(guidance, *args, **kwargs)
+            finally:
+                timer.seconds += time.perf_counter() - start
+
+        self.patch = mock.patch.object(MultiConditionGuidance, "__call__", timed)
+        self.patch.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.patch.stop()
 
 
 def _sample(root: Path, name: str, references: int, samples: int, **overrides: Any) -> tuple[Path, float]:
@@ -127,14 +156,27 @@ def _mean(summary: dict[str, Any], name: str) -> float:
 
 
 def _overhead(root: Path, rounds: int) -> dict[str, float]:
-    """Sampling seconds of one batch, guided vs unguided, same steps and seeds, alternating rounds (medians)."""
-    times: dict[str, list[float]] = {"guided": [], "unguided": []}
+    """Sampling seconds of one batch, guided vs unguided, same steps and seeds, alternating rounds (medians): wall
+    time, process CPU time, and the seconds inside the guidance call of the guided runs."""
+    times: dict[str, list[float]] = {"guided": [], "unguided": [], "guided_cpu": [], "unguided_cpu": [], "call": []}
     for index in range(rounds):
         for arm, guided in (("guided", True), ("unguided", False)):
-            _, seconds = _sample(root, f"overhead_{arm}_{index}", 1, 4, guided=guided, sample_batch_size=4)
+            cpu = time.process_time()
+            with _GuidanceTimer() as timer:
+                _, seconds = _sample(root, f"overhead_{arm}_{index}", 1, 4, guided=guided, sample_batch_size=4)
             times[arm].append(seconds)
-    medians = {arm: float(np.median(values)) for arm, values in times.items()}
-    return {**medians, "ratio": medians["guided"] / medians["unguided"]}
+            times[f"{arm}_cpu"].append(time.process_time() - cpu)
+            if guided:
+                times["call"].append(timer.seconds / seconds)
+    medians = {arm: float(np.median(values)) for arm, values in times.items() if arm != "call"}
+    call_share = float(np.median(times["call"]))
+    return {
+        **medians,
+        "ratio": medians["guided"] / medians["unguided"],
+        "cpu_ratio": medians["guided_cpu"] / medians["unguided_cpu"],
+        "guidance_call_share": call_share,
+        "in_loop_ratio": 1.0 / (1.0 - call_share),
+    }
 
 
 def bench_mammo_guidance(
@@ -176,6 +218,11 @@ def bench_mammo_guidance(
          "met": bool(0.5 <= seam <= 1.5)},
         {"name": "guidance overhead (guided / unguided sampling time)", "value": overhead["ratio"],
          "target": "<= 1.10", "met": bool(overhead["ratio"] <= 1.10)},
+        {"name": "guidance overhead, process CPU time (guided / unguided; rule added after the first run)",
+         "value": overhead["cpu_ratio"], "target": "<= 1.10", "met": bool(overhead["cpu_ratio"] <= 1.10)},
+        {"name": "guidance overhead, in-loop timer (guided sampling / the same without the guidance call; rule "
+         "added after the first run)", "value": overhead["in_loop_ratio"], "target": "<= 1.10",
+         "met": bool(overhead["in_loop_ratio"] <= 1.10)},
         {"name": "fast sampler: fewer network evaluations (full / fast)", "value": steps / fast_steps,
          "target": ">= 10", "met": bool(steps / fast_steps >= 10)},
         {"name": "fast sampler: low-pass PSNR within 1 dB of the full sampler", "value":
@@ -207,7 +254,9 @@ def bench_mammo_guidance(
         "",
         f"Read-back Dice on the unguided samples at the guided boxes: {unguided_dice['mean']}; on real phantom masses "
         f"(ceiling): {ceiling['mean']}. Guidance overhead: {overhead['guided']:.2f} s guided vs "
-        f"{overhead['unguided']:.2f} s unguided per batch of 4 (median of {rounds} alternating rounds).",
+        f"{overhead['unguided']:.2f} s unguided per batch of 4 (median of {rounds} alternating rounds; process CPU "
+        f"{overhead['guided_cpu']:.2f} s vs {overhead['unguided_cpu']:.2f} s); the guidance call itself takes "
+        f"{100 * overhead['guidance_call_share']:.1f} % of the guided sampling time.",
         "",
         "| target | value | wanted | met |",
         "|---|---|---|---|",

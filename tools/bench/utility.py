@@ -4,6 +4,7 @@ Usage::
 
     python -m tools.bench semantic_mri_utility --ckpt_path bundles/semantic_mri/models/model.pt   # demo weights
     python -m tools.bench semantic_mri_utility --ckpt_path ... --time_limit_minutes 8   # in chunks: rerun to resume
+    python -m tools.bench mammo_guidance_utility --ckpt_path bundles/mammo_guidance/models/model.pt   # classifier
 
 Runs the bundle's utility overlay with its demo overlay (``inference.yaml`` + ``utility.yaml`` + ``demo.yaml``) in
 ``--output_dir`` (default ``bundles/<b>/utility``, git-ignored; a rerun resumes from its ``runs/``), then checks that
@@ -18,6 +19,7 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,13 @@ from common.checkpoint import file_hash
 from common.io import atomic_write_text
 from tools.bench.harness import REPO_ROOT, RESULTS_DIR, bundle_workflow, config_files
 
-__all__ = ["bench_latent_ct_utility", "bench_semantic_mri_utility", "utility_targets"]
+__all__ = [
+    "bench_latent_ct_utility",
+    "bench_mammo_guidance_utility",
+    "bench_semantic_mri_utility",
+    "classification_targets",
+    "utility_targets",
+]
 
 
 def utility_targets(results: dict[str, Any], rerun_difference: float, wall_minutes: float) -> list[dict[str, Any]]:
@@ -79,6 +87,60 @@ def utility_targets(results: dict[str, Any], rerun_difference: float, wall_minut
     return targets
 
 
+def classification_targets(
+    results: dict[str, Any], rerun_difference: float, wall_minutes: float
+) -> list[dict[str, Any]]:
+    """Issue 15's downstream target from the measured figures: AUC (and F1) of real + synthetic minus real-only, with
+    its 95 % interval and permutation p, the sign reported as measured (the paper: +0.083 AUC at +2,500); the same on
+    the shifted test set; then the experiment's own checks (seeds, determinism, held-out test set, 10 % positives)."""
+    targets = []
+    for test_set in ("test", "shifted"):
+        for arm, figures in results["comparisons"].get(f"vs real ({test_set})", {}).items():
+            for metric in ("auc", "f1"):
+                found = figures[metric]
+                where = "held-out test set" if test_set == "test" else "shifted test set (mini-DDSM stand-in)"
+                targets.append(
+                    {
+                        "name": f"downstream, {where}: {metric.upper()} of {arm} minus real-only (sign as measured; "
+                        "paper: AUC +0.083, F1 +0.067 at +2,500)",
+                        "value": found["difference"],
+                        "ci_low": found["ci_low"],
+                        "ci_high": found["ci_high"],
+                        "p_bonferroni": found["p_bonferroni"],
+                        "target": "> 0",
+                        "met": found["difference"] is not None and found["difference"] > 0,
+                    }
+                )
+    cases = results["cases"]
+    seen = set(cases["generator"]) | set(cases["seeding"]) | set(cases["training"])
+    overlap = (set(cases["test"]) | set(cases["shifted"])) & seen
+    share = cases["scarce_real_positives"] / results["settings"]["real_count"]
+    targets += [
+        {"name": "share of positives in the real training set", "value": share,
+         "target": f"== {results['settings']['positive_fraction']}",
+         "met": abs(share - results["settings"]["positive_fraction"]) < 1e-9},
+        {"name": "training seeds per arm", "value": len(results["settings"]["seeds"]), "target": ">= 3",
+         "met": len(results["settings"]["seeds"]) >= 3},
+        {"name": "same seed, same numbers: largest test probability difference of a run trained again",
+         "value": rerun_difference, "target": "== 0", "met": rerun_difference == 0.0},
+        {"name": "test images shared with the generator's, the references' or the classifier's training images",
+         "value": len(overlap), "target": "== 0", "met": not overlap},
+        {"name": "whole utility run, wall minutes on this machine (sampling + every arm and seed)",
+         "value": wall_minutes, "target": "<= 30", "met": wall_minutes <= 30},
+    ]  # fmt: skip
+    return targets
+
+
+def _rerun_probability_difference(workflow: Any, results: dict[str, Any]) -> float:
+    """Train the first seed's 'real' arm again and compare its test probabilities with the cached run."""
+    utility = workflow.parser.get_parsed_content("utility")
+    seed = results["settings"]["seeds"][0]
+    network = utility.train(utility.real_items(utility.scarce_cases), False, seed)
+    again = utility.score(network, utility.real_items(utility.test_cases))
+    cached = json.loads(utility.run_path(utility.arms[0], seed).read_text())["cases"]
+    return max(abs(again[c]["probability"] - cached[c]["probability"]) for c in again)
+
+
 def _rerun_difference(workflow: Any, results: dict[str, Any]) -> float:
     """Train the first seed's 'real' arm again and compare its per-case Dice with the cached run."""
     utility = workflow.parser.get_parsed_content("utility")
@@ -98,6 +160,10 @@ def _bench_utility(
     time_limit_minutes: float | None,
     command: str,
     generator: str,
+    targets_of: Callable[[dict[str, Any], float, float], list[dict[str, Any]]] = utility_targets,
+    rerun_of: Callable[[Any, dict[str, Any]], float] = _rerun_difference,
+    plot_metric: str = "dice",
+    issue: int = 14,
     **overrides: Any,
 ) -> tuple[str, dict[str, Any]]:
     if ckpt_path is not None:
@@ -126,11 +192,11 @@ def _bench_utility(
             f"{results['runs_done']} of {results['runs_total']} runs done in '{out}': run the same command again "
             "to resume (nothing written to benchmarks/results yet)"
         )
-    rerun = _rerun_difference(workflow, results)
+    rerun = rerun_of(workflow, results)
     wall_minutes = sum(chunks) / 60.0
-    targets = utility_targets(results, rerun, wall_minutes)
+    targets = targets_of(results, rerun, wall_minutes)
     report = (out / "report.md").read_text().split("\n", 2)[2]
-    shutil.copyfile(out / "utility_dice.png", RESULTS_DIR / f"{bundle}_utility.png")
+    shutil.copyfile(out / f"utility_{plot_metric}.png", RESULTS_DIR / f"{bundle}_utility.png")
     lines = [
         f"# {bundle}: does the synthetic data help? (downstream utility, demo phantoms, CPU)",
         "",
@@ -138,11 +204,12 @@ def _bench_utility(
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}; {len(chunks)} call(s), {wall_minutes:.1f} wall minutes in all.  ",
         f"Generator: {generator}" + (f" (sha256 {file_hash(ckpt_path)[:16]}...).  " if ckpt_path else ".  "),
-        f"Plot: `{bundle}_utility.png` (Dice per arm, 95 % CI whiskers, the arms left to right as below).",
+        f"Plot: `{bundle}_utility.png` ({plot_metric.upper() if plot_metric == 'auc' else plot_metric.title()} per "
+        "arm, 95 % CI whiskers, the arms left to right as below).",
         "",
         report.strip(),
         "",
-        "## Targets (issue 14)",
+        f"## Targets (issue {issue})",
         "",
         *(
             f"- {t['name']}: {t['value'] if not isinstance(t['value'], float) else round(t['value'], 4)} "
@@ -150,7 +217,8 @@ def _bench_utility(
             for t in targets
         ),
     ]
-    raw = {"results": results, "rerun_max_dice_difference": rerun, "wall_seconds": chunks, "targets": targets}
+    rerun_name = "rerun_max_probability_difference" if plot_metric == "auc" else "rerun_max_dice_difference"
+    raw = {"results": results, rerun_name: rerun, "wall_seconds": chunks, "targets": targets}
     return "\n".join(lines) + "\n", raw
 
 
@@ -186,5 +254,27 @@ def bench_latent_ct_utility(
         "python -m tools.bench latent_ct_utility"
         + (f" --time_limit_minutes {time_limit_minutes:g}" if time_limit_minutes else ""),
         "none (this bundle's sampler writes CT without masks: no synthetic arms)",
+        **overrides,
+    )
+
+
+def bench_mammo_guidance_utility(
+    ckpt_path: str, output_dir: str | None = None, time_limit_minutes: float | None = None, **overrides: Any
+) -> tuple[str, dict[str, Any]]:
+    """mammo_guidance's downstream experiment (paper 003: a cancer classifier on real vs real + k synthetic images)
+    on the 64 x 64 demo phantoms with the demo generator ``ckpt_path``; returns (markdown, raw numbers)."""
+    return _bench_utility(
+        "mammo_guidance",
+        ("inference", "utility", "demo"),
+        ckpt_path,
+        output_dir,
+        time_limit_minutes,
+        "python -m tools.bench mammo_guidance_utility --ckpt_path <demo model.pt>"
+        + (f" --time_limit_minutes {time_limit_minutes:g} (repeated until done)" if time_limit_minutes else ""),
+        "the demo overlay's weights (configs/train.yaml + configs/demo.yaml, 110 epochs, EMA)",
+        targets_of=classification_targets,
+        rerun_of=_rerun_probability_difference,
+        plot_metric="auc",
+        issue=15,
         **overrides,
     )

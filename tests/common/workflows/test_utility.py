@@ -102,6 +102,8 @@ def test_check_held_out_names_the_shared_cases() -> None:
         check_held_out(cases("te", 2), seeding_cases=renamed)
     with pytest.raises(ValueError, match="config key 'test_cases'"):
         check_held_out([], seeding_cases=renamed)
+    tagged = [{**case, "view": "CC", "lesion": "none"} for case in cases("te", 2)]
+    check_held_out(tagged, generator_training_cases=[{**case, "view": "CC"} for case in cases("tr", 2)])  # metadata
 
 
 def test_experiment_refuses_a_test_case_the_generator_saw(tmp_path: Path) -> None:
