@@ -32,9 +32,8 @@ from ignite.engine import Events
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.data.phantoms.kinds import write_phantom_dataset
-from common.metrics.read_back import WHOLE_HEAD_TUMOUR_THRESHOLD, segment_enhancing_lesion
-from common.metrics.segmentation import mask_dice
 from tools.bench.harness import bundle_workflow, config_files, markdown_table
+from tools.bench.semantic_mri import _tumour_dice
 
 __all__ = ["RECIPES", "bench_semantic_mri_time_to_quality", "training_step_flops"]
 
@@ -87,15 +86,7 @@ class _Scorer:
         with torch.no_grad():
             images = inferer.sample(noise, self.network, scheduler, conditioning=self.condition[:n], verbose=False)
         seconds = time.perf_counter() - start
-        scores = np.array(
-            [
-                [
-                    mask_dice(segment_enhancing_lesion(images[i, 0], WHOLE_HEAD_TUMOUR_THRESHOLD, largest=lg), tumour)
-                    for lg in (True, False)
-                ]
-                for i, tumour in enumerate(self.tumour[:n])
-            ]
-        )
+        scores = np.array([_tumour_dice(images[i, 0], tumour) for i, tumour in enumerate(self.tumour[:n])])
         return {
             "sampler": f"{sampler} {steps} steps",
             "dice": float(scores[:, 0].mean()),
