@@ -16,6 +16,7 @@ from tools.bench.latent_ct_intensity import bench_latent_ct_intensity
 from tools.bench.mammo_guidance import bench_mammo_guidance
 from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feedback
 from tools.bench.paired_petct_choices import bench_paired_petct_choices
+from tools.bench.paired_petct_ttq import bench_paired_petct_time_to_quality
 from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
 from tools.bench.semantic_mri_ttq import bench_semantic_mri_time_to_quality
 from tools.bench.serving import bench_serving
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "paired_petct": bench_paired_petct,
     "paired_petct_feedback": bench_paired_petct_feedback,
     "paired_petct_choices": bench_paired_petct_choices,
+    "paired_petct_ttq": bench_paired_petct_time_to_quality,
     "latent_ct": bench_latent_ct,
     "latent_ct_intensity": bench_latent_ct_intensity,
     "latent_ct_utility": bench_latent_ct_utility,
