@@ -352,7 +352,7 @@ def bench_latent_ct_time_to_quality(
 
     Args:
         seeds: training seeds of every recipe (the seed also draws the bundle's train / held-out split). The default
-            is what the committed result ran (one seed, about 5 minutes on 2 CPU cores); issue 13 asked for ``"[0, 1]"``.
+            is what the committed result ran (one seed, 5 minutes on 2 CPU cores); issue 13 asked for ``"[0, 1]"``.
         psnr_target: held-out reconstruction PSNR (dB) that ends stage 1; ``every_ae``: epochs between its snapshots;
             ``max_epochs_ae``: where stage 1 stops without it; ``max_minutes_ae``: also stop at the first snapshot
             after this many training minutes (the exploration's budget; None: no time limit).
