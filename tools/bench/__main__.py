@@ -13,6 +13,7 @@ from common.io import atomic_write_text
 from tools.bench.harness import RESULTS_DIR
 from tools.bench.latent_ct import bench_latent_ct
 from tools.bench.latent_ct_intensity import bench_latent_ct_intensity
+from tools.bench.latent_ct_ttq import bench_latent_ct_time_to_quality
 from tools.bench.mammo_guidance import bench_mammo_guidance
 from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feedback
 from tools.bench.paired_petct_choices import bench_paired_petct_choices
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "paired_petct_ttq": bench_paired_petct_time_to_quality,
     "latent_ct": bench_latent_ct,
     "latent_ct_intensity": bench_latent_ct_intensity,
+    "latent_ct_ttq": bench_latent_ct_time_to_quality,
     "latent_ct_utility": bench_latent_ct_utility,
     "mammo_guidance": bench_mammo_guidance,
     "mammo_guidance_utility": bench_mammo_guidance_utility,
