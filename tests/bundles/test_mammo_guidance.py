@@ -325,7 +325,7 @@ def test_lung_ct_overlay_trains_samples_and_evaluates(tmp_path: Path) -> None:
     make_workflow(BUNDLE, ("train", "lung_ct"), "train", bundle_root=str(root), **{**TRAIN, "max_epochs": 1}).run()
     data = root / "data" / "phantoms_thorax_slices"
     assert json.loads((data / "dataset.json").read_text())["numTraining"] == 8
-    assert (root / "models" / "model.pt").is_file()
+    assert (root / "models" / "lung_ct" / "model.pt").is_file() and not (root / "models" / "model.pt").exists()
     settings = {**SHARED, "bundle_root": str(root), "num_references": 2, "num_samples": 1}
     out = tmp_path / "samples"
     written = run_workflow(BUNDLE, ("inference", "lung_ct"), None, output_dir=str(out), **settings)[0]
