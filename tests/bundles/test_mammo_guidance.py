@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_helpers import config_parser, error_chain, make_workflow, run_workflow
+import torch
+from bundle_helpers import (
+    assert_same_samples,
+    check_release_samples,
+    cli_args,
+    config_parser,
+    error_chain,
+    load_plain_weights,
+    make_workflow,
+    run_released,
+    run_torchrun,
+    run_workflow,
+)
+from ignite.engine import Events
 
 from common.io import atomic_write_nifti
 
@@ -188,3 +203,142 @@ def test_base_configs_hold_the_papers_settings() -> None:
     assert config_parser(BUNDLE, ("train",))["loss"]["_target_"] == "torch.nn.MSELoss"  # Eq. 1
     lung = config_parser(BUNDLE, ("inference", "lung_ct"))
     assert lung["phantom_kind"] == "thorax_ct_slices" and lung["breast_labels"] == [1]
+
+
+def _model(settings: dict) -> dict:
+    """The network overrides of ``settings`` (what inference.yaml needs to build the tiny denoiser)."""
+    return {k: v for k, v in settings.items() if k.startswith("network_def#")}
+
+
+def _train_cases(root: Path) -> int:
+    parser = config_parser(BUNDLE, ("train",), bundle_root=str(root), **SHARED)
+    return len(parser.get_parsed_content("datalist")["train"])
+
+
+@pytest.mark.slow  # resume: semantic_mri's interrupted run is the default suite's representative
+def test_resume_continues_from_the_newest_checkpoint(trained: Path, tmp_path: Path) -> None:
+    """Given the checkpoints of epochs 1 and 2 and resume=true, a run to 3 epochs restores epoch 2's network, EMA,
+    optimiser and engine state and trains epoch 3 only."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data").symlink_to(trained / "data", target_is_directory=True)
+    for epoch in (1, 2):
+        name = f"checkpoint_epoch={epoch}.pt"
+        shutil.copy2(trained / "models" / name, tmp_path / "models" / name)
+    newest = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    workflow = make_workflow(
+        BUNDLE, ("train",), "train", bundle_root=str(tmp_path), **{**TRAIN, "max_epochs": 3, "resume": True}
+    )
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    network = workflow.parser.get_parsed_content("network")
+    ema = workflow.parser.get_parsed_content("ema").ema_model
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    started = {}
+
+    def record(engine) -> None:
+        if started:
+            return
+        started.update(
+            iteration=engine.state.iteration,
+            weights={k: v.clone() for k, v in network.state_dict().items()},
+            ema={k: v.clone() for k, v in ema.state_dict().items()},
+            steps=[float(s["step"]) for s in optimizer.state_dict()["state"].values()],
+        )
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, record)  # the first epoch this run starts
+    workflow.run()
+    length = trainer.state.epoch_length
+    assert started["iteration"] == 2 * length  # the first epoch run is the third: continued, not restarted
+    assert all(torch.equal(started["weights"][k], v) for k, v in newest["network"].items())
+    assert all(torch.equal(started["ema"][k], v) for k, v in newest["ema"].items())
+    assert started["steps"] and set(started["steps"]) == {2.0 * length}  # AdamW's step count came with it
+    final = torch.load(tmp_path / "models" / "checkpoint_epoch=3.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 3 * length
+    assert not all(torch.equal(final["network"][k], v) for k, v in newest["network"].items())  # it trained on
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(v, final["ema"][k]) for k, v in model.items())
+
+
+@pytest.mark.slow  # multi-process torchrun: semantic_mri's two-process training is the default suite's one
+def test_torchrun_two_processes_on_cpu(trained: Path, tmp_path: Path) -> None:
+    """multi_gpu_train.yaml: DDP with gloo on 2 CPU processes, DistributedSampler, rank-0 checkpoints of unwrapped
+    weights; multi_gpu_inference.yaml: the batches dealt to 2 processes write every sample of one process once."""
+    (tmp_path / "data").symlink_to(trained / "data", target_is_directory=True)
+    overrides = {**TRAIN, "max_epochs": 1, "save_interval": 0, "batch_size": 2}
+    args = ["--bundle_root", str(tmp_path), *cli_args(overrides)]
+    result = run_torchrun(BUNDLE, ("train", "multi_gpu_train"), args, 29581)
+    assert result.returncode == 0, result.stderr[-3000:]
+    content = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in content["network"])  # unwrapped
+    per_rank = math.ceil(_train_cases(trained) / 2)  # DistributedSampler pads to an even split
+    assert content["trainer"]["iteration"] == content["trainer"]["epoch_length"] == math.ceil(per_rank / 2)
+    load_plain_weights(tmp_path / "models" / "model.pt", BUNDLE, ("inference",), **_model(SHARED))
+
+    sampling = {"num_references": 2, "num_samples": 3, "sample_batch_size": 2, "seed": 5}
+    one = infer(trained, tmp_path / "one", **sampling)
+    args = ["--bundle_root", str(trained), "--output_dir", str(tmp_path / "two"), *cli_args({**SHARED, **sampling})]
+    result = run_torchrun(BUNDLE, ("inference", "multi_gpu_inference"), args, 29583)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "rank 0/2: 2 of 4 pending batch(es)" in log and "rank 1/2: 2 of 4 pending batch(es)" in log
+    assert_same_samples(tmp_path / "one", tmp_path / "two", count=12)  # 6 images + 6 lesion masks, bit for bit
+    records = sorted(p.name for p in (tmp_path / "two" / "provenance").glob("*.json"))
+    assert records == sorted(Path(e["provenance"]).name for e in one)
+    for name in records:
+        one_record, two_record = (tmp_path / run / "provenance" / name for run in ("one", "two"))
+        assert one_record.read_text() == two_record.read_text()
+    listed = json.loads((tmp_path / "two" / "dataset.json").read_text())["training"]
+    assert sorted(e["case_id"] for e in listed) == sorted(e["case_id"] for e in one)  # each sample exactly once
+    assert len({e["case_id"] for e in listed}) == 6
+
+
+@pytest.mark.slow  # whole release runs: semantic_mri's run inside its own folder is the default suite's one
+def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path) -> None:
+    """The release zip, unpacked elsewhere, samples on the tiny checkpoint with only its listed packages; renamed, the
+    copy trains and samples again with bundle_root its own folder (from another folder, absolute config path)."""
+    args = ["--num_references", "1", "--num_samples", "1", "--seed", "0"]
+    folder = check_release_samples(BUNDLE, trained, tmp_path, SHARED, args)
+    written = sorted((folder / "samples" / "imagesTr").glob("*.nii.gz"))
+    assert len(written) == 1 and nib.load(written[0]).shape == (32, 32)
+    assert (folder / "data" / "phantoms_mammography" / "dataset.json").is_file()  # references written in the copy
+
+    renamed = tmp_path / "elsewhere" / "my_guidance"
+    renamed.parent.mkdir()
+    folder.rename(renamed)
+    shutil.rmtree(renamed / "samples")
+    overrides = [arg for key, value in {**TRAIN, "max_epochs": 1}.items() for arg in (f"--{key}", repr(value))]
+    run_released(renamed, "train.yaml", overrides, False, tmp_path / "train_modules.json")
+    assert (renamed / "models" / "checkpoint_epoch=1.pt").is_file()
+    assert any((renamed / "runs").iterdir())  # TensorBoard logs inside the copy
+    settings = [arg for key, value in SHARED.items() for arg in (f"--{key}", repr(value))]
+    run_released(renamed, "inference.yaml", [*settings, *args], False, tmp_path / "infer_modules.json")
+    provenance = [json.loads(p.read_text()) for p in (renamed / "samples" / "provenance").glob("*.json")]
+    assert len(provenance) == 1
+    assert Path(provenance[0]["anatomy_reference"]).resolve().is_relative_to(renamed.resolve())
+    assert not folder.exists()  # nothing recreated the unpacked name
+
+
+@pytest.mark.slow  # a second training run (thorax slices) on top of the mammography one
+def test_lung_ct_overlay_trains_samples_and_evaluates(tmp_path: Path) -> None:
+    """train.yaml + lung_ct.yaml on the thorax slice phantoms, then guided samples with their lesion masks inside the
+    lungs and provenance records, then the evaluation report, all through the overlay."""
+    root = tmp_path / "bundle"
+    make_workflow(BUNDLE, ("train", "lung_ct"), "train", bundle_root=str(root), **{**TRAIN, "max_epochs": 1}).run()
+    data = root / "data" / "phantoms_thorax_slices"
+    assert json.loads((data / "dataset.json").read_text())["numTraining"] == 8
+    assert (root / "models" / "lung_ct" / "model.pt").is_file() and not (root / "models" / "model.pt").exists()
+    settings = {**SHARED, "bundle_root": str(root), "num_references": 2, "num_samples": 1}
+    out = tmp_path / "samples"
+    written = run_workflow(BUNDLE, ("inference", "lung_ct"), None, output_dir=str(out), **settings)[0]
+    assert len(written) == 2
+    for entry in written:
+        assert nib.load(entry["image"]).shape == (32, 32)
+        record = json.loads(Path(entry["provenance"]).read_text())
+        assert record["cancer"] == 1 and Path(record["anatomy_reference"]).is_relative_to(data)
+        mask = np.asarray(nib.load(entry["label"]).dataobj) > 0
+        lungs = np.asarray(nib.load(record["anatomy_reference_label"]).dataobj) == 1
+        assert mask.any() and lungs[mask].all()  # the tumour patch lies inside the lungs
+    evaluation = {"bundle_root": str(root), "sample_dir": str(out), "anatomy_factor": 4, "read_sigma": 3.0}
+    results = run_workflow(BUNDLE, ("evaluate", "lung_ct"), None, output_dir=str(tmp_path / "eval"), **evaluation)[0]
+    assert results["samples"] == 2 and results["summary"]["low_pass_psnr"]["n"] == 2
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["samples"] == 2 and (tmp_path / "eval" / "report.md").is_file()
