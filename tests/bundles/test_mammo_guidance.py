@@ -280,7 +280,9 @@ def test_torchrun_two_processes_on_cpu(trained: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "rank 0/2: 2 of 4 pending batch(es)" in log and "rank 1/2: 2 of 4 pending batch(es)" in log
-    assert_same_samples(tmp_path / "one", tmp_path / "two", count=12)  # 6 images + 6 lesion masks, bit for bit
+    # 6 images + 6 lesion masks; one process and two round some float sums differently in the last bit (6e-8
+    # measured on the images), so the images agree to 1e-6 rather than bit for bit
+    assert_same_samples(tmp_path / "one", tmp_path / "two", count=12, atol=1e-6)
     records = sorted(p.name for p in (tmp_path / "two" / "provenance").glob("*.json"))
     assert records == sorted(Path(e["provenance"]).name for e in one)
     for name in records:
@@ -317,7 +319,6 @@ def test_release_samples_from_its_own_folder(trained: Path, tmp_path: Path) -> N
     assert not folder.exists()  # nothing recreated the unpacked name
 
 
-@pytest.mark.slow  # a second training run (thorax slices) on top of the mammography one
 def test_lung_ct_overlay_trains_samples_and_evaluates(tmp_path: Path) -> None:
     """train.yaml + lung_ct.yaml on the thorax slice phantoms, then guided samples with their lesion masks inside the
     lungs and provenance records, then the evaluation report, all through the overlay."""
