@@ -284,7 +284,9 @@ def _run_recipe(
         "save_interval": 0,
         **overrides,
     }
-    run: dict[str, Any] = {"recipe": name, "overrides": overrides, "seed": seed}
+    # recorded without this machine's temporary folder (the results are committed)
+    recorded = {**overrides, "phantom_dir": f"<workdir>/{Path(overrides['phantom_dir']).relative_to(work)}"}
+    run: dict[str, Any] = {"recipe": name, "overrides": recorded, "seed": seed}
     run["autoencoder"], (weights, parser) = _stage1(root, overrides, options, f"{name}, seed {seed}, autoencoder")
     held_out, training = _real_hu(parser, "validate#dataset"), _real_hu(parser, "train#dataset")
     window = parser.get_parsed_content("hu_window")
