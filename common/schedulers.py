@@ -33,11 +33,19 @@ about the same ``alpha_bar`` curve as DDPM's T = 1000.
 Step counts for a given quality depend on the model and data: compare a fast sampler's samples with
 ``RespacedDDPMScheduler`` at n = T before relying on it.
 
-Timestep spacing (all three samplers): for T training steps and n sampling steps (1 <= n <= T) the kept timesteps are
-``t_i = floor((T - 1) * (n - 1 - i) / (n - 1) + 1/2)`` for ``i = 0, ..., n - 1`` (``[T - 1]`` when n = 1): evenly
-spaced, descending, unique, from ``T - 1`` down to ``0``, computed in exact integer arithmetic (ties round up). The
-step at ``t_i`` moves to ``t_{i+1}``; the step at the last kept timestep moves to the clean data (``alpha_bar = 1``)
-and returns the x0 estimate.
+Timestep spacing (every sampler, ``timestep_spacing``): for T training steps and n sampling steps (1 <= n <= T) the
+kept timesteps are, for ``i = 0, ..., n - 1`` (``[T - 1]`` when n = 1), descending and unique from ``T - 1`` down to
+``0``:
+
+- ``"even"`` (default; improved-DDPM respacing): ``t_i = floor((T - 1) * (n - 1 - i) / (n - 1) + 1/2)``, evenly spaced,
+  computed in exact integer arithmetic (ties round up);
+- ``"quadratic"`` (the quadratic selection of DDIM, Song et al. 2021, Sec. 5 / App. D.2, here spanning all of
+  ``[0, T - 1]``): ``t_i = round((T - 1) * ((n - 1 - i) / (n - 1))^2)``, then raised where needed so that every
+  ``t_i`` is at least ``t_{i+1} + 1``: dense steps near the data, where a few-step sampler otherwise ends on one
+  long jump (e.g. T = 4000, n = 50: the last kept steps are 27, 15, 7, 2, 0 instead of 245, 163, 82, 0).
+
+The step at ``t_i`` moves to ``t_{i+1}``; the step at the last kept timestep moves to the clean data
+(``alpha_bar = 1``) and returns the x0 estimate.
 
 The ``alpha_bar`` table is recomputed in float64 as ``cumprod(1 - betas)`` from the schedule's betas; every
 coefficient is computed from it in float64 and applied as a Python float, so the sample's dtype and device decide the
@@ -63,6 +71,7 @@ __all__ = [
     "FixedVarianceType",
     "SchedulerStepOutput",
     "respaced_timesteps",
+    "TimestepSpacing",
     "RespacedSampler",
     "RespacedDDPMScheduler",
     "DDIMClippedScheduler",
@@ -127,16 +136,30 @@ def _check_choice(name: str, value: str, allowed: type[StrEnum]) -> None:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
-def respaced_timesteps(num_train_timesteps: int, num_inference_steps: int) -> torch.Tensor:
-    """Evenly spaced descending timesteps from ``T - 1`` down to ``0`` (the module docstring gives the rule).
+class TimestepSpacing(StrEnum):
+    """How ``set_timesteps(n)`` picks its n timesteps among the T training steps (module docstring)."""
+
+    EVEN = "even"
+    QUADRATIC = "quadratic"
+
+
+def respaced_timesteps(
+    num_train_timesteps: int, num_inference_steps: int, spacing: str = TimestepSpacing.EVEN
+) -> torch.Tensor:
+    """Descending timesteps from ``T - 1`` down to ``0`` with the given spacing (the module docstring gives the rules).
 
     Args:
         num_train_timesteps: T, the number of training timesteps.
         num_inference_steps: n, the number of kept timesteps, 1 <= n <= T.
+        spacing: a ``TimestepSpacing``, "even" (default) or "quadratic".
 
     Returns:
-        LongTensor of shape (n,): ``t_i = floor((T - 1) * (n - 1 - i) / (n - 1) + 1/2)``, or ``[T - 1]`` for n = 1.
+        LongTensor of shape (n,), strictly decreasing, first ``T - 1``, last ``0`` (``[T - 1]`` for n = 1).
+
+    Raises:
+        ValueError: n outside [1, T], or an unknown ``spacing`` (named as the config key ``timestep_spacing``).
     """
+    _check_choice("timestep_spacing", spacing, TimestepSpacing)
     if not 1 <= num_inference_steps <= num_train_timesteps:
         raise ValueError(
             f"`num_inference_steps` must be in [1, num_train_timesteps={num_train_timesteps}], "
@@ -146,7 +169,13 @@ def respaced_timesteps(num_train_timesteps: int, num_inference_steps: int) -> to
         return torch.tensor([num_train_timesteps - 1], dtype=torch.long)
     intervals = num_inference_steps - 1
     remaining = torch.arange(intervals, -1, -1, dtype=torch.long)
-    return (2 * (num_train_timesteps - 1) * remaining + intervals) // (2 * intervals)
+    if spacing == TimestepSpacing.EVEN:
+        return (2 * (num_train_timesteps - 1) * remaining + intervals) // (2 * intervals)
+    fraction = remaining.to(torch.float64) / intervals
+    timesteps = torch.round((num_train_timesteps - 1) * fraction**2).long()
+    for i in range(intervals - 1, -1, -1):  # from the data end: keep every kept step above the next one
+        timesteps[i] = max(int(timesteps[i]), int(timesteps[i + 1]) + 1)
+    return timesteps
 
 
 class RespacedSampler(Scheduler):
@@ -169,11 +198,14 @@ class RespacedSampler(Scheduler):
         clip_sample_max: upper clipping bound, greater than ``clip_sample_min``. Default 1.
         learned_variance: the model output has 2C channels (the prediction, then C variance channels); ``step`` uses
             the first C. Default False (C channels).
+        timestep_spacing: a ``TimestepSpacing``, how ``set_timesteps(n)`` picks its timesteps: "even" (default)
+            or "quadratic" (module docstring).
         schedule_args: keyword arguments of the schedule function (e.g. ``beta_start``, ``beta_end``, ``s``).
 
     Raises:
-        ValueError: unknown ``prediction_type``; ``clip_sample_min >= clip_sample_max`` while clipping; a schedule
-            whose betas are not all in (0, 1), i.e. whose ``alpha_bar`` is not strictly decreasing in (0, 1).
+        ValueError: unknown ``prediction_type`` or ``timestep_spacing``; ``clip_sample_min >= clip_sample_max`` while
+            clipping; a schedule whose betas are not all in (0, 1), i.e. whose ``alpha_bar`` is not strictly
+            decreasing in (0, 1).
     """
 
     def __init__(
@@ -185,10 +217,13 @@ class RespacedSampler(Scheduler):
         clip_sample_min: float = -1.0,
         clip_sample_max: float = 1.0,
         learned_variance: bool = False,
+        timestep_spacing: str = TimestepSpacing.EVEN,
         **schedule_args,
     ) -> None:
         super().__init__(num_train_timesteps, schedule, **schedule_args)
         self.learned_variance = bool(learned_variance)
+        _check_choice("timestep_spacing", timestep_spacing, TimestepSpacing)
+        self.timestep_spacing = str(timestep_spacing)
         _check_choice("prediction_type", prediction_type, DDPMPredictionType)
         if clip_sample and clip_sample_min >= clip_sample_max:
             raise ValueError(
@@ -202,13 +237,13 @@ class RespacedSampler(Scheduler):
         self.set_timesteps(num_train_timesteps)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Keep ``num_inference_steps`` evenly spaced timesteps and recompute the respaced tables.
+        """Keep ``num_inference_steps`` timesteps (``timestep_spacing``) and recompute the respaced tables.
 
         Args:
             num_inference_steps: n, 1 <= n <= ``num_train_timesteps``.
             device: device of ``timesteps``; the float64 tables stay on the CPU.
         """
-        timesteps = respaced_timesteps(self.num_train_timesteps, num_inference_steps)
+        timesteps = respaced_timesteps(self.num_train_timesteps, num_inference_steps, self.timestep_spacing)
         self.num_inference_steps = num_inference_steps
         self.timesteps = timesteps.to(device)
         self.respaced_alphas_cumprod = self.train_alphas_cumprod[timesteps]

@@ -228,6 +228,43 @@ def test_timestep_spacing_golden_values(num_train_timesteps, num_steps, expected
     assert respaced_timesteps(num_train_timesteps, num_steps).tolist() == expected
 
 
+@pytest.mark.parametrize(
+    "num_train_timesteps, num_steps",
+    [(1, 1), (10, 1), (10, 2), (10, 4), (10, 9), (10, 10), (250, 25), (1000, 999), (1000, 1000), (4000, 50)],
+)
+def test_quadratic_spacing_keeps_both_ends_and_grows_towards_the_noise(num_train_timesteps, num_steps):
+    timesteps = respaced_timesteps(num_train_timesteps, num_steps, "quadratic")
+    assert timesteps.dtype == torch.long and len(timesteps) == num_steps
+    assert timesteps[0] == num_train_timesteps - 1 and (timesteps.diff() < 0).all()
+    if num_steps > 1:
+        assert timesteps[-1] == 0
+    if num_steps > 2 and num_steps < num_train_timesteps // 4:
+        gaps = -timesteps.diff()
+        assert gaps[-1] < gaps[0]  # dense near the data, sparse near the noise
+
+
+@pytest.mark.parametrize(
+    "num_train_timesteps, num_steps, expected",
+    [(10, 4, [9, 4, 1, 0]), (100, 3, [99, 25, 0]), (10, 10, list(range(9, -1, -1))), (5, 4, [4, 2, 1, 0])],
+)
+def test_quadratic_spacing_golden_values(num_train_timesteps, num_steps, expected):
+    # (T - 1) * (k / (n - 1))^2 rounded: T = 10, n = 4 -> 9, 4, 1, 0; T = 5, n = 4 -> 4, 1.78, 0.44, 0 -> 4, 2, 0, 0,
+    # raised to stay above the next kept step -> 4, 2, 1, 0
+    assert respaced_timesteps(num_train_timesteps, num_steps, "quadratic").tolist() == expected
+    assert respaced_timesteps(4000, 50, "quadratic")[-5:].tolist() == [27, 15, 7, 2, 0]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_samplers_take_the_quadratic_spacing(name):
+    sampler = SAMPLERS[name](NUM_TRAIN_TIMESTEPS, timestep_spacing="quadratic")
+    sampler.set_timesteps(20)
+    expected = respaced_timesteps(NUM_TRAIN_TIMESTEPS, 20, "quadratic")
+    assert sampler.timesteps.tolist() == expected.tolist()
+    torch.testing.assert_close(sampler.respaced_alphas_cumprod, sampler.train_alphas_cumprod[expected])
+    sample = _sample_with_random_model(sampler, 20, seed=0)
+    assert torch.isfinite(sample).all()
+
+
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_set_timesteps_puts_timesteps_on_the_device(name):
     sampler = SAMPLERS[name](NUM_TRAIN_TIMESTEPS)
@@ -248,6 +285,8 @@ VALIDATION_CASES = [
     ("eta", lambda: DDIMClippedScheduler(eta=1.5)),
     ("eta", lambda: DDIMClippedScheduler(eta=-0.1)),
     ("solver_order", lambda: DPMSolverMultistepScheduler(solver_order=3)),
+    ("timestep_spacing", lambda: RespacedDDPMScheduler(timestep_spacing="cubic")),
+    ("timestep_spacing", lambda: respaced_timesteps(100, 10, "linear")),
 ]
 
 

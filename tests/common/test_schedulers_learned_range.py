@@ -72,6 +72,20 @@ def test_respaced_tables_match_hand_computed_values():
     assert clipped == pytest.approx([hand["beta_tilde"][0], hand["beta_tilde"][1], hand["beta_tilde"][1]], rel=1e-6)
 
 
+def test_quadratic_respaced_tables_match_hand_computed_values():
+    scheduler = LearnedRangeScheduler(10, "linear_beta", timestep_spacing="quadratic")
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [9, 4, 1, 0]  # round(9 * (k / 3)^2), k = 3, 2, 1, 0
+    hand = _hand_tables(10, [9, 4, 1, 0])
+    tables = scheduler.respaced_tables
+    for name, table in (
+        ("beta", tables.betas),
+        ("beta_tilde", tables.posterior_variance),
+        ("c0", tables.mean_coef_original),
+    ):
+        assert table.tolist() == pytest.approx(hand[name], rel=1e-6), name
+
+
 def test_training_tables_are_indexed_by_t():
     scheduler = LearnedRangeScheduler(50, "linear_beta")
     betas = scheduler.betas.double()
