@@ -110,6 +110,7 @@ def utility(root: Path, out: Path, **overrides) -> dict:
         "quick": True,
         "real_count": 4,
         "positive_fraction": 0.0,  # the 8 tiny phantoms hold one positive, maybe in the validation split
+        "f1_threshold": 0.5,  # so no tuned F1 threshold either (it needs 2 positives: one trains, one validates)
         "pathology_fraction": 0.5,
         "test_phantom_cases": 20,
         **overrides,
