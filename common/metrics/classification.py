@@ -8,18 +8,30 @@ interval resamples the test cases (``scipy.stats.bootstrap``, percentile); two a
 resampled cases (the CI of the difference) and by a paired permutation test (``scipy.stats.permutation_test``,
 ``permutation_type="samples"``: each case's predictions are swapped between the two arms at random). Inside the
 resampling loops the figures come from ranks and counts (:func:`fast_score`, equal to sklearn's, much quicker).
+
+The F1 threshold is one probability for every seed, or one per seed column (e.g. each seed's own threshold chosen
+by :func:`tune_threshold` on a validation split of its training data); the intervals and the paired comparison use
+each column's own threshold (a comparison swaps the two arms' calls, each made at its own arm's threshold).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
-__all__ = ["CLASSIFICATION_METRICS", "classification_score", "compare_arms", "fast_score", "metric_with_ci"]
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "ThresholdChoice",
+    "classification_score",
+    "compare_arms",
+    "fast_score",
+    "metric_with_ci",
+    "tune_threshold",
+]
 
 CLASSIFICATION_METRICS = ("auc", "f1")
 """The scores of an arm, in report order."""
@@ -37,11 +49,28 @@ def _check(labels: np.ndarray, probabilities: np.ndarray) -> None:
         raise ValueError("probabilities: NaN or inf among the predicted probabilities")
 
 
+Threshold = float | Sequence[float] | np.ndarray
+"""An F1 threshold: one probability for every seed column, or one per column."""
+
+
+def _thresholds(threshold: Threshold, seeds: int) -> np.ndarray:
+    """(seeds,) thresholds: a scalar repeated, or one per seed column (checked)."""
+    values = np.asarray(threshold, dtype=np.float64)
+    if values.ndim == 0:
+        values = np.full(seeds, float(values))
+    if values.shape != (seeds,) or not np.isfinite(values).all():
+        raise ValueError(
+            f"threshold: expected one finite probability or one per seed column ({seeds}), got {values.tolist()}"
+        )
+    return values
+
+
 def classification_score(
-    metric: str, labels: Sequence[int], probabilities: np.ndarray, threshold: float = 0.5
+    metric: str, labels: Sequence[int], probabilities: np.ndarray, threshold: Threshold = 0.5
 ) -> float:
     """``metric`` ("auc" or "f1") averaged over the seed columns of ``probabilities`` (cases, seeds); NaN when the
-    labels hold one class only (no AUC)."""
+    labels hold one class only (no AUC). F1 calls a case positive at ``probability >= threshold`` (one threshold, or
+    one per seed column)."""
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     _check(labels, probabilities)
@@ -51,12 +80,56 @@ def classification_score(
         if labels.min() == labels.max():
             return float("nan")
         return float(np.mean([roc_auc_score(labels, column) for column in probabilities.T]))
-    return float(np.mean([f1_score(labels, column >= threshold, zero_division=0.0) for column in probabilities.T]))
+    thresholds = _thresholds(threshold, probabilities.shape[1])
+    return float(
+        np.mean([f1_score(labels, column >= t, zero_division=0.0) for column, t in zip(probabilities.T, thresholds)])
+    )
 
 
-def fast_score(metric: str, labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> float:
+class ThresholdChoice(NamedTuple):
+    """The decision threshold :func:`tune_threshold` chose and what it scores on the cases it was chosen on."""
+
+    threshold: float
+    """Positive at ``probability >= threshold``."""
+    f1: float
+    """F1 at ``threshold`` on the tuning cases (the largest any threshold reaches there)."""
+    cases: int
+    positives: int
+
+
+def tune_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> ThresholdChoice:
+    """The probability threshold that maximises F1 on ``labels`` / ``probabilities`` (one classifier's validation
+    cases, never the test set): ``sklearn.metrics.precision_recall_curve`` lists every distinct threshold (a case
+    is positive at ``probability >= threshold``, as :func:`classification_score` calls it) with its precision and
+    recall; the threshold with the highest F1 wins, ties to the lowest (more recall).
+
+    Raises:
+        ValueError: labels other than 0/1, a length mismatch, NaN / inf, or no positive case (F1 is undefined).
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if probabilities.shape != labels.shape:
+        raise ValueError(
+            f"validation probabilities: expected one per case ({labels.shape[0]}), got shape {probabilities.shape}"
+        )
+    _check(labels, probabilities[:, None])
+    if not labels.any():
+        raise ValueError(
+            f"validation labels: expected at least one positive case to tune the F1 threshold on, got {len(labels)} "
+            "negative case(s) only"
+        )
+    precision, recall, thresholds = precision_recall_curve(labels, probabilities)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    total = precision + recall
+    f1 = np.where(total > 0, 2.0 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
+    best = int(np.argmax(f1))
+    return ThresholdChoice(float(thresholds[best]), float(f1[best]), int(len(labels)), int(labels.sum()))
+
+
+def fast_score(metric: str, labels: np.ndarray, probabilities: np.ndarray, threshold: Threshold = 0.5) -> float:
     """:func:`classification_score` without the checks, from ranks (AUC: the Mann-Whitney statistic, ties counted
-    half, as ``roc_auc_score``) and counts (F1, 0 without any positive call or case): the resampling loops' score."""
+    half, as ``roc_auc_score``) and counts (F1, 0 without any positive call or case): the resampling loops' score.
+    ``threshold``: one, or a (seeds,) array (one per column)."""
     positive = labels == 1
     count = int(positive.sum())
     if metric == "auc":
@@ -65,7 +138,7 @@ def fast_score(metric: str, labels: np.ndarray, probabilities: np.ndarray, thres
         ranks = stats.rankdata(probabilities, axis=0)
         auc = (ranks[positive].sum(axis=0) - count * (count + 1) / 2.0) / (count * (len(labels) - count))
         return float(auc.mean())
-    called = probabilities >= threshold
+    called = probabilities >= np.asarray(threshold, dtype=np.float64)
     true_positive = (called & positive[:, None]).sum(axis=0)
     denominator = called.sum(axis=0) + count
     return float(np.mean(np.where(denominator > 0, 2.0 * true_positive / np.maximum(denominator, 1), 0.0)))
@@ -84,12 +157,13 @@ def metric_with_ci(
     metric: str,
     labels: Sequence[int],
     probabilities: np.ndarray,
-    threshold: float = 0.5,
+    threshold: Threshold = 0.5,
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """One arm's ``metric`` with its bootstrap interval over test cases.
+    """One arm's ``metric`` with its bootstrap interval over test cases (F1: each seed column at its own
+    ``threshold`` when one per column is given).
 
     Returns:
         ``{"n", "mean", "ci_low", "ci_high", "per_seed"}`` (``mean``: the seed mean; ``per_seed``: each column's).
@@ -97,7 +171,11 @@ def metric_with_ci(
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     value = classification_score(metric, labels, probabilities, threshold)
-    per_seed = [_plain(classification_score(metric, labels, column[:, None], threshold)) for column in probabilities.T]
+    threshold = _thresholds(threshold, probabilities.shape[1])
+    per_seed = [
+        _plain(classification_score(metric, labels, column[:, None], [t]))
+        for column, t in zip(probabilities.T, threshold)
+    ]
 
     def statistic(index: np.ndarray) -> float:
         return fast_score(metric, labels[index], probabilities[index], threshold)
@@ -122,12 +200,17 @@ def compare_arms(
     labels: Sequence[int],
     arm: np.ndarray,
     baseline: np.ndarray,
-    threshold: float = 0.5,
+    threshold: Threshold = 0.5,
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    baseline_threshold: Threshold | None = None,
 ) -> dict[str, Any]:
     """``metric`` of ``arm`` minus that of ``baseline`` (both (cases, seeds) probabilities on the same test cases).
+
+    F1 calls ``arm``'s cases at ``threshold`` and ``baseline``'s at ``baseline_threshold`` (default: the same; each
+    one probability or one per seed column); the resampling then works on those calls, so the permutation test
+    swaps each case's calls between the arms, each made at its own arm's threshold.
 
     Returns:
         ``{"n", "difference", "ci_low", "ci_high", "p"}``: the paired-bootstrap interval of the difference and the
@@ -140,6 +223,14 @@ def compare_arms(
         raise ValueError(
             f"arm and baseline: expected the same (cases, seeds) shape, got {arm.shape} and {baseline.shape}"
         )
+    if metric == "f1":  # calls (1.0 / 0.0) at each arm's own thresholds; 0.5 then splits them as they are
+        _check(labels, arm)
+        _check(labels, baseline)
+        seeds = arm.shape[1]
+        base = threshold if baseline_threshold is None else baseline_threshold
+        arm = (arm >= _thresholds(threshold, seeds)).astype(np.float64)
+        baseline = (baseline >= _thresholds(base, seeds)).astype(np.float64)
+        threshold = 0.5
     table = np.concatenate([arm, baseline])
     n = len(labels)
 

@@ -41,6 +41,7 @@ from common.workflows.utility import (
     stratified_draw,
     utility_arms,
     utility_test_cases,
+    validation_split,
 )
 
 __all__ = [
@@ -88,4 +89,5 @@ __all__ = [
     "stratified_draw",
     "utility_arms",
     "utility_test_cases",
+    "validation_split",
 ]

@@ -3,17 +3,24 @@
 For every sample an inference run wrote (its ``dataset.json`` and ``provenance/*.json``):
 
 - low-pass PSNR of the sample against its anatomy reference at the anatomy factor N (in [-1, 1]);
-- for a sample with a lesion: Dice of the lesion read back inside the patch box
-  (:func:`common.metrics.guidance.read_back_lesion`) against the placed mask, and the seam ratio on the box border;
+- for a sample with a lesion: the seam ratio on the patch box border, and, unless the lesion is a calcification
+  cluster, Dice of the lesion read back inside the patch box (:func:`common.metrics.guidance.read_back_lesion`)
+  against the placed mask;
 
-reported as mean and 95 % confidence interval, with the count of positives (the ``cancer`` flag), in
-``report.json`` / ``report.md``.
+reported as mean and 95 % confidence interval, overall and per lesion kind (the ``lesion`` of each provenance record:
+"mass", "calcification", ...), with the count of positives (the ``cancer`` flag), in ``report.json`` /
+``report.md``.
+
+The read-back rule reads one bright blob; a calcification cluster is several specks a pixel or two wide, which that
+rule cannot read back (it would keep the brightest speck), so calcification samples get no lesion Dice
+(``READ_BACK_SKIPPED``): the lesion Dice is that of masses (and of other blob-like kinds, e.g. the lung overlay's
+tumours, or patches of unspecified kind), and the report says so (``lesion_dice_rule``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +32,22 @@ from common.metrics.guidance import low_pass_psnr, read_back_lesion, seam_ratio
 from common.metrics.segmentation import mask_dice
 from common.metrics.statistics import mean_ci
 from common.workflows.base import EvaluationWorkflow, read_sample_datalist
+from common.workflows.guided_sampling import UNSPECIFIED_LESION
 
-__all__ = ["GuidanceEvaluation", "score_guided_sample"]
+__all__ = ["GuidanceEvaluation", "READ_BACK_SKIPPED", "sample_lesion_kind", "score_guided_sample"]
+
+READ_BACK_SKIPPED = ("calcification",)
+"""Lesion kinds the one-blob read-back rule does not score (no lesion Dice; the seam ratio still counts)."""
+
+
+def sample_lesion_kind(record: Mapping[str, Any]) -> str:
+    """A sample's lesion kind from its provenance record: "none" without a pathology condition, else the record's
+    ``lesion`` (or its pathology condition's), :data:`UNSPECIFIED_LESION` for a record written before kinds were
+    recorded."""
+    pathology = record.get("conditions", {}).get("pathology")
+    if pathology is None:
+        return "none"
+    return str(record.get("lesion") or pathology.get("lesion") or UNSPECIFIED_LESION)
 
 
 def score_guided_sample(
@@ -39,8 +60,8 @@ def score_guided_sample(
     lesion_relative_threshold: float,
     read_sigma: float,
 ) -> dict[str, float]:
-    """Figures of one sample: ``low_pass_psnr`` (both in [-1, 1]) and, with a lesion, ``lesion_dice`` and
-    ``seam_ratio`` (``sample`` and ``reference`` in [-1, 1])."""
+    """Figures of one sample: ``low_pass_psnr`` (both in [-1, 1]) and, with a lesion, ``seam_ratio`` and (unless
+    its kind is in :data:`READ_BACK_SKIPPED`) ``lesion_dice`` (``sample`` and ``reference`` in [-1, 1])."""
     factor = int(record.get("conditions", {}).get("anatomy", {}).get("factor", anatomy_factor))
     scores = {
         "low_pass_psnr": float(
@@ -50,8 +71,9 @@ def score_guided_sample(
     pathology = record.get("conditions", {}).get("pathology")
     if pathology is not None:
         corner, shape = pathology["corner"], pathology["patch_size"]
-        found = read_back_lesion(sample, corner, shape, lesion_relative_threshold, read_sigma)
-        scores["lesion_dice"] = mask_dice(torch.as_tensor(found), torch.as_tensor(lesion_mask > 0))
+        if sample_lesion_kind(record) not in READ_BACK_SKIPPED:
+            found = read_back_lesion(sample, corner, shape, lesion_relative_threshold, read_sigma)
+            scores["lesion_dice"] = mask_dice(torch.as_tensor(found), torch.as_tensor(lesion_mask > 0))
         scores["seam_ratio"] = seam_ratio(sample, corner, shape, breast)
     return scores
 
@@ -122,6 +144,8 @@ class GuidanceEvaluation(EvaluationWorkflow):
             raise ValueError(f"config key 'sample_dir': '{self.sample_dir}' lists no sample")
         cache: dict = {}
         per_sample, figures = {}, {"low_pass_psnr": [], "lesion_dice": [], "seam_ratio": []}
+        counts: dict[str, int] = {}
+        by_kind: dict[str, dict[str, list[float]]] = {}
         positives = 0
         for entry in entries:
             if not entry.get("provenance"):
@@ -141,13 +165,30 @@ class GuidanceEvaluation(EvaluationWorkflow):
                 self.read_sigma,
             )
             positives += int(record.get("cancer", 0))
-            per_sample[entry.get("case_id", entry["image"])] = scores
+            kind = sample_lesion_kind(record)
+            per_sample[entry.get("case_id", entry["image"])] = {**scores, "lesion": kind}
             for name, value in scores.items():
                 figures[name].append(value)
+            if kind != "none":
+                counts[kind] = counts.get(kind, 0) + 1
+                kind_figures = by_kind.setdefault(kind, {"lesion_dice": [], "seam_ratio": []})
+                for name, values in kind_figures.items():
+                    values.extend([scores[name]] if name in scores else [])
         return {
             "samples": len(entries),
             "positives (cancer flag)": positives,
             "summary": {name: mean_ci(values) for name, values in figures.items()},
+            "by_lesion_kind": {
+                kind: {
+                    "samples": counts[kind],
+                    "lesion_dice": "not read back" if kind in READ_BACK_SKIPPED else mean_ci(values["lesion_dice"]),
+                    "seam_ratio": mean_ci(values["seam_ratio"]),
+                }
+                for kind, values in sorted(by_kind.items())
+            },
+            "lesion_dice_rule": "summary.lesion_dice: the one-bright-blob read-back on every lesion kind but "
+            f"{', '.join(READ_BACK_SKIPPED)} (a cluster of specks that rule cannot read back: no Dice); the figures "
+            "per kind under by_lesion_kind",
             "per_sample": per_sample,
         }
 

@@ -10,8 +10,9 @@ weighted by the Gaussian ``W`` of Eq. 5 inside the patch box.
 
 Each sample is written as ``imagesTr/<id>.nii.gz`` (float32, intensities of the training data mapped back from
 [-1, 1] to ``output_range``), ``labelsTr/<id>.nii.gz`` (uint8 lesion mask: the placed patch mask, empty without a
-lesion) and ``provenance/<id>.json`` (anatomy reference, patch, position, quantile, every condition's N / a / weight,
-the seed and sampler), plus ``dataset.json`` (with a per-image ``cancer`` flag) and a PNG preview. A sample is a
+lesion) and ``provenance/<id>.json`` (anatomy reference, patch and its lesion kind, position, quantile, every
+condition's N / a / weight, the seed and sampler), plus ``dataset.json`` (with a per-image ``cancer`` flag and
+``lesion`` kind: "none", or the patch's "mass" / "calcification" / ...) and a PNG preview. A sample is a
 function of (seed, reference id, index) only; nothing is overwritten.
 """
 
@@ -39,7 +40,16 @@ from common.io import atomic_write_nifti, atomic_write_text, read_nifti, save_pr
 from common.transforms.pathology import place_patch
 from common.workflows.base import SamplingItem, SamplingWorkflow
 
-__all__ = ["ConditionSettings", "GuidedSampling"]
+__all__ = ["ConditionSettings", "GuidedSampling", "UNSPECIFIED_LESION", "lesion_kind"]
+
+UNSPECIFIED_LESION = "unspecified"
+"""The lesion kind of a patch whose entry names none (a folder of patches without a ``dataset.json`` kind)."""
+
+
+def lesion_kind(patch_entry: Mapping[str, Any]) -> str:
+    """The kind of a pathology patch (``"mass"``, ``"calcification"``, ...): its entry's ``lesion`` (the phantom's
+    ``dataset.json`` ``patches`` entries carry it), else :data:`UNSPECIFIED_LESION`."""
+    return str(patch_entry.get("lesion") or UNSPECIFIED_LESION)
 
 
 class ConditionSettings(dict):
@@ -309,7 +319,8 @@ class GuidedSampling(SamplingWorkflow):
         return ((sample.clamp(-1.0, 1.0) + 1.0) / 2.0 * (high - low) + low).float()
 
     def provenance(self, item: SamplingItem, index: int, plan: dict[str, Any] | None) -> dict[str, Any]:
-        """What made sample ``index``: reference, patch, placement, conditions, seed and sampler."""
+        """What made sample ``index``: reference, patch, placement, conditions, seed and sampler; ``lesion``: the
+        placed patch's kind (:func:`lesion_kind`), "none" without a lesion."""
         record: dict[str, Any] = {
             "sample": self.sample_id(item.seed_key[0], index),
             "anatomy_reference": item.data["entry"]["image"],
@@ -322,11 +333,13 @@ class GuidedSampling(SamplingWorkflow):
             "combine": self.combine,
             "conditions": {"anatomy": dict(self.settings["anatomy"])} if self.guided else {},
             "cancer": int(plan is not None),
+            "lesion": "none" if plan is None else lesion_kind(plan["entry"]),
         }
         if plan is not None:
             record["conditions"]["pathology"] = dict(self.settings["pathology"]) | {
                 "patch": plan["entry"]["image"],
                 "patch_mask": plan["entry"]["label"],
+                "lesion": lesion_kind(plan["entry"]),
                 "corner": list(plan["corner"]),
                 "patch_size": list(plan["mask"].shape),
                 "quantile": plan["quantile"],
@@ -349,7 +362,7 @@ class GuidedSampling(SamplingWorkflow):
         entry = {"case_id": self.sample_id(item.seed_key[0], index), "image": str(image), "label": str(label)}
         if record.is_file():
             content = json.loads(record.read_text())
-            entry |= {"cancer": content["cancer"], "provenance": str(record)}
+            entry |= {"cancer": content["cancer"], "lesion": content.get("lesion"), "provenance": str(record)}
         return entry
 
     def datalist_entry(self, entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from common.data.headers import check_case_headers
 from common.data.layouts import find_cases
 from common.data.prepare import ensure_phantom_dataset
 from common.io import atomic_write_text, read_nifti, write_png
-from common.metrics.classification import CLASSIFICATION_METRICS, classification_score, compare_arms, metric_with_ci
+from common.metrics.classification import classification_score, compare_arms, metric_with_ci, tune_threshold
 from common.metrics.report import write_report
 from common.metrics.segmentation import OVERLAP_METRICS, overlap_counts, overlap_metrics
 from common.metrics.statistics import bonferroni, mean_ci, one_way_anova, paired_t_test
@@ -76,6 +76,7 @@ __all__ = [
     "stratified_draw",
     "utility_arms",
     "utility_test_cases",
+    "validation_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -471,11 +472,18 @@ class UtilityExperiment(EvaluationWorkflow):
     def training_items(self, arm: UtilityArm, real: Mapping[str, list[dict]], synthetic: list[dict]) -> list[dict]:
         return [*real[arm.real], *synthetic[: arm.synthetic]]
 
+    def validation_items(self, arm: UtilityArm, real: Mapping[str, list[dict]], synthetic: list[dict]) -> list[dict]:
+        """Items of the arm's training data held out of its training and scored with the test items (e.g. to tune a
+        decision threshold); none here."""
+        return []
+
     # -------------------------------------------------------------------------------------------------- one run
 
-    def settings(self, arm: UtilityArm, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def settings(
+        self, arm: UtilityArm, items: Sequence[Mapping[str, Any]], validation: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
         """What defines one run's numbers (a cached result with other settings is not reused)."""
-        return {
+        settings = {
             "arm": asdict(arm),
             "training_cases": sorted(str(i["case_id"]) for i in items),
             "test_cases": sorted(_ids(self.test_cases)),
@@ -484,6 +492,9 @@ class UtilityExperiment(EvaluationWorkflow):
             "augmentation": describe_transform(self.augmentation) if arm.augment else None,
             "network": repr(self.network()),
         }
+        if validation:
+            settings["validation_cases"] = sorted(str(i["case_id"]) for i in validation)
+        return settings
 
     def network_summary(self) -> str:
         """The segmenter's class and size, for the report (e.g. ``UNet, 1,190,000 parameters``)."""
@@ -549,14 +560,20 @@ class UtilityExperiment(EvaluationWorkflow):
             "choose another --output_dir or pass --overwrite true to train it again"
         )
 
-    def run_arm(self, arm: UtilityArm, seed: int, items: Sequence[dict], test: Sequence[dict]) -> dict:
-        settings = self.settings(arm, items)
+    def run_arm(
+        self, arm: UtilityArm, seed: int, items: Sequence[dict], test: Sequence[dict], validation: Sequence[dict] = ()
+    ) -> dict:
+        """Train on ``items``, score ``test`` (``cases``) and ``validation`` (``validation``, when given); cached."""
+        settings = self.settings(arm, items, validation)
         found = self.cached(arm, seed, settings)
         if found is not None:
             return found
         start = time.perf_counter()
         network = self.train(items, arm.augment, seed)
-        result = {"settings": settings, "cases": self.score(network, test), "seconds": time.perf_counter() - start}
+        result = {"settings": settings, "cases": self.score(network, test)}
+        if validation:
+            result["validation"] = self.score(network, validation)
+        result["seconds"] = time.perf_counter() - start
         atomic_write_text(self.run_path(arm, seed), json.dumps(result, indent=1) + "\n", overwrite=True)
         logger.info(
             f"arm '{arm.name}' seed {seed}: {len(items)} training item(s), {self.headline(result['cases'])} "
@@ -586,13 +603,14 @@ class UtilityExperiment(EvaluationWorkflow):
         trained = 0
         for number, (arm, seed) in enumerate(pending):
             items = self.training_items(arm, real, synthetic)
-            fresh = self.cached(arm, seed, self.settings(arm, items)) is None
+            validation = self.validation_items(arm, real, synthetic)
+            fresh = self.cached(arm, seed, self.settings(arm, items, validation)) is None
             out_of_time = self.time_limit is not None and time.perf_counter() - start > self.time_limit
             if fresh and trained and out_of_time:
                 logger.info(f"time limit reached: {number} of {len(pending)} runs done; run again to resume")
                 return {"complete": False, "runs_done": number, "runs_total": len(pending)}
             trained += fresh
-            runs.setdefault(arm.name, {})[seed] = self.run_arm(arm, seed, items, self.scored_items(real))
+            runs.setdefault(arm.name, {})[seed] = self.run_arm(arm, seed, items, self.scored_items(real), validation)
         return self.statistics(runs)
 
     def statistics(self, runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -880,6 +898,35 @@ def stratified_draw(
     return rng.sample(positives, wanted) + rng.sample(negatives, int(count) - wanted)
 
 
+def validation_split(
+    cases: Sequence[Mapping[str, Any]], fraction: float, seed: int, label_key: str = "cancer", pool: str = "training"
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(kept, held out): a stratified share ``fraction`` of ``cases`` held out, per class (:func:`case_label`)
+    ``max(1, round(fraction * count))`` cases but never all of a class, drawn at random with ``seed``; kept cases in
+    their given order.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1), or a class with fewer than 2 cases (one must train, one validate),
+            naming ``pool`` and the counts.
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"config key 'validation_fraction': expected a share in (0, 1), got {fraction}")
+    rng = random.Random(int(seed))
+    held: list[Mapping[str, Any]] = []
+    for flag in (1, 0):
+        members = [c for c in cases if case_label(c, label_key) == flag]
+        if len(members) < 2:
+            raise ValueError(
+                f"config key 'validation_fraction': the {pool} images hold {len(members)} "
+                f"{'positive' if flag else 'negative'} case(s); a validation split (to tune the F1 threshold) needs "
+                "at least 2 of each class, one to train on and one to validate (raise 'real_count' / "
+                "'positive_fraction', or give a fixed 'f1_threshold')"
+            )
+        held += rng.sample(members, min(max(1, round(float(fraction) * len(members))), len(members) - 1))
+    held_ids = _ids(held)
+    return [c for c in cases if str(c["case_id"]) not in held_ids], sorted(held, key=lambda c: str(c["case_id"]))
+
+
 class ClassificationUtility(UtilityExperiment):
     """Does the synthetic data help an image-level classifier? Paper 003's downstream experiment in the same harness.
 
@@ -891,11 +938,29 @@ class ClassificationUtility(UtilityExperiment):
     intervals over test cases, and each arm against ``real``: the difference with its paired-bootstrap interval and
     a paired permutation test, Bonferroni-corrected for the arms compared.
 
+    The F1 decision threshold (``f1_threshold``):
+
+    - ``"tuned"`` (default): chosen per arm and seed on a validation split of that arm's training data, where it
+      maximises F1 (:func:`common.metrics.classification.tune_threshold`); F1 on the test sets at that threshold.
+      The split is the same rule in every arm: a stratified ``validation_fraction`` of the arm's **real** training
+      images (:func:`validation_split`, drawn once with ``subset_seed``; at least one positive and one negative) is
+      held out of training and scored with the test images; the synthetic images all train. Every arm drawing on the
+      scarce real set (``real``, ``real+synN``) therefore holds out the same real images and trains on the same
+      remaining real images, so the arms still differ only by their synthetic images; the threshold is tuned on
+      real images, the domain of the test set, and never sees a test label (``real_all`` holds out the same share of
+      all training images, ``ceiling`` of the test images it trains on). The bootstrap intervals and the paired
+      comparisons use each seed's own threshold. The fixed-threshold F1 (``fixed_threshold``, 0.5) is reported
+      beside it as ``f1_fixed``. Arms without real training images (``synthetic_only_arms``) need a fixed
+      threshold.
+    - a probability: every F1 at that threshold; nothing is held out (``f1`` only, no second reading).
+
     Args (beyond :class:`UtilityExperiment`'s, whose ``real_items`` / ``synthetic_items`` here return
     :func:`classification_items` and whose ``loss`` takes (logits, class index), e.g. ``CrossEntropyLoss``):
         positive_fraction: share of positive cases in the scarce real set.
         shifted_test_cases: a second held-out real test set from a shifted domain (scored, never trained on).
-        threshold: positive-class probability at or above which a case counts as positive for F1.
+        f1_threshold: ``"tuned"`` or a probability in (0, 1) at or above which a case counts as positive for F1.
+        fixed_threshold: the second, fixed-threshold F1 reading next to the tuned one (``f1_fixed``).
+        validation_fraction: share of an arm's real training images held out to tune the threshold (``"tuned"``).
         resamples: bootstrap / permutation resamples.
         label_key: the case flag that is the class.
     """
@@ -907,18 +972,31 @@ class ClassificationUtility(UtilityExperiment):
         *args: Any,
         positive_fraction: float = 0.1,
         shifted_test_cases: Sequence[Mapping[str, Any]] = (),
-        threshold: float = 0.5,
+        f1_threshold: str | float = "tuned",
+        fixed_threshold: float = 0.5,
+        validation_fraction: float = 0.2,
         resamples: int = 1000,
         label_key: str = "cancer",
         **kwargs: Any,
     ) -> None:
         if not 0.0 <= float(positive_fraction) <= 1.0:
             raise ValueError(f"config key 'positive_fraction': expected a share in [0, 1], got {positive_fraction}")
-        if not 0.0 < float(threshold) < 1.0:
-            raise ValueError(f"config key 'threshold': expected a probability in (0, 1), got {threshold}")
+        self.tuned = str(f1_threshold) == "tuned"
+        try:
+            threshold = None if self.tuned else float(f1_threshold)
+        except (TypeError, ValueError):
+            threshold = float("nan")
+        if not self.tuned and not 0.0 < threshold < 1.0:
+            raise ValueError(
+                f"config key 'f1_threshold': expected 'tuned' or a probability in (0, 1), got {f1_threshold!r}"
+            )
+        if not 0.0 < float(fixed_threshold) < 1.0:
+            raise ValueError(f"config key 'fixed_threshold': expected a probability in (0, 1), got {fixed_threshold}")
+        self.f1_threshold = "tuned" if self.tuned else threshold
+        self.fixed_threshold = float(fixed_threshold)
+        self.validation_fraction = float(validation_fraction)
         self.positive_fraction = float(positive_fraction)
         self.label_key = str(label_key)
-        self.threshold = float(threshold)
         self.resamples = int(resamples)
         kwargs.setdefault("augmented_arms", False)
         kwargs.setdefault("synthetic_only_arms", False)
@@ -926,6 +1004,20 @@ class ClassificationUtility(UtilityExperiment):
         self.shifted_test_cases = sorted(shifted_test_cases, key=lambda c: str(c["case_id"]))
         if self.shifted_test_cases:
             check_held_out(self.shifted_test_cases, main_test_set_cases=self.test_cases, **self.held_out_from)
+        self.validation_cases: dict[str, list[Mapping[str, Any]]] = {}
+        if self.tuned:
+            without_real = [arm.name for arm in self.arms if arm.real == "none"]
+            if without_real:
+                raise ValueError(
+                    f"config key 'f1_threshold': 'tuned' holds out real training images to tune the threshold on, "
+                    f"but the arms {without_real} have none; give a fixed probability or synthetic_only_arms false"
+                )
+            pools = {"scarce": self.scarce_cases, "all": self.train_cases, "test": self.test_cases}
+            names = {"scarce": "scarce real training", "all": "real training", "test": "test (ceiling arm)"}
+            seed = int(kwargs.get("subset_seed", 0))
+            for pool in dict.fromkeys(arm.real for arm in self.arms):
+                _, held = validation_split(pools[pool], self.validation_fraction, seed, self.label_key, names[pool])
+                self.validation_cases[pool] = held
 
     def draw_scarce(self, count: int, seed: int) -> list[Mapping[str, Any]]:
         """A stratified draw: ``positive_fraction`` of the ``count`` real cases positive."""
@@ -937,8 +1029,23 @@ class ClassificationUtility(UtilityExperiment):
             self._shifted_items = list(self.real_items(self.shifted_test_cases)) if self.shifted_test_cases else []
         return [*real["test"], *self._shifted_items]
 
-    def settings(self, arm: UtilityArm, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return super().settings(arm, items) | {
+    def _held_out(self, arm: UtilityArm) -> set[str]:
+        return _ids(self.validation_cases.get(arm.real, []))
+
+    def training_items(self, arm: UtilityArm, real: Mapping[str, list[dict]], synthetic: list[dict]) -> list[dict]:
+        """The arm's real items but its validation split, then its synthetic items."""
+        held = self._held_out(arm)
+        return [item for item in super().training_items(arm, real, synthetic) if item["case_id"] not in held]
+
+    def validation_items(self, arm: UtilityArm, real: Mapping[str, list[dict]], synthetic: list[dict]) -> list[dict]:
+        """The arm's real items held out to tune its F1 threshold (none with a fixed ``f1_threshold``)."""
+        held = self._held_out(arm)
+        return [item for item in real[arm.real] if item["case_id"] in held]
+
+    def settings(
+        self, arm: UtilityArm, items: Sequence[Mapping[str, Any]], validation: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        return super().settings(arm, items, validation) | {
             "shifted_test_cases": sorted(_ids(self.shifted_test_cases)),
             "task": "classification",
         }
@@ -973,35 +1080,80 @@ class ClassificationUtility(UtilityExperiment):
         table = np.array([[runs[s]["cases"][c]["probability"] for s in self.seeds] for c in cases], dtype=np.float64)
         return labels, table
 
+    def thresholds(self, arm: str, runs: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        """The arm's F1 threshold per seed: tuned on each run's ``validation`` scores (never a test label), or the
+        fixed ``f1_threshold``; with the validation F1 it reached and the split's size."""
+        if not self.tuned:
+            return {"rule": "fixed", "per_seed": [self.f1_threshold] * len(self.seeds)}
+        choices = []
+        for seed in self.seeds:
+            validation = runs[seed].get("validation")
+            if not validation:
+                raise ValueError(f"arm '{arm}' seed {seed}: its run holds no validation scores to tune the threshold")
+            scores = list(validation.values())
+            choices.append(tune_threshold([v["label"] for v in scores], [v["probability"] for v in scores]))
+        return {
+            "rule": "tuned",
+            "per_seed": [c.threshold for c in choices],
+            "validation_f1": [c.f1 for c in choices],
+            "validation_cases": choices[0].cases,
+            "validation_positives": choices[0].positives,
+        }
+
+    def readings(self, threshold: Sequence[float]) -> dict[str, tuple[str, Sequence[float] | float]]:
+        """Report name -> (metric, F1 threshold): AUC, F1 at the arm's (per-seed) threshold, and with a tuned
+        threshold the fixed-threshold F1 beside it."""
+        readings: dict[str, tuple[str, Sequence[float] | float]] = {"auc": ("auc", 0.5), "f1": ("f1", threshold)}
+        if self.tuned:
+            readings["f1_fixed"] = ("f1", self.fixed_threshold)
+        return readings
+
     def statistics(self, runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
         """Per test set and arm: AUC and F1 with intervals; per compared arm: the paired comparison with ``real``."""
         sets = {"test": sorted(_ids(self.test_cases))}
         if self.shifted_test_cases:
             sets["shifted"] = sorted(_ids(self.shifted_test_cases))
         compared = [arm.name for arm in self.arms if not arm.sanity and arm.name != "real"]
-        options = {"threshold": self.threshold, "resamples": self.resamples}
+        thresholds = {arm.name: self.thresholds(arm.name, runs[arm.name]) for arm in self.arms}
         arms: dict[str, Any] = {}
         comparisons: dict[str, dict[str, Any]] = {}
         for arm in self.arms:
             by_seed = runs[arm.name]
             counts = {"scarce": self.real_count, "all": len(self.train_cases), "test": len(self.test_cases)}
+            held = len(self.validation_cases.get(arm.real, []))
             entry: dict[str, Any] = {
-                "real_cases": counts.get(arm.real, 0),
+                "real_cases": counts.get(arm.real, 0) - held,
+                "validation_cases": held,
                 "synthetic": arm.synthetic,
                 "augment": arm.augment,
                 "sanity": arm.sanity,
+                "f1_thresholds": thresholds[arm.name],
                 "seconds": float(sum(by_seed[s]["seconds"] for s in self.seeds)),
             }
+            readings = self.readings(thresholds[arm.name]["per_seed"])
             for name, cases in sets.items():
                 labels, table = self._table(by_seed, cases)
-                scores = {m: metric_with_ci(m, labels, table, **options) for m in CLASSIFICATION_METRICS}
+                scores = {
+                    reading: metric_with_ci(metric, labels, table, threshold, self.resamples)
+                    for reading, (metric, threshold) in readings.items()
+                }
                 entry["metrics" if name == "test" else f"metrics_{name}"] = scores
-                if arm.name in compared:
-                    _, baseline = self._table(runs["real"], cases)
-                    for metric in CLASSIFICATION_METRICS:
-                        result = compare_arms(metric, labels, table, baseline, **options)
-                        result["p_bonferroni"] = bonferroni(result["p"], len(compared)) if compared else None
-                        comparisons.setdefault(f"vs real ({name})", {}).setdefault(arm.name, {})[metric] = result
+                if arm.name not in compared:
+                    continue
+                _, baseline = self._table(runs["real"], cases)
+                base_readings = self.readings(thresholds["real"]["per_seed"])
+                for reading, (metric, threshold) in readings.items():
+                    result = compare_arms(
+                        metric,
+                        labels,
+                        table,
+                        baseline,
+                        threshold,
+                        self.resamples,
+                        baseline_threshold=base_readings[reading][1],
+                    )
+                    result["p_bonferroni"] = bonferroni(result["p"], len(compared)) if compared else None
+                    comparisons.setdefault(f"vs real ({name})", {}).setdefault(arm.name, {})[reading] = result
             arms[arm.name] = entry
         test_labels = [int(runs["real"][self.seeds[0]]["cases"][c]["label"]) for c in sets["test"]]
         results: dict[str, Any] = {
@@ -1013,7 +1165,9 @@ class ClassificationUtility(UtilityExperiment):
                 "seeds": self.seeds,
                 "iterations": self.iterations,
                 "batch_size": self.batch_size,
-                "threshold": self.threshold,
+                "f1_threshold": self.f1_threshold,
+                "fixed_threshold": self.fixed_threshold if self.tuned else None,
+                "validation_fraction": self.validation_fraction if self.tuned else None,
                 "resamples": self.resamples,
                 "network": self.network_summary(),
             },
@@ -1023,6 +1177,7 @@ class ClassificationUtility(UtilityExperiment):
                 "shifted": sets.get("shifted", []),
                 "scarce_real": sorted(_ids(self.scarce_cases)),
                 "scarce_real_positives": sum(case_label(c, self.label_key) for c in self.scarce_cases),
+                "validation": {pool: sorted(_ids(cases)) for pool, cases in self.validation_cases.items()},
                 "training": sorted(_ids(self.train_cases)),
                 "generator": sorted(_ids(self.generator_cases)),
                 "seeding": sorted(_ids(self.seed_cases)),
@@ -1041,8 +1196,22 @@ class ClassificationUtility(UtilityExperiment):
             }
         return results
 
+    def threshold_rule(self, settings: Mapping[str, Any]) -> str:
+        """The report's sentence on the F1 threshold(s)."""
+        if settings["f1_threshold"] != "tuned":
+            return f"F1: positive at probability >= {settings['f1_threshold']:g} (fixed)."
+        return (
+            "F1 (tuned): positive at probability >= a threshold chosen per arm and seed where it maximises F1 on a "
+            "validation split of that arm's training data (a stratified "
+            f"{100 * settings['validation_fraction']:g} % of its real training images, the same images in every "
+            "arm on the same real set, held out of training; the "
+            "synthetic images all train), never on test labels; its intervals and comparisons use each seed's own "
+            f"threshold. F1 at {settings['fixed_threshold']:g}: the fixed threshold, for comparison."
+        )
+
     def markdown(self, results: Mapping[str, Any]) -> str:
-        """One table per test set: AUC and F1 per arm with intervals, per-seed AUC, and the comparison with real."""
+        """One table per test set: AUC and F1 per arm with intervals, per-seed AUC and threshold, the comparison with
+        real."""
 
         def interval(summary: Mapping[str, Any] | None) -> str:
             if summary is None or summary["mean"] is None:
@@ -1060,37 +1229,49 @@ class ClassificationUtility(UtilityExperiment):
             return text + (f", p {result['p_bonferroni']:.3g}" if result["p"] is not None else "")
 
         settings, cases = results["settings"], results["cases"]
+        tuned = settings["f1_threshold"] == "tuned"
+        names = {"auc": "AUC", "f1": "F1 (tuned)" if tuned else f"F1 at {settings['f1_threshold']:g}"}
+        if tuned:
+            names["f1_fixed"] = f"F1 at {settings['fixed_threshold']:g}"
+        validation = sum(len(ids) for ids in cases["validation"].values())
         lines = [
             f"# {self.title}",
             "",
             f"{len(cases['test'])} held-out real test images ({cases['test_positives']} positive; never seen by the "
             f"generator's training, the guidance references or the pathology patches); {settings['real_count']} real "
-            f"training images ({cases['scarce_real_positives']} positive); seeds {settings['seeds']}; "
-            f"{settings['iterations']} optimiser steps of batch {settings['batch_size']} in every arm; network "
-            f"{settings['network']}.",
-            "AUC and F1 (positive at probability >= "
-            f"{settings['threshold']:g}): means over seeds, 95 % percentile bootstrap interval over test images "
+            f"training images ({cases['scarce_real_positives']} positive"
+            + (
+                f"; {len(cases['validation'].get('scarce', []))} of them held out to tune the F1 threshold"
+                if validation
+                else ""
+            )
+            + f"); seeds {settings['seeds']}; {settings['iterations']} optimiser steps of batch "
+            f"{settings['batch_size']} in every arm; network {settings['network']}.",
+            "AUC and F1: means over seeds, 95 % percentile bootstrap interval over test images "
             f"({settings['resamples']} resamples); vs real: the difference with its paired-bootstrap interval and a "
             "paired permutation test (each image's predictions swapped between the arms), Bonferroni-corrected for "
             f"{results['comparisons_count']} comparison(s).",
+            self.threshold_rule(settings),
         ]
         sets = [("test", "metrics", "held-out test set")]
         if cases["shifted"]:
             sets.append(("shifted", "metrics_shifted", f"shifted test set ({len(cases['shifted'])} images)"))
         for name, key, heading in sets:
+            columns = [f"{names[r]} [95 % CI]" for r in names] + ["AUC per seed", "F1 threshold per seed"]
+            columns += [f"{names[r]} vs real" for r in names]
             rows = [
-                "| arm | real | synthetic | AUC [95 % CI] | F1 [95 % CI] | AUC per seed | AUC vs real | F1 vs real |",
-                "|" + "---|" * 8,
+                "| arm | real (+ validation) | synthetic | " + " | ".join(columns) + " |",
+                "|" + "---|" * (3 + len(columns)),
             ]
             for arm_name, arm in results["arms"].items():
                 metrics = arm[key]
                 seeds = ", ".join("-" if v is None else f"{v:.3f}" for v in metrics["auc"]["per_seed"])
+                thresholds = ", ".join(f"{v:.3f}" for v in arm["f1_thresholds"]["per_seed"])
                 against = results["comparisons"].get(f"vs real ({name})", {}).get(arm_name, {})
-                rows.append(
-                    f"| {arm_name} | {arm['real_cases']} | {arm['synthetic']} | {interval(metrics['auc'])} "
-                    f"| {interval(metrics['f1'])} | {seeds} | {versus(against.get('auc'))} "
-                    f"| {versus(against.get('f1'))} |"
-                )
+                real = f"{arm['real_cases']}" + (f" (+ {arm['validation_cases']})" if arm["validation_cases"] else "")
+                cells = [interval(metrics.get(r)) for r in names] + [seeds, thresholds]
+                cells += [versus(against.get(r)) for r in names]
+                rows.append(f"| {arm_name} | {real} | {arm['synthetic']} | " + " | ".join(cells) + " |")
             lines += ["", f"## {heading}", "", *rows]
         if results.get("sanity") and results["sanity"]["ratio"] is not None:
             s = results["sanity"]

@@ -61,6 +61,8 @@ def test_train_infer_evaluate_on_phantoms(trained: Path, tmp_path: Path) -> None
     data = trained / "data" / "phantoms_mammography"
     content = json.loads((data / "dataset.json").read_text())
     assert content["numTraining"] == 8 and len(content["patches"]) == 6
+    patch_kinds = {Path(p["image"]).name: p["lesion"] for p in content["patches"]}
+    assert list(patch_kinds.values()) == ["mass", "calcification"] * 3  # the INbreast stand-in: both lesion kinds
     assert sorted(p.name for p in (trained / "models").glob("*.pt"))[-1] == "model.pt"
     written = infer(trained, tmp_path / "samples", num_samples=2, num_references=2)
     assert len(written) == 4
@@ -72,6 +74,8 @@ def test_train_infer_evaluate_on_phantoms(trained: Path, tmp_path: Path) -> None
         record = json.loads(Path(entry["provenance"]).read_text())
         pathology = record["conditions"]["pathology"]
         assert record["cancer"] == entry["cancer"] == 1 and record["conditions"]["anatomy"]["factor"] == 4
+        # the placed patch's kind travels into the provenance record and the dataset entry
+        assert record["lesion"] == pathology["lesion"] == entry["lesion"] == patch_kinds[Path(pathology["patch"]).name]
         assert pathology["factor"] == 2 and pathology["stop"] == 2 and 0.975 <= pathology["quantile"] <= 0.995
         mask = np.asarray(label.dataobj) > 0
         rows, cols = np.nonzero(mask)
@@ -86,7 +90,12 @@ def test_train_infer_evaluate_on_phantoms(trained: Path, tmp_path: Path) -> None
     settings = {"bundle_root": str(trained), "sample_dir": str(tmp_path / "samples"), "anatomy_factor": 4}
     results = run_workflow(BUNDLE, ("evaluate",), None, output_dir=str(tmp_path / "eval"), **settings)[0]
     assert results["samples"] == 4 and results["positives (cancer flag)"] == 4
-    assert results["summary"]["low_pass_psnr"]["n"] == 4 and results["summary"]["lesion_dice"]["n"] == 4
+    kinds = [json.loads(Path(e["provenance"]).read_text())["lesion"] for e in written]
+    masses = kinds.count("mass")
+    assert results["summary"]["low_pass_psnr"]["n"] == 4 and results["summary"]["lesion_dice"]["n"] == masses
+    assert {k: v["samples"] for k, v in results["by_lesion_kind"].items()} == {k: kinds.count(k) for k in set(kinds)}
+    if "calcification" in kinds:  # not read back by the one-blob rule
+        assert results["by_lesion_kind"]["calcification"]["lesion_dice"] == "not read back"
     assert (tmp_path / "eval" / "report.md").is_file()
 
 
@@ -110,6 +119,7 @@ def utility(root: Path, out: Path, **overrides) -> dict:
         "quick": True,
         "real_count": 4,
         "positive_fraction": 0.0,  # the 8 tiny phantoms hold one positive, maybe in the validation split
+        "f1_threshold": 0.5,  # so no tuned F1 threshold either (it needs 2 positives: one trains, one validates)
         "pathology_fraction": 0.5,
         "test_phantom_cases": 20,
         **overrides,
@@ -131,6 +141,15 @@ def test_utility_classifier_quick_run(trained: Path, tmp_path: Path) -> None:
     ).read_text()
     records = [json.loads(p.read_text()) for p in (tmp_path / "a" / "synthetic" / "provenance").glob("*.json")]
     assert len(records) >= 4 and {r["cancer"] for r in records} <= {0, 1}
+
+
+def test_utility_tuned_threshold_needs_a_positive_to_validate_on(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception) as error:  # the config's default f1_threshold: tuned
+        utility(trained, tmp_path, f1_threshold="tuned", synthetic_multiples=[])
+    found = error_chain(error.value)
+    assert re.search(
+        r"ValueError: config key 'validation_fraction': the scarce real training images hold 0 positive", found
+    )
 
 
 def test_utility_refuses_a_test_set_the_generator_saw(trained: Path, tmp_path: Path) -> None:

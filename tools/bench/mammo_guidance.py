@@ -7,7 +7,8 @@ unguided, and guided with the respaced fast sampler. Figures (``common.metrics.g
 
 - low-pass PSNR of each sample against its anatomy reference at N_a, guided vs unguided (target: >= +6 dB);
 - lesion read-back Dice inside the placed patch box against the placed mask (target >= 0.6), the same rule on the
-  unguided sample at the same box (~0 expected) and on real phantom masses (the ceiling);
+  unguided sample at the same box (~0 expected) and on real phantom masses (the ceiling); masses only: the
+  calcification-cluster patches (half of the phantom's patches) are not read back (the rule reads one blob);
 - seam ratio on the patch border (target: near 1, here within [0.5, 1.5]);
 - guidance overhead: sampling time guided / unguided at the same steps, alternating rounds (target <= 1.10), in wall
   time (the first rule) and, added after the first run read 1.15 on this shared machine, in process CPU time and as
@@ -34,7 +35,7 @@ from common.io import read_nifti
 from common.metrics.guidance import read_back_lesion
 from common.metrics.segmentation import mask_dice
 from common.metrics.statistics import mean_ci
-from common.workflows.guidance_evaluation import GuidanceEvaluation
+from common.workflows.guidance_evaluation import READ_BACK_SKIPPED, GuidanceEvaluation, sample_lesion_kind
 from tools.bench.harness import bundle_workflow, config_files, markdown_table
 
 __all__ = ["bench_mammo_guidance"]
@@ -117,12 +118,12 @@ def _evaluate(root: Path, sample_dir: Path) -> dict[str, Any]:
 
 def _unguided_dice(guided_dir: Path, unguided_dir: Path, threshold: float, sigma: float) -> list[float]:
     """The read-back rule on each unguided sample at the box (and against the mask) of the guided sample with the
-    same reference and index."""
+    same reference and index; the lesion kinds the guided figure skips (calcification clusters) skipped too."""
     scores = []
     for record_path in sorted((guided_dir / "provenance").glob("*.json")):
         record = json.loads(record_path.read_text())
         pathology = record["conditions"].get("pathology")
-        if pathology is None:
+        if pathology is None or sample_lesion_kind(record) in READ_BACK_SKIPPED:
             continue
         name = record_path.name.replace(".json", ".nii.gz")
         image = read_nifti(unguided_dir / "imagesTr" / name).numpy() * 2.0 - 1.0
@@ -210,9 +211,9 @@ def bench_mammo_guidance(
     targets = [
         {"name": "low-pass PSNR gain, guided - unguided (dB)", "value": psnr_gain, "target": ">= 6",
          "met": bool(psnr_gain >= 6)},
-        {"name": "lesion read-back Dice, guided", "value": _mean(guided, "lesion_dice"), "target": ">= 0.6",
+        {"name": "lesion read-back Dice, guided (masses)", "value": _mean(guided, "lesion_dice"), "target": ">= 0.6",
          "met": bool(_mean(guided, "lesion_dice") >= 0.6)},
-        {"name": "lesion read-back Dice, unguided at the same boxes", "value": unguided_dice["mean"],
+        {"name": "lesion read-back Dice, unguided at the same boxes (masses)", "value": unguided_dice["mean"],
          "target": "~0 (< 0.2)", "met": bool((unguided_dice["mean"] or 0.0) < 0.2)},
         {"name": "seam ratio (border / breast gradient)", "value": seam, "target": "near 1 (0.5 - 1.5)",
          "met": bool(0.5 <= seam <= 1.5)},

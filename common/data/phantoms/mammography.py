@@ -16,8 +16,9 @@ Labels: 0 background, 1 breast, 2 pectoral muscle, 3 mass, 4 calcification.
 Streams (each from its own random stream, so they never share a case):
 
 - the training set (RSNA stand-in): ``cancer_fraction`` of the cases have a lesion;
-- pathology patches (INbreast stand-in): square crops centred on a mass of a separately drawn case, with the mass
-  mask, written under ``patches/``;
+- pathology patches (INbreast stand-in): square crops centred on the lesion of a separately drawn case, a mass or
+  a calcification cluster (``calcification_patch_fraction`` of them, default half), with the lesion mask and the
+  kind (``lesion`` in ``dataset.json``), written under ``patches/``;
 - a shifted test set (mini-DDSM stand-in): ``shifted=True`` draws denser breasts, lower contrast (a gamma of 1.4 on
   the image), stronger noise.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "MammogramCase",
     "mammogram_phantom",
     "pathology_patch",
+    "patch_lesion_kinds",
     "mammography_affine",
     "write_mammography_dataset",
     "PLANAR_PHANTOMS",
@@ -174,20 +176,54 @@ def mammogram_phantom(
     return MammogramCase(image.astype(np.float32), label, view, density, int(kind != "none"), kind)
 
 
+_LESION_LABELS = {"mass": 3, "calcification": 4}
+"""Lesion kind -> its value in the label map (``MAMMOGRAPHY_LABELS``)."""
+_PATCH_DRAWS = 8
+
+
 def pathology_patch(
-    size: int, patch_size: int, rng: np.random.Generator, shifted: bool = False
+    size: int, patch_size: int, rng: np.random.Generator, shifted: bool = False, lesion: str = "mass"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A square crop (``patch_size`` pixels) centred on the mass of a freshly drawn case: (image, mass mask)."""
+    """A square crop (``patch_size`` pixels) centred on the lesion of a freshly drawn case: (image, lesion mask).
+
+    Args:
+        lesion: "mass" (the mask: the mass) or "calcification" (the mask: the cluster's specks; the crop is centred on
+            their centroid). A calcification case whose specks all fell outside the crop (or the breast) is drawn
+            again from the same stream.
+    """
     if int(patch_size) > int(size) or int(patch_size) < 4:
         raise ValueError(f"config key 'patch_size': expected 4 <= patch_size <= {size}, got {patch_size}")
-    case = mammogram_phantom(size, rng, lesion="mass", shifted=shifted)
-    rows, cols = np.nonzero(case.label == 3)
-    centre = (int(round(rows.mean())), int(round(cols.mean())))
-    half = int(patch_size) // 2
-    top = int(np.clip(centre[0] - half, 0, size - patch_size))
-    left = int(np.clip(centre[1] - half, 0, size - patch_size))
-    window = (slice(top, top + patch_size), slice(left, left + patch_size))
-    return case.image[window].copy(), (case.label[window] == 3).astype(np.uint8)
+    if lesion not in _LESION_LABELS:
+        raise ValueError(f"lesion: expected one of {list(_LESION_LABELS)}, got {lesion!r}")
+    value = _LESION_LABELS[lesion]
+    for _ in range(_PATCH_DRAWS):
+        case = mammogram_phantom(size, rng, lesion=lesion, shifted=shifted)
+        rows, cols = np.nonzero(case.label == value)
+        if rows.size == 0:
+            continue
+        half = int(patch_size) // 2
+        top = int(np.clip(int(round(rows.mean())) - half, 0, size - patch_size))
+        left = int(np.clip(int(round(cols.mean())) - half, 0, size - patch_size))
+        window = (slice(top, top + patch_size), slice(left, left + patch_size))
+        mask = (case.label[window] == value).astype(np.uint8)
+        if mask.any():
+            return case.image[window].copy(), mask
+    raise RuntimeError(
+        f"no {lesion} patch with a lesion pixel in {_PATCH_DRAWS} draws (size {size}, patch {patch_size})"
+    )
+
+
+def patch_lesion_kinds(count: int, calcification_fraction: float) -> list[str]:
+    """The lesion kind of patch ``0 .. count - 1``: patch ``j`` is a calcification cluster when
+    ``floor((j + 1) f) > floor(j f)`` (f = ``calcification_fraction``), else a mass: the calcification patches are
+    spread evenly, ``floor(count f)`` of the first ``count`` (0.5: mass, calcification, mass, ...)."""
+    fraction = float(calcification_fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"config key 'calcification_patch_fraction': expected a share in [0, 1], got {fraction}")
+    return [
+        "calcification" if np.floor((j + 1) * fraction + 1e-9) > np.floor(j * fraction + 1e-9) else "mass"
+        for j in range(int(count))
+    ]
 
 
 def mammography_affine(size: int) -> np.ndarray:
@@ -208,24 +244,29 @@ def write_mammography_dataset(
     shifted: bool = False,
     patches: int = 6,
     patch_size: int = 16,
+    calcification_patch_fraction: float = 0.5,
 ) -> Path:
     """Write ``n`` phantom mammograms and ``patches`` pathology patches as NIfTI plus a ``dataset.json``.
 
     Layout: ``imagesTr/mammo_000.nii.gz`` (float32 in [0, 1]), ``labelsTr/mammo_000.nii.gz`` (uint8 labels),
     ``patches/patch_000.nii.gz`` + ``patches/patch_000_mask.nii.gz``; ``dataset.json`` entries
-    ``{"image", "label", "view", "density", "cancer", "lesion"}`` under ``training`` and ``{"image", "label"}``
-    under ``patches``. Case ``i`` draws from ``(seed, i)`` (the shifted set from ``(seed, 2, i)``); patch ``j`` from
-    ``(seed, 1, j)``. Case ``i`` has a lesion when ``i`` falls in the first ``cancer_fraction`` share of a cycle of
-    10 (10 % positives: 0.1), alternating mass / calcification. Written atomically (a staging folder renamed).
+    ``{"image", "label", "view", "density", "cancer", "lesion"}`` under ``training`` and ``{"image", "label",
+    "lesion"}`` under ``patches`` (``lesion``: "mass" or "calcification"). Case ``i`` draws from ``(seed, i)`` (the
+    shifted set from ``(seed, 2, i)``); patch ``j`` from ``(seed, 1, j)``. Case ``i`` has a lesion when ``i`` falls in
+    the first ``cancer_fraction`` share of a cycle of 10 (10 % positives: 0.1), alternating mass / calcification;
+    ``calcification_patch_fraction`` of the patches are calcification clusters, spread evenly
+    (:func:`patch_lesion_kinds`), the rest masses. Written atomically (a staging folder renamed).
 
     Raises:
         FileExistsError: ``out_dir`` exists and is not empty.
-        ValueError: ``n`` < 1, ``patches`` < 0, ``cancer_fraction`` outside [0, 1], bad sizes.
+        ValueError: ``n`` < 1, ``patches`` < 0, ``cancer_fraction`` or ``calcification_patch_fraction`` outside
+            [0, 1], bad sizes.
     """
     if int(n) < 1 or int(patches) < 0 or not 0.0 <= float(cancer_fraction) <= 1.0:
         raise ValueError(
             f"expected n >= 1, patches >= 0, 0 <= cancer_fraction <= 1, got {n}, {patches}, {cancer_fraction}"
         )
+    patch_kinds = patch_lesion_kinds(int(patches), calcification_patch_fraction)
     affine = mammography_affine(size)
     with atomic_folder(out_dir) as staging:
         entries = []
@@ -241,10 +282,11 @@ def write_mammography_dataset(
                 | {"view": case.view, "density": case.density, "cancer": case.cancer, "lesion": case.lesion}
             )
         patch_entries = []
-        for index in range(int(patches)):
-            image, mask = pathology_patch(size, patch_size, np.random.default_rng((seed, _PATCH_STREAM, index)))
+        for index, kind in enumerate(patch_kinds):
+            stream = np.random.default_rng((seed, _PATCH_STREAM, index))
+            image, mask = pathology_patch(size, patch_size, stream, lesion=kind)
             names = f"patches/patch_{index:03d}.nii.gz", f"patches/patch_{index:03d}_mask.nii.gz"
-            patch_entries.append(write_image_label_pair(staging, names, image, mask, affine))
+            patch_entries.append(write_image_label_pair(staging, names, image, mask, affine) | {"lesion": kind})
         description = {
             "name": "mammography_shifted" if shifted else "mammography",
             "description": "Digital phantom: 2D mammograms (CC/MLO) with masses and calcification clusters"

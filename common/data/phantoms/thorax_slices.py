@@ -53,12 +53,20 @@ def write_thorax_slice_dataset(
     cancer_fraction: float = 0.5,
     patches: int = 6,
     patch_size: int = 16,
+    calcification_patch_fraction: float = 0.0,
 ) -> Path:
     """Write ``n`` slices (``imagesTr``/``labelsTr``), ``patches`` tumour patches and a ``dataset.json`` atomically.
 
     Case ``i`` draws from ``(seed, i)`` and has a tumour when ``i % 10 < round(10 cancer_fraction)``; patch ``j``
-    from ``(seed, 1, j)``.
+    from ``(seed, 1, j)``; every patch entry has ``lesion: "tumour"``. ``calcification_patch_fraction`` is the
+    mammography phantom's option (the bundle's shared phantom settings pass it); this phantom has no calcifications,
+    so it must be 0.
     """
+    if float(calcification_patch_fraction) != 0.0:
+        raise ValueError(
+            "config key 'phantom_calcification_patch_fraction': the thorax CT slice phantom has tumour patches only, "
+            f"expected 0, got {calcification_patch_fraction}"
+        )
     spacing = 350.0 / int(size)
     affine = np.diag([spacing, spacing, 1.0, 1.0])
     with atomic_folder(out_dir) as staging:
@@ -77,7 +85,9 @@ def write_thorax_slice_dataset(
             window = (slice(top, top + int(patch_size)), slice(left, left + int(patch_size)))
             names = f"patches/patch_{index:03d}.nii.gz", f"patches/patch_{index:03d}_mask.nii.gz"
             mask = (label[window] == 3).astype(np.uint8)
-            patch_entries.append(write_image_label_pair(staging, names, image[window], mask, affine))
+            patch_entries.append(
+                write_image_label_pair(staging, names, image[window], mask, affine) | {"lesion": "tumour"}
+            )
         description = {
             "name": "thorax_ct_slices",
             "description": "Digital phantom: axial chest CT slices ([-1000, 1000] HU -> [0, 1]) with lung tumours",

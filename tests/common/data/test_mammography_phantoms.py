@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
+from scipy.ndimage import label
 
 from common.data.phantoms.mammography import (
     DENSITY_CATEGORIES,
     mammogram_phantom,
+    patch_lesion_kinds,
     pathology_patch,
     write_mammography_dataset,
 )
@@ -55,6 +58,25 @@ def test_patch_stream_crops_a_mass() -> None:
         pathology_patch(64, 80, np.random.default_rng(0))
     with pytest.raises(ValueError, match="'phantom_size'"):
         mammogram_phantom(16, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="lesion: expected one of \\['mass', 'calcification'\\], got 'cyst'"):
+        pathology_patch(64, 16, np.random.default_rng(0), lesion="cyst")
+
+
+@pytest.mark.parametrize("size, patch_size", [(64, 16), (128, 32)])
+def test_patch_stream_crops_a_calcification_cluster(size: int, patch_size: int) -> None:
+    for index in range(5):
+        image, mask = pathology_patch(size, patch_size, np.random.default_rng((0, 1, index)), lesion="calcification")
+        regions, count = label(mask)
+        assert image.shape == mask.shape == (patch_size, patch_size) and count >= 2  # several specks, not one blob
+        assert mask.sum() <= 12 and image[mask > 0].mean() > np.median(image)  # small and bright
+
+
+def test_patch_kinds_are_spread_by_the_share() -> None:
+    assert patch_lesion_kinds(6, 0.5) == ["mass", "calcification"] * 3
+    assert patch_lesion_kinds(8, 0.25).count("calcification") == 2 and patch_lesion_kinds(3, 0.0) == ["mass"] * 3
+    assert patch_lesion_kinds(2, 1.0) == ["calcification"] * 2
+    with pytest.raises(ValueError, match="config key 'calcification_patch_fraction': expected a share in \\[0, 1\\]"):
+        patch_lesion_kinds(2, 1.5)
 
 
 def test_dataset_writer_layout_flags_and_planar_readers(tmp_path: Path) -> None:
@@ -67,7 +89,10 @@ def test_dataset_writer_layout_flags_and_planar_readers(tmp_path: Path) -> None:
     assert {e["lesion"] for e in content["training"] if e["cancer"]} == {"mass", "calcification"}
     references = reference_cases(str(folder), limit=3)
     assert len(references) == 3 and all(r["cancer"] == 0 for r in references)
-    assert [Path(p["image"]).name for p in find_patches(folder)] == ["patch_000.nii.gz", "patch_001.nii.gz"]
+    patches = find_patches(folder)
+    assert [Path(p["image"]).name for p in patches] == ["patch_000.nii.gz", "patch_001.nii.gz"]
+    assert [p["lesion"] for p in patches] == [e["lesion"] for e in content["patches"]] == ["mass", "calcification"]
+    assert all(nib.load(p["label"]).get_fdata().any() for p in patches)  # every patch has its lesion mask
     with pytest.raises(FileExistsError, match="not empty"):
         write_mammography_dataset(folder, n=1, size=32)
     with pytest.raises(FileNotFoundError, match="config key 'patch_dir'.*does not exist"):
@@ -79,3 +104,6 @@ def test_thorax_slices_for_the_lung_ct_overlay(tmp_path: Path) -> None:
     content = json.loads((folder / "dataset.json").read_text())
     assert [e["cancer"] for e in content["training"]] == [1, 0]
     assert find_patches(folder)[0]["label"].endswith("patch_000_mask.nii.gz")
+    assert content["patches"][0]["lesion"] == "tumour"
+    with pytest.raises(ValueError, match="config key 'phantom_calcification_patch_fraction': the thorax CT slice"):
+        write_thorax_slice_dataset(tmp_path / "lung2", n=1, size=32, patches=1, calcification_patch_fraction=0.5)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.metrics.classification import classification_score, compare_arms, fast_score, metric_with_ci
+from common.metrics.classification import (
+    classification_score,
+    compare_arms,
+    fast_score,
+    metric_with_ci,
+    tune_threshold,
+)
 
 LABELS = [0, 0, 1, 1]
 PROBABILITIES = np.array([[0.1], [0.4], [0.35], [0.8]])
@@ -71,3 +77,41 @@ def test_fast_score_equals_sklearn(metric: str) -> None:
     expected = classification_score(metric, labels, probabilities)
     assert fast_score(metric, labels, probabilities) == pytest.approx(expected)
     assert fast_score("f1", np.zeros(4, dtype=np.int64), np.zeros((4, 1))) == 0.0
+
+
+def test_tuned_threshold_by_hand() -> None:
+    # validation: calls at >= t; t = 0.35 calls 0.35, 0.6, 0.8 -> TP 2 of 3 calls, 2 positives -> F1 0.8, the best
+    # (0.1: 4/7, 0.3: 2/3, 0.6: 1/2, 0.8: 2/3)
+    choice = tune_threshold([0, 0, 1, 0, 1], [0.1, 0.3, 0.35, 0.6, 0.8])
+    assert choice.threshold == pytest.approx(0.35) and choice.f1 == pytest.approx(0.8)
+    assert (choice.cases, choice.positives) == (5, 2)
+    # test set at the tuned threshold: calls 0.4 (positive) and 0.5 (negative) -> F1 2 / (2 + 2) = 0.5; at 0.5: 0
+    test_labels, test = [0, 1, 1, 0], np.array([[0.2], [0.4], [0.3], [0.5]])
+    assert classification_score("f1", test_labels, test, [choice.threshold]) == pytest.approx(0.5)
+    assert classification_score("f1", test_labels, test, 0.5) == 0.0
+    # one positive ranked first: the threshold is its probability, F1 1
+    assert tune_threshold([0, 1, 0], [0.2, 0.9, 0.4]) == (pytest.approx(0.9), pytest.approx(1.0), 3, 1)
+    with pytest.raises(ValueError, match="at least one positive case to tune the F1 threshold on, got 3 negative"):
+        tune_threshold([0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="validation probabilities: expected one per case \\(3\\)"):
+        tune_threshold([0, 1, 0], [0.1, 0.2])
+
+
+def test_per_seed_thresholds_in_scores_intervals_and_comparisons() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 30 + [1] * 10)
+    table = np.clip(labels[:, None] * 0.25 + rng.uniform(0, 0.6, (40, 2)), 0, 1)
+    thresholds = [0.3, 0.55]
+    separate = [classification_score("f1", labels, table[:, [j]], t) for j, t in enumerate(thresholds)]
+    assert classification_score("f1", labels, table, thresholds) == pytest.approx(np.mean(separate))
+    assert fast_score("f1", labels, table, np.array(thresholds)) == pytest.approx(np.mean(separate))
+    result = metric_with_ci("f1", labels, table, thresholds, resamples=50)
+    assert result["per_seed"] == pytest.approx(separate) and result["ci_low"] <= result["mean"] <= result["ci_high"]
+    # the same probabilities at other thresholds: the difference is that of the two arms' own F1
+    compared = compare_arms("f1", labels, table, table, thresholds, resamples=50, baseline_threshold=0.5)
+    expected = np.mean(separate) - classification_score("f1", labels, table, 0.5)
+    assert compared["difference"] == pytest.approx(expected) and compared["difference"] != 0.0
+    assert compared["ci_low"] <= compared["difference"] <= compared["ci_high"] and 0.0 < compared["p"] <= 1.0
+    assert compare_arms("f1", labels, table, table, thresholds, resamples=20)["difference"] == 0.0
+    with pytest.raises(ValueError, match="threshold: expected one finite probability or one per seed column \\(2\\)"):
+        classification_score("f1", labels, table, [0.5, 0.5, 0.5])

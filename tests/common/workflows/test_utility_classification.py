@@ -11,12 +11,14 @@ import pytest
 import torch
 from monai.networks.nets import ResNet
 
+from common.metrics.classification import tune_threshold
 from common.workflows.utility import (
     ClassificationUtility,
     case_label,
     classification_items,
     stratified_draw,
     utility_arms,
+    validation_split,
 )
 
 
@@ -135,15 +137,85 @@ def test_classification_experiment_writes_its_report(tmp_path: Path) -> None:
     assert results["cases"]["scarce_real_positives"] == 2 and results["cases"]["test_positives"] == 2
     auc = results["arms"]["real+syn10"]["metrics"]["auc"]
     assert auc["n"] == 10 and len(auc["per_seed"]) == 2 and auc["mean"] is not None
-    assert set(results["arms"]["real"]["metrics_shifted"]) == {"auc", "f1"}
+    assert set(results["arms"]["real"]["metrics_shifted"]) == {"auc", "f1", "f1_fixed"}
     comparison = results["comparisons"]["vs real (test)"]["real+syn10"]["auc"]
     assert comparison["difference"] == pytest.approx(auc["mean"] - results["arms"]["real"]["metrics"]["auc"]["mean"])
     assert set(results["comparisons"]) == {"vs real (test)", "vs real (shifted)"}
     assert results["sanity"]["ratio"] is not None
     report = (tmp_path / "report.md").read_text()
     assert "## held-out test set" in report and "## shifted test set (10 images)" in report
-    assert "| real+syn10 | 10 | 10 |" in report
+    assert "| real+syn10 | 7 (+ 3) | 10 |" in report  # 3 of the 10 real images validate, 7 train
     assert (tmp_path / "utility_auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = json.loads((tmp_path / "runs" / "real__seed0.json").read_text())
     assert set(run["cases"]) == {c["case_id"] for c in cases("te", 10) + cases("sh", 10)}  # both test sets scored
     assert experiment(tmp_path / "again").run()["arms"]["real"]["metrics"] == results["arms"]["real"]["metrics"]
+
+
+def test_validation_split_is_stratified_seeded_and_refuses_a_lone_class() -> None:
+    pool = cases("tr", 20)  # 4 positive, 16 negative
+    kept, held = validation_split(pool, 0.2, seed=0)
+    assert sum(c["cancer"] for c in held) == 1 and len(held) == 4  # max(1, round(0.8)) + round(3.2)
+    assert {c["case_id"] for c in kept} | {c["case_id"] for c in held} == {c["case_id"] for c in pool}
+    assert [c["case_id"] for c in kept] == [c["case_id"] for c in pool if c not in held]  # order kept
+    assert validation_split(pool, 0.2, seed=0) == (kept, held) and validation_split(pool, 0.2, seed=1) != (kept, held)
+    with pytest.raises(ValueError, match=r"the scarce images hold 1 positive case\(s\); a validation split"):
+        validation_split(cases("tr", 5), 0.2, seed=0, pool="scarce")
+    with pytest.raises(ValueError, match=r"config key 'validation_fraction': expected a share in \(0, 1\), got 1"):
+        validation_split(pool, 1.0, seed=0)
+
+
+def test_tuned_threshold_comes_from_the_training_side_never_the_test_labels(tmp_path: Path) -> None:
+    results = experiment(tmp_path, seeds=[0], sanity=False).run()
+    real, mixed = (json.loads((tmp_path / "runs" / f"{a}__seed0.json").read_text()) for a in ("real", "real+syn10"))
+    held = real["settings"]["validation_cases"]
+    assert held == mixed["settings"]["validation_cases"] == results["cases"]["validation"]["scarce"] and len(held) == 3
+    assert not set(held) & set(real["settings"]["training_cases"]) and not set(held) & set(results["cases"]["test"])
+    assert [c for c in mixed["settings"]["training_cases"] if "_sample" not in c] == real["settings"]["training_cases"]
+    scores = list(real["validation"].values())
+    expected = tune_threshold([v["label"] for v in scores], [v["probability"] for v in scores]).threshold
+    assert results["arms"]["real"]["f1_thresholds"]["per_seed"] == [expected]
+    assert results["arms"]["real"]["f1_thresholds"]["rule"] == "tuned"
+    # shuffle the test labels in the cached runs: the thresholds stay, the test figures follow the new labels
+    for path in (tmp_path / "runs").glob("*.json"):
+        run = json.loads(path.read_text())
+        test_ids = sorted(c for c in run["cases"] if c.startswith("te"))
+        labels = [run["cases"][c]["label"] for c in test_ids]
+        for case, label in zip(test_ids, labels[3:] + labels[:3]):
+            run["cases"][case]["label"] = label
+        path.write_text(json.dumps(run))
+    shuffled = experiment(tmp_path, seeds=[0], sanity=False).run()
+    for arm in ("real", "real+syn10"):
+        assert shuffled["arms"][arm]["f1_thresholds"] == results["arms"][arm]["f1_thresholds"]
+    assert shuffled["arms"]["real"]["metrics"]["auc"] != results["arms"]["real"]["metrics"]["auc"]
+    report = (tmp_path / "report.md").read_text()
+    assert "F1 (tuned) [95 % CI]" in report and "F1 at 0.5 [95 % CI]" in report and "F1 threshold per seed" in report
+    assert "a threshold chosen per arm and seed where it maximises F1 on a validation split" in report
+    assert "never on test labels" in report
+
+
+def test_a_fixed_f1_threshold_holds_nothing_out(tmp_path: Path) -> None:
+    results = experiment(tmp_path, seeds=[0], sanity=False, synthetic_multiples=[], f1_threshold=0.3).run()
+    arm = results["arms"]["real"]
+    assert set(arm["metrics"]) == {"auc", "f1"} and arm["f1_thresholds"] == {"rule": "fixed", "per_seed": [0.3]}
+    assert arm["real_cases"] == 10 and arm["validation_cases"] == 0 and results["cases"]["validation"] == {}
+    run = json.loads((tmp_path / "runs" / "real__seed0.json").read_text())
+    assert "validation" not in run and "validation_cases" not in run["settings"]
+    assert "F1: positive at probability >= 0.3 (fixed)." in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"f1_threshold": "best"},
+            r"config key 'f1_threshold': expected 'tuned' or a probability in \(0, 1\), got 'best'",
+        ),
+        ({"f1_threshold": 1.0}, "config key 'f1_threshold'"),
+        ({"fixed_threshold": 0.0}, r"config key 'fixed_threshold': expected a probability in \(0, 1\), got 0.0"),
+        ({"positive_fraction": 0.1}, r"the scarce real training images hold 1 positive case\(s\)"),
+        ({"synthetic_only_arms": True}, r"config key 'f1_threshold': 'tuned' holds out real .* \['syn10'\]"),
+    ],
+)
+def test_bad_threshold_settings_name_the_key(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        experiment(tmp_path, **options)
