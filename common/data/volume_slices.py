@@ -105,10 +105,22 @@ class SliceOptions:
         )
 
 
+def _why_not_cuttable(shape: tuple[int, ...], axis: int) -> str | None:
+    """What keeps an image of ``shape`` from being cut into 2D slices along ``axis``; None when nothing does."""
+    if len(shape) != 3:
+        return f"a {len(shape)}D image of shape {shape}"
+    in_plane = tuple(n for a, n in enumerate(shape) if a != axis % 3)
+    if min(in_plane) < 2:
+        return f"shape {shape}, whose slices along axis {axis} would be {in_plane}"
+    return None
+
+
 def _load_volume(path: Path, options: SliceOptions) -> nib.Nifti1Image:
-    """The NIfTI image at ``path``, checked to be a 3D volume that ``options.axis`` can cut into 2D slices."""
-    found_2d = "a 2D image (PNG)" if path.name.lower().endswith(".png") else None
-    if found_2d is None:
+    """The NIfTI image at ``path`` (trailing singleton axes beyond the third dropped), checked to be a 3D volume
+    that ``options.axis`` cuts into 2D slices."""
+    if path.name.lower().endswith(".png"):
+        problem = "a 2D image (PNG)"
+    else:
         try:
             image = nib.load(path)
         except Exception as error:  # nibabel raises several types for a corrupt or foreign file
@@ -116,21 +128,12 @@ def _load_volume(path: Path, options: SliceOptions) -> nib.Nifti1Image:
         shape = tuple(image.shape)
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
-        if len(shape) == 3:
-            in_plane = [n for axis, n in enumerate(shape) if axis != options.axis % 3]
-            if min(in_plane) > 1:
-                return image if image.ndim == 3 else image.slicer[(slice(None),) * 3 + (0,) * (image.ndim - 3)]
-            found_2d = f"shape {shape}, whose slices along axis {options.axis} would be {tuple(in_plane)}"
-        elif len(shape) == 2:
-            found_2d = f"a 2D image of shape {shape}"
-        else:
-            raise ValueError(
-                f"'{path}': config key 'slice_axis' = {options.axis} expects 3D volumes, found a {len(shape)}D image "
-                f"of shape {tuple(image.shape)}"
-            )
+        problem = _why_not_cuttable(shape, options.axis)
+        if problem is None:
+            return image if image.ndim == 3 else image.slicer[(slice(None),) * 3 + (0,) * (image.ndim - 3)]
     raise ValueError(
         f"'{path}': config key 'slice_axis' = {options.axis} expects a 3D volume to cut into 2D slices, found "
-        f"{found_2d}; set slice_axis to null for a folder of 2D images"
+        f"{problem} (slice_axis null reads 2D images)"
     )
 
 
