@@ -36,12 +36,15 @@ from common.data.prepare import (
     training_pixdim,
 )
 from common.data.splits import split_by_patient, split_cases
+from common.data.volume_slices import SliceOptions, slice_volumes
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ensure_slice_phantoms",
     "find_images",
     "prepare_image_dataset",
+    "SliceOptions",
+    "slice_volumes",
     "find_patches",
     "find_planar_cases",
     "patch_cases",

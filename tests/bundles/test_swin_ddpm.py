@@ -91,7 +91,11 @@ def test_fixed_variance_and_conv_unet_overlays_train_one_step(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "overlay, suffix, spacing",
-    [("heart_mri", ".nii.gz", 2.0 * 256 / 16), ("pelvic_ct", ".nii.gz", 350.0 / 16)],
+    [
+        ("heart_mri", ".nii.gz", 2.0 * 256 / 16),
+        ("pelvic_ct", ".nii.gz", 400.0 / 16),
+        ("abdomen_ct", ".nii.gz", 350.0 / 16),
+    ],
 )
 def test_dataset_overlays_prepare_their_phantoms(tmp_path: Path, overlay: str, suffix: str, spacing: float) -> None:
     parser = config_parser(BUNDLE, ("train", overlay), bundle_root=str(tmp_path), **{**SHARED, "phantom#n": 2})
@@ -102,6 +106,23 @@ def test_dataset_overlays_prepare_their_phantoms(tmp_path: Path, overlay: str, s
     low, high = parser.get_parsed_content("intensity_range")
     assert low <= float(item["image"].min()) and float(item["image"].max()) <= high
     assert nib.load(train[0]["image"]).header.get_zooms()[0] == pytest.approx(spacing)
+
+
+def test_pelvic_ct_trains_on_the_axial_slices_of_3d_volumes(tmp_path: Path) -> None:
+    """A dataset_dir of two 3D CT volumes: pelvic_ct.yaml cuts them along axis 2 into the slice cache and trains."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "volumes").mkdir()
+    affine = np.diag([25.0, 25.0, 5.0, 1.0])  # the overlay resamples to 2 mm * 256 / 16 = 32 mm pixels
+    for case in ("pelvis_a", "pelvis_b"):
+        hu = rng.normal(40.0, 20.0, size=(16, 16, 4)).astype(np.float32)
+        hu[:3] = -1000.0  # air in front of the body
+        nib.save(nib.Nifti1Image(hu, affine), tmp_path / "volumes" / f"{case}.nii.gz")
+    root = tmp_path / "bundle"
+    overrides = {**TRAIN, "max_epochs": 1, "dataset_dir": str(tmp_path / "volumes"), "val_fraction": 0.5}
+    make_workflow(BUNDLE, ("train", "pelvic_ct"), "train", bundle_root=str(root), **overrides).run()
+    cache = json.loads((root / "data" / "slices_pelvic_ct" / "dataset.json").read_text())["training"]
+    assert [e["case_id"] for e in cache] == [f"pelvis_{c}_{k:03d}" for c in "ab" for k in range(4)]
+    assert (root / "models" / "model.pt").is_file() and not (root / "data" / "phantoms_pelvic_ct_16").exists()
 
 
 def test_bad_inputs_name_the_config_key(tmp_path: Path, trained: Path) -> None:

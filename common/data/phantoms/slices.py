@@ -10,8 +10,11 @@
   myocardial ring, the right ventricle as a crescent beside it), descending aorta and spine; partial volumes by
   supersampling, a smooth bias field and Rician noise. Written as a 2D NIfTI at 2 mm by default.
 - ``axial_ct``: an axial CT slice in Hounsfield units, cut from the thorax CT phantom at a random height between
-  the mid-chest and the upper abdomen (liver below the diaphragm). The project has no pelvic or abdominal CT phantom:
-  the slices stand in for the pelvic and abdominal CT datasets in shape, HU range and noise, not in anatomy.
+  the mid-chest and the upper abdomen (liver below the diaphragm). The project has no abdominal CT phantom below it:
+  the slices stand in for the abdominal CT dataset (BTCV) in shape, HU range and noise, not in anatomy.
+- ``pelvic_ct``: an axial pelvic CT slice in HU (:func:`common.data.phantoms.pelvis.pelvic_ct_slice`): body outline,
+  subcutaneous and pelvic fat, muscle, iliac wings and sacrum or femoral heads in their acetabula and the coccyx
+  (cortex around cancellous bone), the bladder and the rectum with some gas; 400 mm field of view.
 
 ``write_slice_phantoms`` writes one kind as files plus a ``dataset.json`` (``training``: ``[{"case_id", "image"}]``)
 atomically; case ``i`` draws from ``numpy.random.default_rng((seed, i))``.
@@ -28,6 +31,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
 from common.data.phantoms.geometry import phantom_affine
+from common.data.phantoms.pelvis import pelvic_ct_slice
 from common.data.phantoms.thorax import thorax_ct_phantom
 from common.io import atomic_folder, atomic_write_nifti, write_png
 
@@ -144,10 +148,16 @@ def _write_axial_ct(path: Path, size: int, rng: np.random.Generator) -> None:
     atomic_write_nifti(np.round(image)[None], _slice_affine(size, spacing), path, dtype="int16")
 
 
+def _write_pelvic_ct(path: Path, size: int, rng: np.random.Generator) -> None:
+    phantom = pelvic_ct_slice(size, rng)
+    atomic_write_nifti(np.round(phantom.image)[None], _slice_affine(size, phantom.spacing), path, dtype="int16")
+
+
 SLICE_PHANTOM_KINDS: dict[str, _SliceKind] = {
     "chest_xray": _SliceKind("DRR chest radiographs of the thorax CT phantom (8-bit PNG)", ".png", _write_chest_xray),
     "cardiac_mri": _SliceKind("ACDC-style short-axis cardiac MRI slices", ".nii.gz", _write_cardiac_mri),
     "axial_ct": _SliceKind("axial CT slices of the thorax CT phantom (HU)", ".nii.gz", _write_axial_ct),
+    "pelvic_ct": _SliceKind("axial pelvic CT slices (HU)", ".nii.gz", _write_pelvic_ct),
 }
 """Kind name -> how its cases are drawn and written."""
 
@@ -160,7 +170,9 @@ def write_slice_phantoms(kind: str, out_dir: str | Path, n: int = 32, size: int 
         FileExistsError: ``out_dir`` exists and is not empty.
     """
     if kind not in SLICE_PHANTOM_KINDS:
-        raise ValueError(f"phantom kind must be one of {sorted(SLICE_PHANTOM_KINDS)}, got {kind!r}")
+        raise ValueError(
+            f"phantom kind (config key 'phantom_kind') must be one of {sorted(SLICE_PHANTOM_KINDS)}, got {kind!r}"
+        )
     if int(n) < 1 or int(size) < _MIN_SIZE:
         raise ValueError(f"phantoms need n >= 1 and size >= {_MIN_SIZE}, got n={n}, size={size}")
     spec = SLICE_PHANTOM_KINDS[kind]
