@@ -1,5 +1,6 @@
-"""The ``targets`` lists of the semantic_mri, paired_petct and latent_ct benches, on small hand-made results (figures
-are binary fractions, so no verdict hangs on rounding), and the harness's target table."""
+"""The ``targets`` lists of the semantic_mri and latent_ct benches on small hand-made results (figures are binary
+fractions, so no verdict hangs on rounding; paired_petct's are in test_bench_paired_petct.py), and the harness's target
+table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 
 from tools.bench.harness import TARGETS_HEADING, target_entry, targets_markdown
 from tools.bench.latent_ct import latent_ct_not_measured, latent_ct_targets
-from tools.bench.paired_petct import paired_petct_targets
 from tools.bench.semantic_mri import semantic_mri_targets
 
 KEYS = ["name", "value", "target", "met"]
@@ -39,34 +39,6 @@ def test_semantic_mri_targets() -> None:
 def test_semantic_mri_targets_not_met() -> None:
     targets = semantic_mri_targets(_semantic(0.125, 0.75, [(25, 0.75)]))
     assert [t["met"] for t in targets] == [False, False, True]  # the fast sampler is judged against the paper's
-
-
-def _paired_row(name: str, evaluations: int, mean: float, seed_fraction: float | None) -> dict:
-    return {
-        "sampler": name,
-        "evaluations_per_network": evaluations,
-        "pairing_dice_mean": mean,
-        "pairing_dice_se": 0.0625,
-        "seed_fraction": seed_fraction,
-    }
-
-
-def test_paired_petct_targets() -> None:
-    samplers = [
-        _paired_row("full", 1000, 0.5, None),
-        _paired_row("fast unseeded", 25, 0.75, None),
-        _paired_row("seeded, better", 40, 0.625, 0.8),
-        _paired_row("seeded, level, 20x", 50, 0.5, 0.8),
-        _paired_row("seeded, worse", 20, 0.375, 0.8),
-        _paired_row("seeded, better, too many evaluations", 51, 0.75, 0.8),
-    ]
-    targets = paired_petct_targets({"samplers": samplers})
-    assert all(list(t) == KEYS for t in targets)
-    assert len(targets) == 4  # the full and the unseeded sampler are not judged
-    assert [t["met"] for t in targets] == [True, True, False, False]
-    assert [t["value"] for t in targets] == [0.125, 0.0, -0.125, 0.25]
-    assert targets[0]["name"].startswith("seeded fast sampling, seeded, better (25x fewer evaluations")
-    assert "+1.4 standard errors" in targets[0]["name"]  # 0.125 / (0.0625 * sqrt(2))
 
 
 def _latent(fast_seconds: list[float], memory: list[dict]) -> dict:
