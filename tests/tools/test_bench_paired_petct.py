@@ -15,6 +15,7 @@ from tools.bench.paired_petct import (
     bench_paired_petct_feedback,
     compare_to_reference,
     feedback_effect,
+    paired_petct_targets,
     target_verdict,
 )
 
@@ -80,6 +81,23 @@ def test_verdict_judges_seeded_fast_samplers_only() -> None:
     assert "+1.2 standard errors" in lines[0]
     assert lines[1].endswith("target not met.") and "-0.050" in lines[1]
     assert "10x fewer" in lines[2] and lines[2].endswith("target not met.")
+
+
+def test_targets_list_judges_seeded_fast_samplers_only() -> None:
+    samplers = [
+        _row("full", 1000, 0.5, None),
+        _row("fast unseeded", 25, 0.75, None),
+        _row("seeded, better", 40, 0.625, 0.8),
+        _row("seeded, level, 20x", 50, 0.5, 0.8),
+        _row("seeded, worse", 20, 0.375, 0.8),
+        _row("seeded, better, too many evaluations", 51, 0.75, 0.8),
+    ]
+    targets = paired_petct_targets({"samplers": samplers})
+    assert all(list(t) == ["name", "value", "target", "met"] for t in targets)
+    assert [t["met"] for t in targets] == [True, True, False, False]  # the full and the unseeded one are not judged
+    assert [t["value"] for t in targets] == [0.125, 0.0, -0.125, 0.25]
+    assert targets[0]["name"].startswith("seeded fast sampling, seeded, better (25x fewer evaluations")
+    assert "+2.9 standard errors" in targets[0]["name"]  # 0.125 / (0.03 * sqrt(2))
 
 
 def test_steps_argument_reproduces_the_command_line() -> None:

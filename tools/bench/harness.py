@@ -1,23 +1,27 @@
-"""The benchmark harness: bundle config files and workflows, an iteration clock, tables, standard errors."""
+"""The benchmark harness: bundle config files and workflows, an iteration clock, tables, target lists, standard
+errors."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-__all__ = ["mean_standard_error"]
+__all__ = ["TARGETS_HEADING", "mean_standard_error", "target_entry", "targets_markdown"]
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # tools/bench/harness.py -> the repository root
 
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+TARGETS_HEADING = "## Targets"
 
 
 def config_files(bundle: str, *names: str) -> list[str]:
@@ -80,6 +84,24 @@ def bundle_intervals(trainer: Any, epochs: int) -> list[float]:
 def markdown_table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def target_entry(name: str, value: float, target: str, met: bool) -> dict[str, Any]:
+    """One entry of a result's ``targets`` list (bundle contract, "Benchmarks"): ``name`` says what is measured and
+    by which rule, ``value`` is the measured figure, ``target`` the issue's bound as text, ``met`` the verdict."""
+    return {"name": name, "value": float(value), "target": target, "met": bool(met)}
+
+
+def targets_markdown(targets: Sequence[dict[str, Any]], not_measured: Sequence[str] = ()) -> str:
+    """The ``## Targets`` section of a benchmark's markdown: a table of ``targets`` (entries of
+    :func:`target_entry`), then a list of the issue's targets that the run did not measure (``not_measured``, one
+    sentence each: the target, "not measured by ...", and where it is measured, if anywhere)."""
+    table = markdown_table(
+        [[t["name"], f"{t['value']:.3f}", t["target"], "yes" if t["met"] else "no"] for t in targets],
+        ["target", "value", "wanted", "met"],
+    )
+    lines = [f"- {text}" for text in not_measured]
+    return "\n\n".join([TARGETS_HEADING, table, *(["\n".join(lines)] if lines else [])])
 
 
 def mean_standard_error(metrics: dict[str, Any], num_triples: int) -> tuple[int, float]:

@@ -13,6 +13,10 @@ side in one process:
    latent whole vs tile by tile (``common.inferers.tiled_decoding.decode_tiled_tail``: attention head whole,
    convolutional tail in tiles, exact) with the demo autoencoder, for 128^3 and 256^3 volumes, and the largest
    difference between the two.
+
+The issue's targets (``latent_ct_targets``: the JSON's ``targets`` list and the markdown's table): every fast sampler
+>= 20x faster per volume than the 1000-step sampler, and tiled decoding of 256^3 within a quarter of the whole
+decode's peak memory (each tiled mode the run measured at 256^3; ``latent_ct_not_measured`` names a missing one).
 """
 
 from __future__ import annotations
@@ -28,10 +32,18 @@ import torch
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
 from common.losses.autoencoder import kl_divergence
 from common.metrics.fid import fid_2d_slices
-from tools.bench.harness import bundle_intervals, bundle_workflow, config_files, loop_intervals, markdown_table
+from tools.bench.harness import (
+    bundle_intervals,
+    bundle_workflow,
+    config_files,
+    loop_intervals,
+    markdown_table,
+    target_entry,
+    targets_markdown,
+)
 from tools.bench.memory import measure_peak_rss
 
-__all__ = ["bench_latent_ct", "train_stage"]
+__all__ = ["bench_latent_ct", "latent_ct_not_measured", "latent_ct_targets", "train_stage"]
 
 
 BUNDLE = "latent_ct"
@@ -41,6 +53,21 @@ AUTOENCODER = ("train_autoencoder", "demo")
 
 
 DIFFUSION = ("train_autoencoder", "train_diffusion", "demo")
+
+
+MIN_SPEED_UP = 20.0  # issue 4: the fast sampler >= 20x faster per volume than the 1000-step sampler
+
+
+TARGET_VOLUME = 256  # issue 4: tiled decoding of 256^3 ...
+
+
+MAX_TILED_MEMORY = 0.25  # ... within a quarter of the whole decode's peak memory
+
+
+TILED_MODES = {
+    "whole": "exact (whole-volume GroupNorm statistics)",
+    "tile": "tile statistics (one pass, approximate)",
+}
 
 
 ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # compare algorithms, not glibc's heap growth (tools.bench.memory)
@@ -227,6 +254,66 @@ def _memory_cell(row: dict[str, Any], mode: str) -> str:
     return text
 
 
+def _target_volume_row(results: dict[str, Any]) -> dict[str, Any] | None:
+    return next((row for row in results["memory"] if row["volume"] == TARGET_VOLUME), None)
+
+
+def latent_ct_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets from the figures of :func:`bench_latent_ct` (``results`` as it returns them or as
+    ``benchmarks/results/latent_ct.json`` holds them; ``samplers[0]`` is the 1000-step sampler): one speed-up entry
+    per fast sampler (seconds per volume, decoding included, as the README quotes them) and one memory entry per tiled
+    mode the run measured at 256^3 (peak resident memory above a fresh process, tiled / whole)."""
+    full, *fast = results["samplers"]
+    targets = []
+    for sampler in fast:
+        speed_up = full["s_per_volume"] / sampler["s_per_volume"]
+        targets.append(
+            target_entry(
+                f"fast sampler {sampler['sampler']}, {sampler['steps']} steps: seconds per volume (decoding "
+                f"included) of the {full['steps']}-step {full['sampler']} sampler / its own",
+                speed_up,
+                f">= {MIN_SPEED_UP:g}",
+                speed_up >= MIN_SPEED_UP,
+            )
+        )
+    row = _target_volume_row(results)
+    for mode, label in TILED_MODES.items():
+        if row is not None and f"tiled_{mode}_gn_mib" in row:
+            ratio = row[f"tiled_{mode}_gn_mib"] / row["whole_mib"]
+            targets.append(
+                target_entry(
+                    f"tiled decoding of {TARGET_VOLUME}^3, {label}, tiles {row['roi']}^3: peak resident memory / "
+                    "whole decoding's",
+                    ratio,
+                    f"<= {MAX_TILED_MEMORY:g}",
+                    ratio <= MAX_TILED_MEMORY,
+                )
+            )
+    return targets
+
+
+def latent_ct_not_measured(results: dict[str, Any]) -> list[str]:
+    """The memory target's readings that the run left out (a 256^3 volume, or a tiled mode at 256^3), one sentence
+    each, for the markdown under the target table."""
+    row = _target_volume_row(results)
+    if row is None:
+        return [
+            f"tiled decoding of {TARGET_VOLUME}^3 within {MAX_TILED_MEMORY:g} of the whole decode's peak memory: not "
+            f"measured by this run (`--volume_sizes` without {TARGET_VOLUME})"
+        ]
+    missing = []
+    for mode, label in TILED_MODES.items():
+        key = f"tiled_{mode}_gn_mib"
+        if key not in row:
+            sizes = ", ".join(f"{r['volume']}^3" for r in results["memory"] if key in r)
+            missing.append(
+                f"tiled decoding of {TARGET_VOLUME}^3, {label}: not measured by this run at {TARGET_VOLUME}^3"
+                + (f" (`--exact_sizes` without {TARGET_VOLUME})" if mode == "whole" else "")
+                + (f"; measured at {sizes} in the memory table above" if sizes else "")
+            )
+    return missing
+
+
 def bench_latent_ct(
     autoencoder_epochs: int = 60,
     diffusion_epochs: int = 100,
@@ -271,6 +358,7 @@ def bench_latent_ct(
         memory = _memory(quality, tuple(volume_sizes), tuple(exact_sizes), decode_roi)
     full = samplers[0]
     results = {"throughput": throughput, "training": training, "samplers": samplers, "memory": memory}
+    results["targets"] = latent_ct_targets(results)
     command = (
         f"python -m tools.bench latent_ct --autoencoder_epochs {autoencoder_epochs} --diffusion_epochs "
         f"{diffusion_epochs} --num_samples {num_samples} --fast_steps {fast_steps}"
@@ -345,6 +433,8 @@ def bench_latent_ct(
         f"scale), measured at {min(exact_sizes)}^3.",
         "",
         markdown_table(memory_rows, ["volume", "whole", "tiled, exact", "tiled, tile statistics"]),
+        "",
+        targets_markdown(results["targets"], latent_ct_not_measured(results)),
         "",
     ]
     return "\n".join(lines), results
