@@ -53,6 +53,7 @@ __all__ = [
     "check_weights_only",
     "consumer_weight_files",
     "inference_files",
+    "overlay_weight_files",
     "read_metadata",
     "release",
     "required_packages",
@@ -184,33 +185,65 @@ def required_packages(folder: Path, code_roots: Iterable[Path] | None = None) ->
     return dict(sorted(required.items()))
 
 
+def _weights_entries(config: Path) -> set[Path]:
+    """The weight files a config names: every ``large_files_entry='...'`` literal and a top-level ``weights_entry``
+    key (the large_files.yml entry of an overlay's own weights, e.g. ``models/lung_ct/model.pt``)."""
+    text = config.read_text()
+    named = {Path(m) for m in _LARGE_FILES_ENTRY.findall(text)}
+    if config.suffix in (".yaml", ".yml"):
+        content = yaml.safe_load(text)
+        entry = content.get("weights_entry") if isinstance(content, dict) else None
+        if isinstance(entry, str) and not entry.startswith(("$", "@")):
+            named.add(Path(entry))
+    return named
+
+
 def inference_files(folder: Path) -> list[Path]:
     """The files the bundle's inference config loads from its folder: every ``large_files_entry='...'`` it names
-    (``models/model.pt``, ``models/model_autoencoder.pt``, ``models/latent_scale.json``, ...); when it names none,
-    :data:`CONSUMER_WEIGHTS` (hidden files, e.g. a temp file of an interrupted write, never count)."""
+    and its ``weights_entry`` (``models/model.pt``, ``models/model_autoencoder.pt``, ``models/latent_scale.json``,
+    ...); when it names none, :data:`CONSUMER_WEIGHTS` (hidden files, e.g. a temp file of an interrupted write,
+    never count)."""
     configs = sorted((folder / "configs").glob("inference.*"))
-    named = {Path(m) for path in configs for m in _LARGE_FILES_ENTRY.findall(path.read_text())}
+    named = {entry for path in configs for entry in _weights_entries(path)}
     if named:
         return sorted(named)
     found = {p.relative_to(folder) for pattern in CONSUMER_WEIGHTS for p in folder.glob(pattern) if p.is_file()}
     return sorted(p for p in found if not p.name.startswith("."))
 
 
+def overlay_weight_files(folder: Path) -> dict[str, list[Path]]:
+    """Overlay name -> the weight files it names with ``weights_entry`` when they differ from the base inference
+    files: an overlay with weights of its own (``configs/lung_ct.yaml`` -> ``models/lung_ct/model.pt``)."""
+    base = set(inference_files(folder))
+    overlays = {}
+    for config in sorted((folder / "configs").glob("*.y*ml")):
+        if config.stem == "inference":
+            continue
+        own = sorted(entry for entry in _weights_entries(config) if entry not in base)
+        if own:
+            overlays[config.stem] = own
+    return overlays
+
+
 def consumer_weight_files(folder: Path) -> list[Path]:
-    """The :func:`inference_files` present in ``folder`` (relative paths, sorted): all of them, or none.
+    """The weight files present in ``folder`` that a release ships (relative paths, sorted): all of the
+    :func:`inference_files` or none, and for each overlay with weights of its own (:func:`overlay_weight_files`)
+    all of its files or none; an overlay that was never trained is simply left out.
 
     Raises:
-        FileNotFoundError: naming the missing ones, when only some are present (inference would fail).
+        FileNotFoundError: naming the missing ones, when only some of a set are present (inference would fail).
     """
-    wanted = inference_files(folder)
-    present = [p for p in wanted if (folder / p).is_file()]
-    if present and len(present) < len(wanted):
-        missing = [str(p) for p in wanted if p not in present]
-        raise FileNotFoundError(
-            f"bundle '{folder}': inference needs {[str(p) for p in wanted]}, but {missing} is missing "
-            "(train every stage first, or remove the partial weights)"
-        )
-    return present
+    present = []
+    for name, wanted in {"inference": inference_files(folder), **overlay_weight_files(folder)}.items():
+        found = [p for p in wanted if (folder / p).is_file()]
+        if found and len(found) < len(wanted):
+            missing = [str(p) for p in wanted if p not in found]
+            raise FileNotFoundError(
+                f"bundle '{folder}': {name} needs {[str(p) for p in wanted]}, but {missing} is missing "
+                "(train every stage first, or remove the partial weights)"
+            )
+        present.extend(found)
+    return sorted(set(present))
 
 
 def check_weights_only(path: Path) -> None:
@@ -283,6 +316,7 @@ def _stage(source: Path, stage: Path, metadata: dict[str, Any]) -> dict[str, Any
     for weight in shipped:
         if weight.suffix == ".pt":
             check_weights_only(source / weight)
+        (stage / weight).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / weight, stage / weight)
     (stage / "large_files.yml").write_text(_large_files(source, stage, shipped))
     metadata = dict(metadata)

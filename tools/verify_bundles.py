@@ -39,7 +39,14 @@ from monai.bundle import ConfigParser
 
 from common.bundle import bundle_config_parser
 from common.checkpoint import file_hash
-from tools.release import VENDORED_PACKAGES, check_weights_only, inference_files, read_metadata, required_packages
+from tools.release import (
+    VENDORED_PACKAGES,
+    check_weights_only,
+    inference_files,
+    overlay_weight_files,
+    read_metadata,
+    required_packages,
+)
 
 __all__ = [
     "REQUIRED_FILES",
@@ -251,10 +258,11 @@ def _check_release_models(root: Path) -> Iterator[str]:
     content = yaml.safe_load(listing.read_text()) if listing.is_file() else None
     entries = (content or {}).get("large_files") or [] if isinstance(content, dict) else []
     listed = {Path(str(e.get("path"))).parts for e in entries if isinstance(e, dict)}
-    for weight in inference_files(root):
+    overlays = [w for files in overlay_weight_files(root).values() for w in files]
+    for weight in [*inference_files(root), *overlays]:
         if (root / weight).is_file() and weight.parts not in listed:
             yield f"'{root / weight}' ships without a large_files.yml entry (no hash to check it against)"
-    for path in sorted((root / "models").glob("*.pt")) if (root / "models").is_dir() else []:
+    for path in sorted((root / "models").rglob("*.pt")) if (root / "models").is_dir() else []:
         if "checkpoint" in path.name:
             yield f"'{path}' looks like resumable training state: a release ships inference weights only"
             continue

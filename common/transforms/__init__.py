@@ -40,10 +40,13 @@ from common.transforms.io import SafeLoadImageD, SafeLoadImaged, SafeLoadImageDi
 from common.transforms.latent import EncodeLatentd, SampleLatentd
 from common.transforms.morphology import binary_opening, fill_holes, largest_component
 from common.transforms.pathology import (
+    PatchFade,
     PathologyPatchNormalize,
     PathologyPatchNormalizeD,
     PathologyPatchNormalized,
     PathologyPatchNormalizeDict,
+    edge_fade_weight,
+    paste_patch,
     place_patch,
 )
 from common.transforms.spatial import ResampleToSourceD, ResampleToSourced, ResampleToSourceDict
@@ -54,6 +57,9 @@ __all__ = [
     "PathologyPatchNormalized",
     "PathologyPatchNormalizeD",
     "PathologyPatchNormalizeDict",
+    "PatchFade",
+    "edge_fade_weight",
+    "paste_patch",
     "place_patch",
     "ResampleToSourceD",
     "ResampleToSourceDict",

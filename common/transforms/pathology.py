@@ -11,7 +11,13 @@ Before a pathology patch guides sampling (Eq. 5) its appearance is brought close
 ``PathologyPatchNormalize`` / ``PathologyPatchNormalized`` are that transform as a MONAI ``Transform`` /
 ``MapTransform`` pair. The paper's random rotation, translation and flipping are MONAI's ``RandRotated``,
 ``RandAffined`` and ``RandFlipd`` on the patch and its mask (see the bundle's inference config). ``place_patch``
-chooses where the patch goes: a position whose lesion pixels all lie inside the breast mask.
+chooses where the patch goes: a position whose lesion pixels all lie inside the breast mask; ``paste_patch`` puts the
+prepared patch into the reference (the pathology condition's target image).
+
+Step 3 can be read two ways (:class:`PatchFade`): the patch's values fade towards the reference minimum and the
+patch replaces its box (``minimum``, the reading of the base configs), or the patch is blended into the reference
+with the Gaussian as blending weight, so that its edge becomes the reference's own tissue (``reference``, a project
+overlay).
 """
 
 from __future__ import annotations
@@ -23,20 +29,44 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import HistogramNormalize, MapTransform, Randomizable, Transform
+from monai.utils import StrEnum
 
 from common.inferers.guidance import gaussian_patch_weight
 
 __all__ = [
     "PAPER_QUANTILE_RANGE",
+    "PatchFade",
     "PathologyPatchNormalize",
     "PathologyPatchNormalized",
     "PathologyPatchNormalizeD",
     "PathologyPatchNormalizeDict",
+    "edge_fade_weight",
+    "paste_patch",
     "place_patch",
 ]
 
 PAPER_QUANTILE_RANGE = (0.975, 0.995)
 """Range of the reference quantile the patch is normalised to (paper 003, Sec. 2.2)."""
+
+
+class PatchFade(StrEnum):
+    """How the patch's Gaussian edge weighting (paper 003, Fig. 1b) joins the patch to the image.
+
+    - ``minimum``: the patch's values fade towards the reference minimum (:class:`PathologyPatchNormalize` with an
+      ``edge_sigma_fraction``) and the faded patch replaces its box (``paste_patch`` without ``fade``);
+    - ``reference``: the patch is prepared without fading and blended into the reference with the Gaussian as weight
+      (``paste_patch`` with ``fade=edge_fade_weight(...)``): no dark frame around the lesion.
+    """
+
+    MINIMUM = "minimum"
+    REFERENCE = "reference"
+
+
+def edge_fade_weight(patch_shape: Sequence[int], sigma_fraction: float) -> torch.Tensor:
+    """The edge weighting of Fig. 1b over a patch: (*patch_shape), peak 1 at the centre, sigma
+    ``sigma_fraction`` x the smallest side (:func:`common.inferers.guidance.gaussian_patch_weight` over the patch)."""
+    spatial = tuple(int(v) for v in patch_shape)
+    return gaussian_patch_weight(spatial, spatial, [0] * len(spatial), sigma_fraction)[0]
 
 
 class PathologyPatchNormalize(Randomizable, Transform):
@@ -106,9 +136,7 @@ class PathologyPatchNormalize(Randomizable, Transform):
             span = float(equalised.max() - equalised.min())
             equalised = (equalised - equalised.min()) / span if span > 0 else torch.ones_like(equalised)
         if self.edge_sigma_fraction is not None:
-            spatial = patch.shape[1:]
-            edge = gaussian_patch_weight(spatial, spatial, [0] * len(spatial), self.edge_sigma_fraction)
-            equalised = equalised * edge
+            equalised = equalised * edge_fade_weight(patch.shape[1:], self.edge_sigma_fraction)
         return low + (high - low) * equalised
 
 
@@ -159,6 +187,40 @@ class PathologyPatchNormalized(Randomizable, MapTransform):
 
 
 PathologyPatchNormalizeD = PathologyPatchNormalizeDict = PathologyPatchNormalized
+
+
+def paste_patch(
+    reference: torch.Tensor, patch: torch.Tensor, corner: Sequence[int], fade: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The reference with the patch put in at ``corner`` (a new tensor; channel-first (C, *spatial) and
+    (C, *patch_spatial)).
+
+    Args:
+        reference: the anatomy reference.
+        patch: the prepared patch, in the reference's intensity units.
+        corner: the first pixel index of the patch's box (:func:`place_patch`).
+        fade: None: the box becomes the patch (:attr:`PatchFade.MINIMUM`, the patch already faded); a weight
+            (*patch_spatial) in [0, 1]: the box becomes ``reference + fade * (patch - reference)``
+            (:attr:`PatchFade.REFERENCE`).
+
+    Raises:
+        ValueError: the box leaves the image, or ``fade`` has another shape than the patch.
+    """
+    reference, patch = torch.as_tensor(reference), torch.as_tensor(patch)
+    spatial, patch_spatial = tuple(reference.shape[1:]), tuple(patch.shape[1:])
+    corner = tuple(int(c) for c in corner)
+    if len(corner) != len(spatial) or any(c < 0 or c + p > s for c, p, s in zip(corner, patch_spatial, spatial)):
+        raise ValueError(f"a patch of size {patch_spatial} at {list(corner)} leaves the image {spatial}")
+    box = (slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_spatial)))
+    canvas = reference.clone()
+    if fade is None:
+        canvas[box] = patch
+        return canvas
+    fade = torch.as_tensor(fade, dtype=canvas.dtype)
+    if tuple(fade.shape) != patch_spatial:
+        raise ValueError(f"the fade weight has shape {tuple(fade.shape)}, expected the patch's {patch_spatial}")
+    canvas[box] = canvas[box] + fade * (patch - canvas[box])
+    return canvas
 
 
 def place_patch(

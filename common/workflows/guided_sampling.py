@@ -37,7 +37,7 @@ from common.inferers.guidance import (
 )
 from common.inferers.per_sample import per_sample_noise
 from common.io import atomic_write_nifti, atomic_write_text, read_nifti, save_preview_png
-from common.transforms.pathology import place_patch
+from common.transforms.pathology import PatchFade, edge_fade_weight, paste_patch, place_patch
 from common.workflows.base import SamplingItem, SamplingWorkflow
 
 __all__ = ["ConditionSettings", "GuidedSampling", "UNSPECIFIED_LESION", "lesion_kind"]
@@ -91,6 +91,13 @@ class GuidedSampling(SamplingWorkflow):
         breast_threshold: see ``breast_labels``.
         patch_position: a fixed patch corner (row, col) instead of a random one, or None.
         combine: "sum" (Eq. 4 literally) or "sequential".
+        patch_fade: :class:`common.transforms.pathology.PatchFade`: ``minimum`` (the patch, faded by
+            ``patch_normalize``, replaces its box) or ``reference`` (the unfaded patch is blended into the reference
+            with the Gaussian edge weight of ``patch_edge_sigma_fraction``; ``patch_normalize`` must not fade).
+        patch_edge_sigma_fraction: the edge weight's sigma as a share of the patch side (``reference`` fade only).
+        anatomy_carries_lesion: False: the anatomy condition's reference is the lesion-free image (Eq. 4 as
+            written, whose anatomy term pulls the lesion's low frequencies back out); True: a sample with a lesion
+            is guided towards the reference with its patch put in by both conditions (a project option).
         guided: False samples without any guidance (the baseline of the benchmark).
         output_range: (low, high) the [-1, 1] samples are mapped to in the written files.
         keyword options: as for :class:`common.workflows.base.SamplingWorkflow`.
@@ -120,6 +127,9 @@ class GuidedSampling(SamplingWorkflow):
         breast_threshold: float = -0.9,
         patch_position: Sequence[int] | None = None,
         combine: str = "sum",
+        patch_fade: str = PatchFade.MINIMUM,
+        patch_edge_sigma_fraction: float | None = None,
+        anatomy_carries_lesion: bool = False,
         guided: bool = True,
         output_range: Sequence[float] = (0.0, 1.0),
         **options: Any,
@@ -147,6 +157,24 @@ class GuidedSampling(SamplingWorkflow):
         self.breast_threshold = float(breast_threshold)
         self.patch_position = None if patch_position is None else [int(v) for v in patch_position]
         self.combine = str(combine)
+        fades = [f.value for f in PatchFade]
+        if str(patch_fade) not in fades:
+            raise ValueError(f"config key 'patch_fade': expected one of {fades}, got {patch_fade!r}")
+        self.patch_fade = PatchFade(str(patch_fade))
+        normalize_fades = getattr(getattr(patch_normalize, "transform", None), "edge_sigma_fraction", None)
+        if self.patch_fade == PatchFade.REFERENCE:
+            if patch_edge_sigma_fraction is None or not float(patch_edge_sigma_fraction) > 0:
+                raise ValueError(
+                    "config key 'patch_edge_sigma_fraction': patch_fade 'reference' blends with the edge weight and "
+                    f"needs a sigma share > 0, got {patch_edge_sigma_fraction}"
+                )
+            if normalize_fades is not None:
+                raise ValueError(
+                    "config key 'patch_normalize': patch_fade 'reference' blends the patch into the reference, so "
+                    f"the normalisation must not fade it as well (its edge_sigma_fraction is {normalize_fades})"
+                )
+        self.patch_edge_sigma_fraction = None if patch_edge_sigma_fraction is None else float(patch_edge_sigma_fraction)
+        self.anatomy_carries_lesion = bool(anatomy_carries_lesion)
         self.guided = bool(guided)
         self.output_range = (float(output_range[0]), float(output_range[1]))
         # the settings are checked before any sampling (errors name the config keys)
@@ -188,6 +216,9 @@ class GuidedSampling(SamplingWorkflow):
             "pathology_fraction": self.pathology_fraction,
             "patch_position": self.patch_position,
             "combine": self.combine,
+            "patch_fade": self.patch_fade.value,
+            "patch_edge_sigma_fraction": self.patch_edge_sigma_fraction,
+            "anatomy_carries_lesion": self.anatomy_carries_lesion,
             "guided": self.guided,
         }
 
@@ -248,48 +279,49 @@ class GuidedSampling(SamplingWorkflow):
 
     def conditions(self, item: SamplingItem, plans: Sequence[dict[str, Any] | None]) -> list[GuidanceCondition]:
         """The anatomy condition and, when any sample of the batch has a lesion, the pathology condition (rows
-        without a lesion get W = 0)."""
+        without a lesion get W = 0). With ``anatomy_carries_lesion`` the anatomy reference of a row with a lesion is
+        the pathology condition's target image (the reference with the patch put in)."""
         if not self.guided:
             return []
         reference = item.data["image"][None]
-        anatomy = self.settings["anatomy"]
-        conditions = [
-            GuidanceCondition(
-                "anatomy",
-                reference,
-                anatomy["factor"],
-                anatomy["stop"],
-                weight=torch.full_like(reference, anatomy["weight"]) if anatomy["weight"] != 1.0 else None,
-                mode=anatomy["mode"],
-            )
-        ]
+        anatomy, pathology = self.settings["anatomy"], self.settings["pathology"]
+        anatomy_weight = torch.full_like(reference, anatomy["weight"]) if anatomy["weight"] != 1.0 else None
         if not any(plans):
-            return conditions
-        pathology = self.settings["pathology"]
-        references, weights = [], []
+            anatomy_only = GuidanceCondition(
+                "anatomy", reference, anatomy["factor"], anatomy["stop"], anatomy_weight, anatomy["mode"]
+            )
+            return [anatomy_only]
+        targets, weights = [], []
         spatial = tuple(reference.shape[2:])
         for plan in plans:
-            canvas = reference[0].clone()
+            target = reference[0]
             weight = torch.zeros(1, *spatial)
             if plan is not None:
-                box = tuple(slice(c, c + s) for c, s in zip(plan["corner"], plan["patch"].shape[1:]))
-                canvas[(slice(None), *box)] = plan["patch"]
+                patch_spatial = tuple(plan["patch"].shape[1:])
+                fade = None
+                if self.patch_fade == PatchFade.REFERENCE:
+                    fade = edge_fade_weight(patch_spatial, self.patch_edge_sigma_fraction)
+                target = paste_patch(reference[0], plan["patch"], plan["corner"], fade)
                 weight = gaussian_patch_weight(
-                    spatial, plan["patch"].shape[1:], plan["corner"], self.patch_sigma_fraction, pathology["weight"]
+                    spatial, patch_spatial, plan["corner"], self.patch_sigma_fraction, pathology["weight"]
                 )
-            references.append(canvas)
+            targets.append(target)
             weights.append(weight)
-        conditions.append(
+        targets = torch.stack(targets)
+        anatomy_reference = targets.clone() if self.anatomy_carries_lesion else reference
+        return [
+            GuidanceCondition(
+                "anatomy", anatomy_reference, anatomy["factor"], anatomy["stop"], anatomy_weight, anatomy["mode"]
+            ),
             GuidanceCondition(
                 "pathology",
-                torch.stack(references),
+                targets,
                 pathology["factor"],
                 pathology["stop"],
                 weight=torch.stack(weights),
                 mode=pathology["mode"],
-            )
-        )
-        return conditions
+            ),
+        ]
 
     def sample_item(self, item: SamplingItem, first: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
         generators = self.sample_generators(item, first, count)
@@ -332,6 +364,8 @@ class GuidedSampling(SamplingWorkflow):
             "guided": self.guided,
             "combine": self.combine,
             "conditions": {"anatomy": dict(self.settings["anatomy"])} if self.guided else {},
+            "patch_fade": self.patch_fade.value,
+            "anatomy_carries_lesion": self.anatomy_carries_lesion,
             "cancer": int(plan is not None),
             "lesion": "none" if plan is None else lesion_kind(plan["entry"]),
         }

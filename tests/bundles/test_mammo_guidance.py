@@ -27,6 +27,7 @@ from bundle_helpers import (
 from ignite.engine import Events
 
 from common.io import atomic_write_nifti
+from common.transforms.pathology import edge_fade_weight
 
 BUNDLE = "mammo_guidance"
 SHARED = {
@@ -167,12 +168,63 @@ def test_utility_refuses_a_test_set_the_generator_saw(trained: Path, tmp_path: P
         ({"anatomy_stop": -1}, "config key 'anatomy_stop'.*got -1"),
         ({"patch_position": [0, 0]}, "config key 'patch_position': \\[0, 0\\] puts the lesion outside the breast"),
         ({"guidance_combine": "both"}, "config key 'guidance_combine'.*'both'"),
+        ({"patch_fade": "edge"}, "config key 'patch_fade': expected one of \\['minimum', 'reference'\\], got 'edge'"),
+        ({"patch_fade": "reference", "patch_edge_sigma_fraction": None}, "config key 'patch_edge_sigma_fraction'"),
+        (
+            {"patch_fade": "reference", "patch_normalize#edge_sigma_fraction": 0.25},
+            "config key 'patch_normalize'.*must not fade it as well",
+        ),
     ],
 )
 def test_bad_guidance_settings_name_the_key(trained: Path, tmp_path: Path, overrides: dict, match: str) -> None:
     with pytest.raises(RuntimeError) as error:
         infer(trained, tmp_path / "out", **overrides)
     assert re.search(match, error_chain(error.value)), error_chain(error.value)
+
+
+def test_lesion_in_anatomy_overlay_guides_both_conditions_towards_the_patch(trained: Path, tmp_path: Path) -> None:
+    """lesion_in_anatomy.yaml: the anatomy reference of a sample with a lesion is the pathology target (the reference
+    with the patch blended in by its edge weight), the patch guides to the last step; the base keeps Eq. 4's
+    lesion-free anatomy reference and the paper's fade. Both settings travel into the provenance records."""
+    settings = {**SHARED, "bundle_root": str(trained), "output_dir": str(tmp_path / "unused"), "num_samples": 2}
+    conditions = {}
+    overlay = {k: v for k, v in settings.items() if k != "pathology_stop"}  # the overlay's own stop (0) applies
+    for name, names, values in (
+        ("base", ("inference",), settings),
+        ("overlay", ("inference", "lesion_in_anatomy"), overlay),
+    ):
+        sampling = make_workflow(BUNDLE, names, None, **values).parser.get_parsed_content("sampling")
+        item = sampling.prepare(sampling.items()[0])
+        plans = [sampling.lesion_plan(item, index) for index in range(2)]
+        assert all(plans)
+        conditions[name] = (item, plans, sampling.conditions(item, plans), sampling)
+    item, plans, (anatomy, pathology), sampling = conditions["overlay"]
+    assert sampling.settings["pathology"]["stop"] == 0 and torch.equal(anatomy.reference, pathology.reference)
+    reference = item.data["image"]
+    for row, plan in enumerate(plans):
+        target = pathology.reference[row]
+        box = (slice(None), *(slice(c, c + s) for c, s in zip(plan["corner"], plan["patch"].shape[1:])))
+        outside = torch.ones_like(target, dtype=torch.bool)
+        outside[box] = False
+        assert torch.equal(target[outside], reference[outside])  # only the box changes
+        fade = edge_fade_weight(plan["patch"].shape[1:], 0.5)
+        torch.testing.assert_close(target[box], reference[box] + fade * (plan["patch"] - reference[box]))
+    item, plans, (anatomy, pathology), sampling = conditions["base"]
+    assert anatomy.reference.shape[0] == 1 and torch.equal(anatomy.reference[0], item.data["image"])
+    box = (slice(None), *(slice(c, c + s) for c, s in zip(plans[0]["corner"], plans[0]["patch"].shape[1:])))
+    assert torch.equal(pathology.reference[0][box], plans[0]["patch"])  # the faded patch replaces its box
+    written = run_workflow(BUNDLE, ("inference", "lesion_in_anatomy"), None, **{**overlay, "num_samples": 1,
+                           "output_dir": str(tmp_path / "overlay")})[0]  # fmt: skip
+    record = json.loads(Path(written[0]["provenance"]).read_text())
+    assert record["patch_fade"] == "reference" and record["anatomy_carries_lesion"] is True
+    assert record["conditions"]["pathology"]["stop"] == 0
+
+
+def test_lung_ct_missing_weights_name_the_overlays_entry(tmp_path: Path) -> None:
+    parser = config_parser(BUNDLE, ("inference", "lung_ct"), bundle_root=str(tmp_path), **SHARED)
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("network")
+    assert "models/lung_ct/model.pt" in error_chain(error.value) and "lung_ct.yaml" in error_chain(error.value)
 
 
 def _folder_with(tmp_path: Path, image: np.ndarray, name: str = "imagesTr/case.nii.gz") -> Path:

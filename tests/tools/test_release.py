@@ -163,3 +163,27 @@ def test_partial_weights_are_an_error_naming_the_missing_files(tmp_path: Path) -
         "models/model.pt",
         "models/model_autoencoder.pt",
     ]
+
+
+def test_overlay_weights_ship_when_trained_and_are_hashed(tmp_path: Path) -> None:
+    """mammo_guidance's lung_ct.yaml keeps its weights in models/lung_ct/: a release ships them beside the base
+    model when trained, alone when only the overlay was trained, and never half of a set."""
+    folder = _copy(tmp_path, "mammo_guidance")
+    lung = folder / "models" / "lung_ct" / "model.pt"
+    lung.parent.mkdir(parents=True)
+    torch.save({"w": torch.zeros(2)}, lung)
+    torch.save({"network": {"w": torch.zeros(2)}, "epoch": 1}, lung.parent / "checkpoint_epoch=1.pt")
+    held = release(folder, tmp_path / "dist")
+    assert held["trained"] and held["weights"] == ["models/lung_ct/model.pt"]  # the mammography model untrained
+    torch.save({"w": torch.ones(2)}, folder / "models" / "model.pt")
+    held = release(folder, tmp_path / "dist")
+    assert held["weights"] == ["models/lung_ct/model.pt", "models/model.pt"]
+    members = _members(held["zip"])
+    assert "mammo_guidance/models/lung_ct/model.pt" in members
+    assert not [m for m in members if "checkpoint_epoch" in m]
+    with zipfile.ZipFile(held["zip"]) as archive:
+        entries = {e["path"]: e for e in yaml.safe_load(archive.read("mammo_guidance/large_files.yml"))["large_files"]}
+    assert entries["models/lung_ct/model.pt"]["hash_val"] == sha256(lung)
+    torch.save({"network": {"w": torch.zeros(2)}}, lung)  # a training checkpoint in the overlay's place
+    with pytest.raises(ValueError, match=r"lung_ct.model\.pt.*state dict of tensors"):
+        release(folder, tmp_path / "dist")

@@ -3,7 +3,10 @@ claims, at what cost, and with the fast sampler?
 
 One run: the demo overlay (64 x 64 phantoms, T = 100) is trained for ``epochs`` epochs, then the bundle's inference
 config samples the same references and seeds in several arms: guided (Eq. 4 literal sum), guided (sequential),
-unguided, and guided with the respaced fast sampler. Figures (``common.metrics.guidance``):
+unguided, guided with the respaced fast sampler, and guided through the project overlay ``lesion_in_anatomy.yaml``
+(the anatomy reference carries the patch, the patch blended into the reference, the patch guiding every step; added
+after the paper arm's lesion Dice stayed below target; its settings were chosen on seed 1, this benchmark samples
+seed 0). Figures (``common.metrics.guidance``):
 
 - low-pass PSNR of each sample against its anatomy reference at N_a, guided vs unguided (target: >= +6 dB);
 - lesion read-back Dice inside the placed patch box against the placed mask (target >= 0.6), the same rule on the
@@ -13,7 +16,9 @@ unguided, and guided with the respaced fast sampler. Figures (``common.metrics.g
 - guidance overhead: sampling time guided / unguided at the same steps, alternating rounds (target <= 1.10), in wall
   time (the first rule) and, added after the first run read 1.15 on this shared machine, in process CPU time and as
   the time spent inside the guidance call itself (an in-loop timer) over the rest of the guided sampling;
-- fast sampler: network evaluations full / fast (target >= 10) with its PSNR and Dice next to the full sampler's.
+- fast sampler: network evaluations full / fast (target >= 10) with its PSNR and Dice next to the full sampler's;
+- the read-back on the guidance target itself (the reference with the prepared patch put in, no diffusion), for the
+  paper's fade and the overlay's: how much of the lesion the preparation leaves to be read.
 
     python -m tools.bench mammo_guidance                 # writes benchmarks/results/mammo_guidance.{md,json}
 """
@@ -36,6 +41,7 @@ from common.metrics.guidance import read_back_lesion
 from common.metrics.segmentation import mask_dice
 from common.metrics.statistics import mean_ci
 from common.workflows.guidance_evaluation import READ_BACK_SKIPPED, GuidanceEvaluation, sample_lesion_kind
+from common.workflows.guided_sampling import lesion_kind
 from tools.bench.harness import bundle_workflow, config_files, markdown_table
 
 __all__ = ["bench_mammo_guidance"]
@@ -85,10 +91,15 @@ class _GuidanceTimer:
         self.patch.stop()
 
 
-def _sample(root: Path, name: str, references: int, samples: int, **overrides: Any) -> tuple[Path, float]:
+OVERLAY = "lesion_in_anatomy"
+
+
+def _sample(
+    root: Path, name: str, references: int, samples: int, overlays: tuple[str, ...] = (), **overrides: Any
+) -> tuple[Path, float]:
     out = root / "arms" / name
     workflow = bundle_workflow(
-        config_files(BUNDLE, "inference", *DEMO),
+        config_files(BUNDLE, "inference", *DEMO, *overlays),
         None,
         bundle_root=str(root),
         output_dir=str(out),
@@ -151,6 +162,37 @@ def _real_ceiling(phantom_dir: Path, patch_size: int, threshold: float, sigma: f
     return scores
 
 
+def _target_dice(
+    root: Path, references: int, samples: int, threshold: float, sigma: float, overlays: tuple[str, ...] = ()
+) -> list[float]:
+    """The read-back rule on each mass sample's guidance target (the reference with its prepared patch put in, as
+    the pathology condition sees it; no diffusion), against the placed mask."""
+    workflow = bundle_workflow(
+        config_files(BUNDLE, "inference", *DEMO, *overlays),
+        None,
+        bundle_root=str(root),
+        output_dir=str(root / "arms" / "target_unused"),
+        num_references=references,
+        num_samples=samples,
+    )
+    sampling = workflow.parser.get_parsed_content("sampling")
+    dice = []
+    for item in sampling.items():
+        item = sampling.prepare(item)
+        plans = [sampling.lesion_plan(item, index) for index in range(samples)]
+        conditions = sampling.conditions(item, plans)
+        for row, plan in enumerate(plans):
+            if plan is None or lesion_kind(plan["entry"]) in READ_BACK_SKIPPED:
+                continue
+            target = conditions[-1].reference[row, 0].numpy()
+            mask = np.zeros(target.shape, dtype=bool)
+            box = tuple(slice(c, c + s) for c, s in zip(plan["corner"], plan["mask"].shape))
+            mask[box] = plan["mask"].numpy()
+            found = read_back_lesion(target, plan["corner"], list(plan["mask"].shape), threshold, sigma)
+            dice.append(float(mask_dice(torch.as_tensor(found), torch.as_tensor(mask))))
+    return dice
+
+
 def _mean(summary: dict[str, Any], name: str) -> float:
     value = summary["summary"][name]["mean"]
     return float("nan") if value is None else float(value)
@@ -199,13 +241,20 @@ def bench_mammo_guidance(
             f"guided, respaced {fast_steps} steps": _sample(
                 root, "fast", references, samples, sampler="respaced_ddpm", num_inference_steps=fast_steps
             ),
+            "guided, lesion in anatomy (overlay)": _sample(root, "overlay", references, samples, (OVERLAY,)),
         }
         scores = {name: _evaluate(root, folder) for name, (folder, _) in arms.items()}
         unguided_dice = mean_ci(_unguided_dice(arms["guided (Eq. 4 sum)"][0], arms["unguided"][0], threshold, sigma))
         ceiling = mean_ci(_real_ceiling(root / "data" / "phantoms_mammography_64", 16, threshold, sigma))
+        target_dice = {
+            "paper fade": mean_ci(_target_dice(root, references, samples, threshold, sigma)),
+            "overlay": mean_ci(_target_dice(root, references, samples, threshold, sigma, (OVERLAY,))),
+        }
         overhead = _overhead(root, rounds)
     guided, unguided = scores["guided (Eq. 4 sum)"], scores["unguided"]
     fast = scores[f"guided, respaced {fast_steps} steps"]
+    overlay = scores["guided, lesion in anatomy (overlay)"]
+    overlay_gain = _mean(overlay, "low_pass_psnr") - _mean(unguided, "low_pass_psnr")
     psnr_gain = _mean(guided, "low_pass_psnr") - _mean(unguided, "low_pass_psnr")
     seam = _mean(guided, "seam_ratio")
     targets = [
@@ -232,6 +281,12 @@ def bench_mammo_guidance(
         {"name": "fast sampler: lesion Dice within 0.1 of the full sampler", "value":
          _mean(fast, "lesion_dice") - _mean(guided, "lesion_dice"), "target": ">= -0.1",
          "met": bool(_mean(fast, "lesion_dice") - _mean(guided, "lesion_dice") >= -0.1)},
+        {"name": f"lesion read-back Dice, {OVERLAY}.yaml overlay (masses; arm added after the first runs)",
+         "value": _mean(overlay, "lesion_dice"), "target": ">= 0.6", "met": bool(_mean(overlay, "lesion_dice") >= 0.6)},
+        {"name": f"seam ratio, {OVERLAY}.yaml overlay", "value": _mean(overlay, "seam_ratio"),
+         "target": "near 1 (0.5 - 1.5)", "met": bool(0.5 <= _mean(overlay, "seam_ratio") <= 1.5)},
+        {"name": f"low-pass PSNR gain, {OVERLAY}.yaml overlay - unguided (dB)", "value": overlay_gain,
+         "target": ">= 6", "met": bool(overlay_gain >= 6)},
     ]  # fmt: skip
     rows = []
     for name, result in scores.items():
@@ -259,6 +314,14 @@ def bench_mammo_guidance(
         f"{overhead['guided_cpu']:.2f} s vs {overhead['unguided_cpu']:.2f} s); the guidance call itself takes "
         f"{100 * overhead['guidance_call_share']:.1f} % of the guided sampling time.",
         "",
+        "Read-back on the guidance target itself (the reference with the prepared patch put in, no diffusion; masses): "
+        f"paper fade {target_dice['paper fade']['mean']:.3f} (n = {target_dice['paper fade']['n']}), "
+        f"{OVERLAY}.yaml {target_dice['overlay']['mean']:.3f} (n = {target_dice['overlay']['n']}). The overlay arm "
+        f"(`--config_file \"['inference.yaml','demo.yaml','{OVERLAY}.yaml']\"`) guides with a reference that "
+        "carries the patch, blends the patch into the reference and guides the patch to the last step; its settings "
+        "were chosen on seed 1, this table samples seed 0. Its low-pass PSNR is read against the lesion-free "
+        "reference, so the lesion itself lowers it.",
+        "",
         "| target | value | wanted | met |",
         "|---|---|---|---|",
         *[f"| {t['name']} | {t['value']} | {t['target']} | {t['met']} |" for t in targets],
@@ -270,6 +333,7 @@ def bench_mammo_guidance(
         "arms": {name: {"scores": s["summary"], "seconds": arms[name][1]} for name, s in scores.items()},
         "unguided_dice_at_guided_boxes": unguided_dice,
         "real_phantom_ceiling_dice": ceiling,
+        "guidance_target_dice": target_dice,
         "overhead": overhead,
         "targets": targets,
     }

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.transforms.pathology import PathologyPatchNormalize, PathologyPatchNormalized, place_patch
+from common.transforms.pathology import (
+    PathologyPatchNormalize,
+    PathologyPatchNormalized,
+    edge_fade_weight,
+    paste_patch,
+    place_patch,
+)
 
 
 def _reference() -> torch.Tensor:
@@ -88,3 +94,38 @@ def test_place_patch_keeps_the_lesion_inside_the_breast() -> None:
         place_patch(torch.ones(40, 8, dtype=torch.bool), breast, rng)
     with pytest.raises(ValueError, match="'patch_size'.*no position"):
         place_patch(torch.ones(30, 30, dtype=torch.bool), breast, rng)
+
+
+def test_edge_fade_weight_peaks_at_the_centre_and_falls_off() -> None:
+    weight = edge_fade_weight((9, 9), 0.25)
+    assert tuple(weight.shape) == (9, 9) and float(weight[4, 4]) == pytest.approx(1.0)
+    sigma = 0.25 * 9
+    assert float(weight[4, 0]) == pytest.approx(np.exp(-0.5 * (4 / sigma) ** 2), rel=1e-5)  # 4 px from the centre
+    assert float(weight[0, 0]) < float(weight[4, 0]) < 1.0
+
+
+def test_paste_patch_replaces_the_box_or_blends_with_the_fade() -> None:
+    reference = torch.arange(64.0).reshape(1, 8, 8)
+    patch = torch.full((1, 3, 3), 100.0)
+    pasted = paste_patch(reference, patch, (2, 4))
+    assert torch.equal(pasted[:, 2:5, 4:7], patch) and pasted.data_ptr() != reference.data_ptr()
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:5, 4:7] = False
+    assert torch.equal(pasted[0][outside], reference[0][outside])
+    fade = torch.tensor([[0.0, 0.5, 0.0], [0.5, 1.0, 0.5], [0.0, 0.5, 0.0]])
+    blended = paste_patch(reference, patch, (2, 4), fade)
+    assert float(blended[0, 3, 5]) == 100.0  # weight 1: the patch
+    assert float(blended[0, 2, 4]) == float(reference[0, 2, 4])  # weight 0: the reference
+    assert float(blended[0, 2, 5]) == pytest.approx(0.5 * (float(reference[0, 2, 5]) + 100.0))
+    assert torch.equal(blended[0][outside], reference[0][outside]) and torch.equal(
+        reference, torch.arange(64.0).reshape(1, 8, 8)
+    )
+
+
+@pytest.mark.parametrize(
+    "corner, fade, match",
+    [((6, 0), None, r"size \(3, 3\) at \[6, 0\] leaves the image"), ((0, 0), torch.ones(2, 2), "fade weight")],
+)
+def test_paste_patch_refuses_a_box_outside_or_a_wrong_fade(corner, fade, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        paste_patch(torch.zeros(1, 8, 8), torch.ones(1, 3, 3), corner, fade)
