@@ -167,29 +167,54 @@ def torchscript_inception(
 
 
 class EncoderFeatures(nn.Module):
-    """Features from a project-trained network: ``getattr(network, method)(x)``, item ``output_index`` of a tuple.
+    """Features from a project-trained network: ``getattr(network, method)(x)``, item ``output_index`` of a tuple,
+    or, with ``layer``, the output of that named submodule during the call (e.g. an encoder level of a MONAI ``UNet``
+    such as ``"model.1.submodule.0"``: the features a segmenter computes before it decides on labels).
 
     E.g. an ``AutoencoderKL`` with ``method="encode"``, ``output_index=0``: the posterior mean map; a segmentation
-    network's encoder with ``method="forward"``. A feature map (B, F, *spatial) is averaged to ``grid`` cells per axis
-    and flattened when ``grid`` is given (keeps where the features are: a global average of a few latent channels
-    says little), else left to the metrics' global average pooling.
+    network's encoder with ``method="forward"`` and ``layer``. A feature map (B, F, *spatial) is averaged to ``grid``
+    cells per axis and flattened when ``grid`` is given (keeps where the features are: a global average of a few
+    latent channels says little), else left to the metrics' global average pooling.
+
+    Raises:
+        ValueError: no such method or layer (the available layer names are listed), a bad ``grid``.
     """
 
     def __init__(
-        self, network: nn.Module, method: str = "forward", output_index: int | None = None, grid: int | None = None
+        self,
+        network: nn.Module,
+        method: str = "forward",
+        output_index: int | None = None,
+        grid: int | None = None,
+        layer: str | None = None,
     ) -> None:
         super().__init__()
         if not callable(getattr(network, method, None)):
             raise ValueError(f"the feature network {type(network).__name__} has no method '{method}'")
         if grid is not None and (isinstance(grid, bool) or int(grid) < 1):
             raise ValueError(f"grid must be a positive integer or None, got {grid!r}")
+        modules = dict(network.named_modules())
+        if layer is not None and layer not in modules:
+            names = [name for name in modules if name][:40]
+            raise ValueError(
+                f"config key 'fid_project_layer': the feature network {type(network).__name__} has no submodule "
+                f"'{layer}'; it has {names}{' ...' if len(modules) > 41 else ''}"
+            )
         self.network = network.eval()
         self.method = method
         self.output_index = output_index
         self.grid = None if grid is None else int(grid)
+        self.layer = layer
+        self._captured: list[torch.Tensor] = []
+        if layer is not None:
+            modules[layer].register_forward_hook(lambda module, args, output: self._captured.append(output))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._captured.clear()
         output = getattr(self.network, self.method)(images)
+        if self.layer is not None:
+            output = self._captured[-1]
+            self._captured.clear()
         output = output[self.output_index] if self.output_index is not None else output
         if self.grid is None or output.ndim <= 2:
             return output

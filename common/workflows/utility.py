@@ -46,6 +46,7 @@ from monai.transforms import Randomizable
 from monai.utils import convert_to_tensor, set_determinism
 from torch import nn
 
+from common.checkpoint import atomic_torch_save, plain_state_dict
 from common.data.headers import check_case_headers
 from common.data.layouts import find_cases
 from common.data.prepare import ensure_phantom_dataset
@@ -358,6 +359,10 @@ class UtilityExperiment(EvaluationWorkflow):
         overwrite: train again runs whose cached result was made with other settings (else an error).
         device: torch device.
         title: report heading.
+        feature_network_file: where to keep the weights of the ``real_all`` arm's network of the first seed (a plain
+            state dict; a project-trained feature network for the bundle's FID, trained on real training cases
+            only), or None. A cached run whose file is missing is trained again (the same seed gives the same
+            weights).
     """
 
     def __init__(
@@ -391,6 +396,7 @@ class UtilityExperiment(EvaluationWorkflow):
         overwrite: bool = False,
         device: str | torch.device = "cpu",
         title: str = "Downstream utility of the synthetic data",
+        feature_network_file: str | None = None,
     ) -> None:
         super().__init__(output_dir, title)
         if not seeds:
@@ -445,6 +451,12 @@ class UtilityExperiment(EvaluationWorkflow):
         self.time_limit = None if time_limit_minutes is None else float(time_limit_minutes) * 60.0
         self.overwrite = bool(overwrite)
         self.device = torch.device(device)
+        self.feature_network_file = None if feature_network_file is None else Path(feature_network_file)
+        if self.feature_network_file is not None and not any(arm.name == "real_all" for arm in self.arms):
+            raise ValueError(
+                "config key 'feature_network_file': the feature network is the 'real_all' arm's, which runs only "
+                "with the sanity arms (sanity true)"
+            )
 
     # ------------------------------------------------------------------------------------------------------ data
 
@@ -566,10 +578,14 @@ class UtilityExperiment(EvaluationWorkflow):
         """Train on ``items``, score ``test`` (``cases``) and ``validation`` (``validation``, when given); cached."""
         settings = self.settings(arm, items, validation)
         found = self.cached(arm, seed, settings)
-        if found is not None:
+        keep = self.feature_network_file is not None and arm.name == "real_all" and seed == self.seeds[0]
+        if found is not None and not (keep and not self.feature_network_file.is_file()):
             return found
         start = time.perf_counter()
         network = self.train(items, arm.augment, seed)
+        if keep:
+            atomic_torch_save(plain_state_dict(network), self.feature_network_file)
+            logger.info(f"feature network (arm 'real_all', seed {seed}) written to '{self.feature_network_file}'")
         result = {"settings": settings, "cases": self.score(network, test)}
         if validation:
             result["validation"] = self.score(network, validation)

@@ -243,6 +243,38 @@ def test_utility_quick_run_reports_and_repeats_exactly(trained: Path, tmp_path: 
         assert {k: v for k, v in arm.items() if k != "seconds"} == {
             k: v for k, v in second["arms"][name].items() if k != "seconds"
         }
+    # the real_all arm's U-Net is kept and serves evaluate.yaml + fid_project.yaml as a project-trained FID network
+    weights = tmp_path / "a" / "feature_network.pt"
+    assert weights.is_file()
+    samples = tmp_path / "samples"
+    infer(trained, samples, phantom_masks(trained, 3), num_samples=1)
+    overrides = {
+        "spatial_size": SHARED["spatial_size"],
+        "pixdim": SHARED["pixdim"],
+        "bundle_root": str(trained),
+        "sample_dir": str(samples),
+        "output_dir": str(tmp_path / "eval"),
+    }
+    results = run_workflow(BUNDLE, ("evaluate", "fid_project"), None, fid_project_weights=str(weights), **overrides)[0]
+    found = results["distribution"]["t1c"]
+    name = "FID (project-trained 3D encoder: semantic_mri utility U-Net (real_all arm), encoder level 3)"
+    assert isinstance(found[name], float) and found[name] >= 0 and "3D-FID (paper)" not in found
+    weights.unlink()
+    with pytest.raises(RuntimeError) as error:
+        run_workflow(BUNDLE, ("evaluate", "fid_project"), None, fid_project_weights=str(weights), **overrides)
+    assert "fid_project_weights" in error_chain(error.value)
+
+
+def test_fid_project_overlay_uses_the_utility_segmenter() -> None:
+    """fid_project.yaml rebuilds the network utility.yaml trains (the weights must fit it)."""
+    utility_def = config_parser(BUNDLE, ("inference", "utility"))
+    overlay = config_parser(BUNDLE, ("evaluate", "fid_project"))
+    for key in ("_target_", "spatial_dims", "out_channels", "strides", "num_res_units"):
+        assert overlay[f"fid_project_network_def#{key}"] == utility_def[f"segmenter_def#{key}"], key
+    assert overlay["segmenter_channels"] == utility_def["segmenter_channels"]
+    assert (
+        overlay["fid_project_network_def#in_channels"] == "@image_channels" == utility_def["segmenter_def#in_channels"]
+    )
 
 
 def test_utility_refuses_a_test_set_the_generator_saw(trained: Path, tmp_path: Path) -> None:

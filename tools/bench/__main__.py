@@ -23,7 +23,12 @@ from tools.bench.semantic_mri_ttq import bench_semantic_mri_time_to_quality
 from tools.bench.serving import bench_serving
 from tools.bench.sharded_sampling import bench_sharded_sampling
 from tools.bench.swin_ddpm import bench_swin_ddpm
-from tools.bench.utility import bench_latent_ct_utility, bench_mammo_guidance_utility, bench_semantic_mri_utility
+from tools.bench.utility import (
+    bench_latent_ct_utility,
+    bench_mammo_guidance_utility,
+    bench_paired_petct_utility,
+    bench_semantic_mri_utility,
+)
 
 __all__ = ["BENCHMARKS", "main"]
 
@@ -43,6 +48,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "latent_ct_utility": bench_latent_ct_utility,
     "mammo_guidance": bench_mammo_guidance,
     "mammo_guidance_utility": bench_mammo_guidance_utility,
+    "paired_petct_utility": bench_paired_petct_utility,
     "sharded_sampling": bench_sharded_sampling,
     "serving": bench_serving,
     "swin_ddpm": bench_swin_ddpm,

@@ -32,6 +32,7 @@ from tools.bench.harness import REPO_ROOT, RESULTS_DIR, bundle_workflow, config_
 __all__ = [
     "bench_latent_ct_utility",
     "bench_mammo_guidance_utility",
+    "bench_paired_petct_utility",
     "bench_semantic_mri_utility",
     "classification_targets",
     "utility_targets",
@@ -240,6 +241,32 @@ def bench_semantic_mri_utility(
         "python -m tools.bench semantic_mri_utility --ckpt_path <demo model.pt>"
         + (f" --time_limit_minutes {time_limit_minutes:g} (repeated until done)" if time_limit_minutes else ""),
         "the demo overlay's weights (configs/train.yaml + configs/demo.yaml, EMA)",
+        **overrides,
+    )
+
+
+def bench_paired_petct_utility(
+    ckpt_path: str,
+    output_dir: str | None = None,
+    time_limit_minutes: float | None = None,
+    phantom_cases: int = 40,
+    **overrides: Any,
+) -> tuple[str, dict[str, Any]]:
+    """paired_petct's utility experiment on the 64 x 64 demo phantoms with ``phantom_cases`` patients (the demo's 12
+    leave one test case: no statistic) and the demo generator ``ckpt_path``, which must have been trained on the same
+    phantom split (``train.yaml`` + ``demo.yaml`` with the same ``--phantom_cases`` and ``--bundle_root``; the run
+    stops naming the cases otherwise); returns (markdown, raw numbers)."""
+    return _bench_utility(
+        "paired_petct",
+        ("inference", "utility", "demo"),
+        ckpt_path,
+        output_dir,
+        time_limit_minutes,
+        f"python -m tools.bench paired_petct_utility --ckpt_path <demo model.pt> --phantom_cases {phantom_cases}"
+        + (f" --time_limit_minutes {time_limit_minutes:g} (repeated until done)" if time_limit_minutes else ""),
+        f"the demo overlay's weights (configs/train.yaml + configs/demo.yaml on the same {phantom_cases} phantom "
+        "patients, EMA)",
+        phantom_cases=phantom_cases,
         **overrides,
     )
 

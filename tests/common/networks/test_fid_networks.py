@@ -114,3 +114,22 @@ def test_project_network_is_named_as_such_and_pools_to_a_grid() -> None:
         build_fid_network("project", 3)
     with pytest.raises(ValueError, match="has no method 'embed'"):
         EncoderFeatures(Encoder(), "embed")
+
+
+def test_encoder_features_from_a_named_layer() -> None:
+    """layer: the output of that submodule during the forward call (an encoder level of a MONAI UNet), pooled."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    unet = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    level = dict(unet.named_modules())["model.1.submodule.0"]
+    volume = torch.rand(2, 1, 16, 16, 16)
+    features = EncoderFeatures(unet, layer="model.1.submodule.0")
+    with torch.no_grad():
+        expected = level(unet.model[0](volume))
+        found = features(volume)
+    assert found.shape == (2, 8, 4, 4, 4)
+    torch.testing.assert_close(found, expected)
+    assert EncoderFeatures(unet, layer="model.1.submodule.0", grid=2)(volume).shape == (2, 8 * 8)
+    with pytest.raises(ValueError, match="config key 'fid_project_layer'.*no submodule 'model.9'.*'model.0'"):
+        EncoderFeatures(unet, layer="model.9")

@@ -211,3 +211,21 @@ def test_describe_transform_is_the_same_after_use() -> None:
         == before
         == ["Compose", ["RandFlipd(prob=0.5)", "RandGaussianNoised(prob=0.25)"]]
     )
+
+
+def test_the_real_all_network_is_kept_as_a_feature_network(tmp_path: Path) -> None:
+    """feature_network_file: the real_all arm's network of the first seed, a plain state dict; a cached run whose
+    file is gone is trained again to the same weights; without the sanity arms it is a config error."""
+    file = tmp_path / "feature_network.pt"
+    options = {"synthetic_multiples": [], "seeds": [2, 3], "augmented_arms": False, "feature_network_file": str(file)}
+    experiment(tmp_path / "out", **options).run()
+    weights = torch.load(file, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())
+    network = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,), num_res_units=0)
+    network.load_state_dict(weights)
+    file.unlink()
+    experiment(tmp_path / "out", **options).run()  # cached runs, file missing: the real_all run of seed 2 again
+    again = torch.load(file, weights_only=True)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    with pytest.raises(ValueError, match="config key 'feature_network_file'.*sanity"):
+        experiment(tmp_path / "other", **{**options, "sanity": False})
