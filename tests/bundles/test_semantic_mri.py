@@ -272,9 +272,8 @@ def test_fid_project_overlay_uses_the_utility_segmenter() -> None:
     for key in ("_target_", "spatial_dims", "out_channels", "strides", "num_res_units"):
         assert overlay[f"fid_project_network_def#{key}"] == utility_def[f"segmenter_def#{key}"], key
     assert overlay["segmenter_channels"] == utility_def["segmenter_channels"]
-    assert (
-        overlay["fid_project_network_def#in_channels"] == "@image_channels" == utility_def["segmenter_def#in_channels"]
-    )
+    assert overlay["fid_project_network_def#in_channels"] == 1  # one modality at a time, as the metrics read them
+    assert utility_def.get_parsed_content("segmenter_def#in_channels") == 1  # the default: t1c alone
 
 
 def test_utility_refuses_a_test_set_the_generator_saw(trained: Path, tmp_path: Path) -> None:

@@ -60,3 +60,19 @@ def test_classification_targets_report_the_measured_sign() -> None:
     measured["cases"]["shifted"] = ["g0"]
     targets = classification_targets(measured, rerun_difference=0.0, wall_minutes=9.0)
     assert [t["met"] for t in targets] == [True, False, False, True, True, False, True]
+
+
+@pytest.mark.parametrize("bundle", ["semantic_mri", "paired_petct", "latent_ct", "mammo_guidance"])
+def test_committed_utility_targets_follow_their_own_figures(bundle: str) -> None:
+    """Each committed ``<bundle>_utility.json`` holds the targets its own figures give (no verdict edited by hand)."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / f"{bundle}_utility.json"
+    raw = json.loads(path.read_text())
+    wall_minutes = sum(raw["wall_seconds"]) / 60.0
+    if "rerun_max_probability_difference" in raw:
+        targets = classification_targets(raw["results"], raw["rerun_max_probability_difference"], wall_minutes)
+    else:
+        targets = utility_targets(raw["results"], raw["rerun_max_dice_difference"], wall_minutes)
+    assert json.loads(json.dumps(targets)) == raw["targets"]
