@@ -211,10 +211,11 @@ def inference_files(folder: Path) -> list[Path]:
     return sorted(p for p in found if not p.name.startswith("."))
 
 
-def overlay_weight_files(folder: Path) -> dict[str, list[Path]]:
+def overlay_weight_files(folder: Path, base: Iterable[Path] | None = None) -> dict[str, list[Path]]:
     """Overlay name -> the weight files it names with ``weights_entry`` when they differ from the base inference
-    files: an overlay with weights of its own (``configs/lung_ct.yaml`` -> ``models/lung_ct/model.pt``)."""
-    base = set(inference_files(folder))
+    files (``base``, default :func:`inference_files`): an overlay with weights of its own (``configs/lung_ct.yaml``
+    -> ``models/lung_ct/model.pt``)."""
+    base = set(inference_files(folder) if base is None else base)
     overlays = {}
     for config in sorted((folder / "configs").glob("*.y*ml")):
         if config.stem == "inference":
@@ -234,7 +235,8 @@ def consumer_weight_files(folder: Path) -> list[Path]:
         FileNotFoundError: naming the missing ones, when only some of a set are present (inference would fail).
     """
     present = []
-    for name, wanted in {"inference": inference_files(folder), **overlay_weight_files(folder)}.items():
+    base = inference_files(folder)
+    for name, wanted in {"inference": base, **overlay_weight_files(folder, base)}.items():
         found = [p for p in wanted if (folder / p).is_file()]
         if found and len(found) < len(wanted):
             missing = [str(p) for p in wanted if p not in found]

@@ -37,7 +37,7 @@ import torch
 
 from common.inferers.guidance import MultiConditionGuidance
 from common.io import read_nifti
-from common.metrics.guidance import read_back_lesion
+from common.metrics.guidance import box_slices, read_back_lesion
 from common.metrics.segmentation import mask_dice
 from common.metrics.statistics import mean_ci
 from common.workflows.guidance_evaluation import READ_BACK_SKIPPED, GuidanceEvaluation, sample_lesion_kind
@@ -186,8 +186,7 @@ def _target_dice(
                 continue
             target = conditions[-1].reference[row, 0].numpy()
             mask = np.zeros(target.shape, dtype=bool)
-            box = tuple(slice(c, c + s) for c, s in zip(plan["corner"], plan["mask"].shape))
-            mask[box] = plan["mask"].numpy()
+            mask[box_slices(plan["corner"], plan["mask"].shape)] = plan["mask"].numpy()
             found = read_back_lesion(target, plan["corner"], list(plan["mask"].shape), threshold, sigma)
             dice.append(float(mask_dice(torch.as_tensor(found), torch.as_tensor(mask))))
     return dice
