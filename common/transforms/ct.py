@@ -55,6 +55,9 @@ __all__ = [
     "IsolateBodyDict",
     "CheckHURangeD",
     "CheckHURangeDict",
+    "AppendMaskChanneld",
+    "AppendMaskChannelD",
+    "AppendMaskChannelDict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -487,6 +490,81 @@ class IsolateBodyd(MapTransform):
         return d
 
 
+# ------------------------------------------------------------------------------------------------- mask channel
+
+
+class AppendMaskChanneld(MapTransform):
+    """Append the union of binary masks to an image as one more channel, on the image's intensity scale.
+
+    ``data[key]`` (C, *spatial) becomes (C + 1, *spatial): the last channel is ``max(data[m] for m in mask_keys)``
+    mapped from {0, 1} onto ``value_range`` (0 -> low, 1 -> high), so that an autoencoder sees the mask on the same
+    scale as the image. A model trained on such pairs generates image and mask together (the ``latent_ct`` bundle's
+    ``tumour_channel.yaml``: CT + tumour); decoding reads the mask back as ``channel > (low + high) / 2``.
+
+    Args:
+        keys: image keys.
+        mask_keys: binary masks (1, *spatial) or (*spatial) on the image's grid (e.g. ``gtv1``, ``secondary``).
+        value_range: the (low, high) the mask's 0 and 1 map to (the image's model range, e.g. (-1, 1)).
+        enabled: ``False`` passes the data through untouched (a config switch).
+
+    Raises:
+        ValueError: ``mask_keys`` empty, ``value_range`` not (low, high) with high > low; when called, a mask missing
+            (its key and the available keys named), of another spatial shape than the image, or not binary.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        mask_keys: Sequence[str] = ("gtv1", "secondary"),
+        value_range: Sequence[float] = (-1.0, 1.0),
+        enabled: bool = True,
+    ) -> None:
+        super().__init__(keys)
+        self.mask_keys = [str(k) for k in ([mask_keys] if isinstance(mask_keys, str) else mask_keys)]
+        if not self.mask_keys:
+            raise ValueError("AppendMaskChanneld: mask_keys must name at least one mask")
+        if len(value_range) != 2 or not float(value_range[1]) > float(value_range[0]):
+            raise ValueError(f"AppendMaskChanneld: value_range must be (low, high) with high > low, got {value_range}")
+        self.low, self.high = float(value_range[0]), float(value_range[1])
+        self.enabled = bool(enabled)
+
+    def union(self, data: Mapping[Hashable, Any], shape: tuple[int, ...]) -> torch.Tensor:
+        """The masks' union as a (1, *shape) float tensor of 0 and 1 (checked)."""
+        union = torch.zeros((1, *shape))
+        for key in self.mask_keys:
+            if key not in data:
+                raise ValueError(
+                    f"AppendMaskChanneld: mask key '{key}' is missing; the data has {sorted(map(str, data))}"
+                )
+            mask = torch.as_tensor(data[key]).float()
+            mask = mask[0] if mask.ndim == len(shape) + 1 and mask.shape[0] == 1 else mask
+            if tuple(mask.shape) != shape:
+                raise ValueError(
+                    f"AppendMaskChanneld: mask '{key}' ('{source_name(data[key], fallback=key)}') has spatial shape "
+                    f"{tuple(mask.shape)}; expected the image's {shape}"
+                )
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise ValueError(
+                    f"AppendMaskChanneld: mask '{key}' ('{source_name(data[key], fallback=key)}') has values other "
+                    "than 0 and 1"
+                )
+            union = torch.maximum(union, mask[None])
+        return union
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            shape = tuple(image.shape[1:])
+            channel = (self.low + (self.high - self.low) * self.union(d, shape)).to(torch.as_tensor(image).dtype)
+            if isinstance(image, MetaTensor):
+                channel = MetaTensor(channel, meta=image.meta)
+            d[key] = torch.cat([image, channel.to(image.device)], dim=0)
+        return d
+
+
 # ------------------------------------------------------------------------------------------------------ HU check
 
 
@@ -581,3 +659,6 @@ IsolateBodyD = IsolateBodyDict = IsolateBodyd
 
 
 CheckHURangeD = CheckHURangeDict = CheckHURanged
+
+
+AppendMaskChannelD = AppendMaskChannelDict = AppendMaskChanneld

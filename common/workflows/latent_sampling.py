@@ -8,6 +8,11 @@ model was trained in HU) back to Hounsfield units through the training window an
 ``<output_dir>/<case_id>/ct.nii.gz`` with the voxel size of the training grid (also stored with the weights), the
 same layout the bundle reads, plus a ``dataset.json`` and a PNG montage of central slices. Existing files are never
 overwritten: the run stops before any sampling if one of its outputs exists.
+
+With ``tumour_channel`` (the ``tumour_channel.yaml`` overlay: an autoencoder of CT + tumour mask) the decoder's second
+channel is the tumour mask on the model scale; it is read back as ``channel > (low + high) / 2`` of
+``intensity_range`` and written as ``<case_id>/masks/GTV-1.nii.gz`` (uint8; the primary and secondary tumours merged,
+as the model was trained), listed in ``dataset.json`` as the entry's ``label`` and its ``masks``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from common.io import atomic_write_nifti, save_preview_png
 from common.transforms.validation import checked_range
 from common.workflows.base import SamplingItem, UnconditionalSampling
 
-__all__ = ["intensity_to_hu", "LatentSampling"]
+__all__ = ["intensity_to_hu", "LatentSampling", "TUMOUR_MASK_NAME"]
+
+TUMOUR_MASK_NAME = "GTV-1"
+"""Structure name of a generated tumour mask (read back by the bundle's loaders as the primary tumour)."""
 
 
 def intensity_to_hu(
@@ -74,6 +82,7 @@ class LatentSampling(UnconditionalSampling):
             tail's receptive radius, measured once).
         decode_group_norm: ``"whole"``: GroupNorm with whole-volume statistics (tiled == whole decoding to float
             precision, about 4x slower); ``"tile"``: each tile's own statistics (faster, approximate).
+        tumour_channel: the autoencoder decodes CT + tumour mask (two channels); the mask is written too.
         device: torch device of the diffusion model and the latents.
         num_inference_steps, output_dir, seed, preview_samples, verbose, overwrite, run_fields: as for
             :class:`common.workflows.base.SamplingWorkflow`.
@@ -97,6 +106,7 @@ class LatentSampling(UnconditionalSampling):
         decode_roi_size: Sequence[int] | int = 16,
         decode_overlap: float | None = None,
         decode_group_norm: str = "whole",
+        tumour_channel: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(scheduler, num_inference_steps, output_dir, **options)
@@ -119,10 +129,22 @@ class LatentSampling(UnconditionalSampling):
         self.decode_roi_size = decode_roi_size
         self.decode_overlap = None if decode_overlap is None else float(decode_overlap)
         self.decode_group_norm = decode_group_norm
+        self.tumour_channel = bool(tumour_channel)
         self._margin: int | None = None
 
     def image_path(self, index: int) -> Path:
         return self.output_dir / self.case_id(index) / "ct.nii.gz"
+
+    def mask_path(self, index: int) -> Path:
+        """The tumour mask of sample ``index`` (written with ``tumour_channel`` only)."""
+        return self.output_dir / self.case_id(index) / "masks" / f"{TUMOUR_MASK_NAME}.nii.gz"
+
+    def sample_paths(self, item: SamplingItem, index: int) -> list[Path]:
+        return [self.image_path(index)] + ([self.mask_path(index)] if self.tumour_channel else [])
+
+    def entry_of(self, item: SamplingItem, index: int) -> dict[str, Any]:
+        entry = super().entry_of(item, index)
+        return {**entry, "label": str(self.mask_path(index))} if self.tumour_channel else entry
 
     def manifest_fields(self) -> dict[str, Any]:
         """The latent shape, the HU window, the latent scale and grid, and how latents are decoded."""
@@ -136,6 +158,7 @@ class LatentSampling(UnconditionalSampling):
             "decode_roi_size": self.decode_roi_size,
             "decode_overlap": self.decode_overlap,
             "decode_group_norm": self.decode_group_norm,
+            "tumour_channel": self.tumour_channel,
         }
 
     def modules(self) -> Sequence[nn.Module]:
@@ -184,23 +207,45 @@ class LatentSampling(UnconditionalSampling):
         return torch.cat(images)
 
     def generate(self, first: int, count: int) -> torch.Tensor:
-        """``count`` volumes (count, 1, *spatial) in HU."""
-        return intensity_to_hu(self.decode(self.sample_latents(first, count)), self.hu_window, self.intensity_range)
+        """``count`` volumes (count, 1, *spatial) in HU; with ``tumour_channel`` (count, 2, *spatial): the CT in HU
+        and the tumour mask (0 / 1).
+
+        Raises:
+            ValueError: the autoencoder decodes another number of channels than ``tumour_channel`` implies.
+        """
+        decoded = self.decode(self.sample_latents(first, count))
+        expected = 2 if self.tumour_channel else 1
+        if decoded.shape[1] != expected:
+            raise ValueError(
+                f"config key 'tumour_channel' is {self.tumour_channel}: expected an autoencoder decoding {expected} "
+                f"channel(s), but it decodes {decoded.shape[1]} (key 'image_channels'; tumour_channel.yaml sets both)"
+            )
+        ct = intensity_to_hu(decoded[:, :1], self.hu_window, self.intensity_range)
+        if not self.tumour_channel:
+            return ct
+        low, high = self.intensity_range
+        return torch.cat([ct, (decoded[:, 1:] > (low + high) / 2).to(ct.dtype)], dim=1)
 
     def sample_item(self, item: SamplingItem, first: int, count: int) -> torch.Tensor:
         return self.generate(first, count)
 
     def write_item(self, item: SamplingItem, index: int, sample: torch.Tensor) -> None:
-        """One int16 HU volume with the training grid's voxel size (stored with the weights)."""
+        """One int16 HU volume with the training grid's voxel size (stored with the weights); with
+        ``tumour_channel`` also its uint8 tumour mask (written first: the CT's file marks the sample complete)."""
         affine = phantom_affine(sample.shape[1:], [float(p) for p in self.stats.pixdim])
-        atomic_write_nifti(sample, affine, self.image_path(index), dtype="int16", overwrite=self.overwrite)
+        if self.tumour_channel:
+            atomic_write_nifti(sample[1:2], affine, self.mask_path(index), dtype="uint8", overwrite=self.overwrite)
+        atomic_write_nifti(sample[:1], affine, self.image_path(index), dtype="int16", overwrite=self.overwrite)
 
     def write_preview(self, previews: list[tuple[str, torch.Tensor]]) -> None:
         save_preview_png(self.preview_path(), previews, value_range=self.hu_window, overwrite=True)
 
     def datalist_fields(self) -> dict[str, Any]:
-        return {"name": "synthetic", "description": "samples of the latent_ct bundle (CT in HU)"}
+        what = "CT in HU and tumour mask" if self.tumour_channel else "CT in HU"
+        return {"name": "synthetic", "description": f"samples of the latent_ct bundle ({what})"}
 
     def datalist_entry(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        """As the bundle's own datalists: a CT ``image`` and its (here no) structure ``masks``."""
-        return {**super().datalist_entry(entry), "masks": {}}
+        """As the bundle's own datalists: a CT ``image`` and its structure ``masks`` (the tumour with
+        ``tumour_channel``, else none)."""
+        entry = super().datalist_entry(entry)
+        return {**entry, "masks": {TUMOUR_MASK_NAME: entry["label"]} if self.tumour_channel else {}}

@@ -114,8 +114,16 @@ class PairedEvaluation(EvaluationWorkflow):
         hot_spot_suv: PET hot-spot threshold (SUV). Default 4.0.
         body_hu: CT body threshold (HU). Default -500.
         distribution: the distribution metrics of the CT and PET sets against the real slices, or None.
+        distribution_sets: the image sets the distribution metrics read: ``"ct"``, ``"pet"`` (one channel each) and
+            ``"ct+pet"`` (the pair as two channels, e.g. for a feature network that takes CT and PET together, as
+            the utility segmenter does: ``configs/fid_project.yaml``). Default ``("ct", "pet")``.
         output_dir, max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
+
+    Raises:
+        ValueError: ``distribution_sets`` empty or naming another set.
     """
+
+    SETS = ("ct", "pet", "ct+pet")
 
     def __init__(
         self,
@@ -129,8 +137,16 @@ class PairedEvaluation(EvaluationWorkflow):
         max_samples: int | None = None,
         title: str = "Paired samples against real slices",
         distribution: DistributionMetrics | None = None,
+        distribution_sets: Sequence[str] = ("ct", "pet"),
     ) -> None:
         super().__init__(output_dir, title, max_samples)
+        unknown = [name for name in distribution_sets if name not in self.SETS]
+        if not distribution_sets or unknown:
+            raise ValueError(
+                f"config key 'distribution_sets': expected a non-empty list of {list(self.SETS)}, got "
+                f"{list(distribution_sets)}"
+            )
+        self.distribution_sets = [str(name) for name in distribution_sets]
         self.sample_dir = sample_dir
         self.real_data = real_data
         self.windows = {"ct": tuple(ct_window), "pet": tuple(pet_window)}
@@ -175,7 +191,9 @@ class PairedEvaluation(EvaluationWorkflow):
         )
         if self.distribution is not None:
             all_real = {m: torch.stack([torch.as_tensor(r[m]).float() for r in self.real_data]) for m in ("ct", "pet")}
-            results["distribution"] = {m: self.distribution(all_real[m], unit_fake[m]) for m in ("ct", "pet")}
+            all_real["ct+pet"] = torch.cat([all_real["ct"], all_real["pet"]], dim=1)
+            sets = {**unit_fake, "ct+pet": torch.cat([unit_fake["ct"], unit_fake["pet"]], dim=1)}
+            results["distribution"] = {m: self.distribution(all_real[m], sets[m]) for m in self.distribution_sets}
         results["n_samples"] = len(samples)
         results["n_seeded"] = sum("seeded_from" in s for s in samples)
         results["hot_spot_suv"] = self.hot_spot_suv

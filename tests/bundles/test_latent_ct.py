@@ -482,8 +482,49 @@ def test_utility_quick_run_scores_the_real_arms(tmp_path: Path) -> None:
         "test_phantom_cases": 3,
         "quick": True,
     }
-    results = run_workflow(BUNDLE, ("train_autoencoder", "utility"), None, **settings)[0]
-    assert set(results["arms"]) == {"real", "real+aug", "real_all", "ceiling"}
+    results = run_workflow(BUNDLE, ("train_autoencoder", "inference", "utility"), None, **settings)[0]
+    assert set(results["arms"]) == {"real", "real+aug", "real_all", "ceiling"}  # no weights needed: no sampler built
     assert results["cases"]["test"] == ["LUNG_phantom_004", "LUNG_phantom_005", "LUNG_phantom_006"]
     assert results["arms"]["real"]["metrics"]["dice"]["n"] == 3
     assert "fewer than the 5 needed" in (tmp_path / "utility" / "report.md").read_text()
+
+
+def test_tumour_channel_overlay_generates_ct_with_its_tumour_and_feeds_the_utility(tmp_path: Path) -> None:
+    """tumour_channel.yaml: both stages on CT + tumour, samples written with their masks, the utility's synthetic arms
+    trained on them (the segmenter sees the CT only: a 2-channel input would not fit its 1-channel U-Net)."""
+    tc = ("tumour_channel",)
+    autoencoder = train(tmp_path, AUTOENCODER + tc, max_epochs=1, save_interval=0)
+    assert autoencoder.parser.get_parsed_content("train#dataset")[0]["image"].shape[0] == 2
+    assert "mask" in autoencoder.parser.get_parsed_content("recon_loss").last_terms
+    train(tmp_path, DIFFUSION + tc, max_epochs=1, save_interval=0)
+    out = tmp_path / "samples"
+    sampling = {**MODEL, **UNET, "bundle_root": str(tmp_path), "sampler": "dpm_solver", "num_inference_steps": 3}
+    written = run_workflow(BUNDLE, ("inference", *tc), None, output_dir=str(out), num_samples=2, **sampling)[0]
+    for entry in written:
+        ct, mask = nib.load(entry["image"]), nib.load(entry["label"])
+        assert ct.get_data_dtype() == np.int16 and mask.get_data_dtype() == np.uint8
+        assert mask.shape == ct.shape == (16, 16, 16) and np.allclose(mask.affine, ct.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+        assert entry["label"].endswith("masks/GTV-1.nii.gz")
+    listed = json.loads((out / "dataset.json").read_text())["training"][0]
+    assert listed["masks"] == {"GTV-1": listed["label"]} and not Path(listed["label"]).is_absolute()
+    assert json.loads((out / "run_manifest.json").read_text())["tumour_channel"] is True
+    utility = {
+        **sampling,
+        "output_dir": str(tmp_path / "utility"),
+        "phantom_size": 24,
+        "phantom_cases": 4,
+        "test_phantom_cases": 3,
+        "quick": True,
+    }
+    results = run_workflow(BUNDLE, ("train_autoencoder", "inference", "utility", *tc), None, **utility)[0]
+    assert {"syn2", "real+syn2", "real+syn2+aug"} <= set(results["arms"])
+    assert len(list((tmp_path / "utility" / "synthetic").glob("*/masks/GTV-1.nii.gz"))) == 2
+
+
+def test_tumour_channel_needs_a_two_channel_autoencoder(trained, tmp_path: Path) -> None:
+    root, _, _ = trained
+    with pytest.raises(Exception) as error:
+        infer(root, tmp_path, tumour_channel=True)
+    message = error_chain(error.value)
+    assert "'tumour_channel' is True" in message and "decodes 1" in message

@@ -28,6 +28,7 @@ from bundle_helpers import (
 )
 
 from common.io import atomic_write_nifti
+from common.workflows import PairedEvaluation
 
 BUNDLE = "paired_petct"
 SHARED = {
@@ -377,7 +378,33 @@ def test_utility_quick_run_reports_and_refuses_seeding_from_the_test_split(train
     assert set(results["arms"]) == {"real", "real+aug", "syn4", "real+syn4", "real+syn4+aug", "real_all", "ceiling"}
     assert results["cases"]["test"] and not set(results["cases"]["test"]) & set(results["cases"]["generator"])
     assert len(list((tmp_path / "utility" / "synthetic" / "labelsTr").glob("*.nii.gz"))) == 4
+    # the real_all arm's U-Net (CT + PET in) serves evaluate.yaml + fid_project.yaml: the metrics read the pair
+    evaluation = {
+        **SHARED,
+        "bundle_root": str(root),
+        "sample_dir": str(tmp_path / "utility" / "synthetic"),
+        "eval_dir": str(tmp_path / "eval"),
+        "fid_project_weights": str(tmp_path / "utility" / "feature_network.pt"),
+        "phantom_cases": 4,
+        "phantom_size": 32,
+    }
+    found = run_workflow(BUNDLE, ("evaluate", "fid_project"), None, **evaluation)[0]["distribution"]
+    name = "FID (project-trained 2D encoder: paired_petct utility U-Net (real_all arm, CT + PET), encoder level 3)"
+    assert list(found) == ["ct+pet"] and isinstance(found["ct+pet"][name], float) and found["ct+pet"][name] >= 0
+    assert "FID (paper, Inception-v3 pool)" not in found["ct+pet"]
     with pytest.raises(Exception) as error:
         run_workflow(BUNDLE, ("inference", "utility"), None, **{**settings, "seed_fraction": 0.8, "seed_split": "test"})
     assert "the test set is not held out" in error_chain(error.value)
     assert "also seeding cases" in error_chain(error.value)
+
+
+def test_fid_project_overlay_uses_the_utility_segmenter() -> None:
+    """fid_project.yaml rebuilds the network utility.yaml trains (the weights must fit it) and reads CT + PET."""
+    utility_def = config_parser(BUNDLE, ("inference", "utility"))
+    overlay = config_parser(BUNDLE, ("evaluate", "fid_project"))
+    for key in ("_target_", "spatial_dims", "in_channels", "out_channels", "strides", "num_res_units"):
+        assert overlay[f"fid_project_network_def#{key}"] == utility_def[f"segmenter_def#{key}"], key
+    assert overlay["segmenter_channels"] == utility_def["segmenter_channels"]
+    assert overlay["distribution_sets"] == ["ct+pet"]
+    with pytest.raises(ValueError, match="config key 'distribution_sets'.*'mr'"):
+        PairedEvaluation("unused", [], "unused", distribution_sets=["ct", "mr"])

@@ -19,6 +19,7 @@ from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feed
 from tools.bench.paired_petct_choices import bench_paired_petct_choices
 from tools.bench.paired_petct_ttq import bench_paired_petct_time_to_quality
 from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
+from tools.bench.semantic_mri_distribution import bench_semantic_mri_distribution
 from tools.bench.semantic_mri_ttq import bench_semantic_mri_time_to_quality
 from tools.bench.serving import bench_serving
 from tools.bench.sharded_sampling import bench_sharded_sampling
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "semantic_mri_clipping": bench_semantic_mri_clipping,
     "semantic_mri_ttq": bench_semantic_mri_time_to_quality,
     "semantic_mri_utility": bench_semantic_mri_utility,
+    "semantic_mri_distribution": bench_semantic_mri_distribution,
     "paired_petct": bench_paired_petct,
     "paired_petct_feedback": bench_paired_petct_feedback,
     "paired_petct_choices": bench_paired_petct_choices,

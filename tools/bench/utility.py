@@ -169,12 +169,13 @@ def _bench_utility(
     rerun_of: Callable[[Any, dict[str, Any]], float] = _rerun_difference,
     plot_metric: str = "dice",
     issue: int = 14,
+    ckpt_key: str = "ckpt_path",
     **overrides: Any,
 ) -> tuple[str, dict[str, Any]]:
     if ckpt_path is not None:
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path '{ckpt_path}': no such weights file (train the demo overlay first)")
-        overrides["ckpt_path"] = str(ckpt_path)
+        overrides[ckpt_key] = str(ckpt_path)
     out = Path(output_dir) if output_dir else REPO_ROOT / "bundles" / bundle / "utility"
     out.mkdir(parents=True, exist_ok=True)
     clock = out / "bench_seconds.json"
@@ -272,19 +273,38 @@ def bench_paired_petct_utility(
 
 
 def bench_latent_ct_utility(
-    output_dir: str | None = None, time_limit_minutes: float | None = None, **overrides: Any
+    generator_root: str | None = None,
+    output_dir: str | None = None,
+    time_limit_minutes: float | None = None,
+    **overrides: Any,
 ) -> tuple[str, dict[str, Any]]:
-    """latent_ct's utility experiment on the demo phantoms: the real arms and the sanity arms only (its sampler writes
-    no masks, so there are no synthetic arms); returns (markdown, raw numbers)."""
+    """latent_ct's utility experiment on the demo phantoms; returns (markdown, raw numbers).
+
+    Without ``generator_root``: the real arms and the sanity arms only (the paper's sampler writes no masks). With
+    it: the bundle root of a generator trained with ``tumour_channel.yaml`` + ``demo.yaml`` (both stages; its
+    ``models/`` hold the weights, its ``data/`` the phantoms it saw), whose CT + tumour samples feed the synthetic
+    arms."""
+    configs = (
+        ("train_autoencoder", "inference", "utility") + (("tumour_channel",) if generator_root else ()) + ("demo",)
+    )
+    ckpt_path = None
+    if generator_root is not None:
+        overrides["bundle_root"] = str(generator_root)
+        ckpt_path = str(Path(generator_root) / "models" / "model.pt")
     return _bench_utility(
         "latent_ct",
-        ("train_autoencoder", "utility", "demo"),
-        None,
+        configs,
+        ckpt_path,
         output_dir,
         time_limit_minutes,
         "python -m tools.bench latent_ct_utility"
+        + (" --generator_root <root of a tumour_channel.yaml + demo.yaml generator>" if generator_root else "")
         + (f" --time_limit_minutes {time_limit_minutes:g}" if time_limit_minutes else ""),
-        "none (this bundle's sampler writes CT without masks: no synthetic arms)",
+        "the tumour_channel.yaml + demo.yaml weights (configs/train_autoencoder.yaml, then with train_diffusion.yaml; "
+        "CT + tumour mask pairs, sampled with 25 DPM-Solver steps)"
+        if generator_root
+        else "none (the paper's sampler writes CT without masks: no synthetic arms)",
+        ckpt_key="diffusion_ckpt",
         **overrides,
     )
 

@@ -85,6 +85,64 @@ def test_autoencoder_loss_validation() -> None:
         AutoencoderLoss(KLAutoencoderInferer())(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4))
 
 
+def test_autoencoder_loss_reads_perceptual_and_mask_channels_only() -> None:
+    """Image + mask autoencoders (latent_ct's tumour_channel.yaml): the perceptual term sees the image channel, the
+    mask term the mask channel mapped from the model range to [0, 1]."""
+    seen = []
+
+    def perceptual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        seen.append((a.clone(), b.clone()))
+        return (a - b).abs().mean()
+
+    def dice(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((p.clone(), t.clone()))
+        return 1 - (2 * (p * t).sum() + 1e-5) / (p.sum() + t.sum() + 1e-5)
+
+    inferer = KLAutoencoderInferer()
+    inferer.z_mu, inferer.z_sigma = torch.zeros(1, 3, 2, 2, 2), torch.ones(1, 3, 2, 2, 2)
+    loss_fn = AutoencoderLoss(
+        inferer,
+        kl_weight=0.0,
+        perceptual_loss=perceptual,
+        perceptual_weight=0.5,
+        perceptual_channels=[0],
+        mask_loss=dice,
+        mask_weight=2.0,
+        mask_channels=[1],
+        mask_range=(-1.0, 1.0),
+    )
+    target = torch.full((1, 2, 4, 4, 4), -1.0)
+    target[0, 1, :2] = 1.0  # the mask: half the volume
+    reconstruction = target.clone()
+    reconstruction[0, 0] += 0.2
+    reconstruction[0, 1, :2] = 0.0  # the mask read as probability 0.5 inside, 0 outside
+    loss = loss_fn(reconstruction, target)
+    (image, image_ref), (probability, mask) = seen
+    assert image.shape[1] == 1 and torch.equal(image_ref, target[:, :1])
+    assert torch.allclose(probability[0, 0, :2], torch.full((2, 4, 4), 0.5)) and float(probability[0, 0, 2:].sum()) == 0
+    assert torch.equal(mask[0, 0], (target[0, 1] > 0).float())
+    expected_dice = 1 - (2 * 16 + 1e-5) / (16 + 32 + 1e-5)
+    l1 = (reconstruction - target).abs().mean().item()
+    assert loss.item() == pytest.approx(l1 + 0.5 * 0.2 + 2.0 * expected_dice, rel=1e-5)
+    assert set(loss_fn.last_terms) == {"l1", "kl", "perceptual", "mask"}
+    with pytest.raises(ValueError, match="'perceptual_channels': channels \\[2\\]"):
+        AutoencoderLoss(inferer, perceptual_loss=perceptual, perceptual_channels=[2])(reconstruction, target)
+
+
+def test_autoencoder_loss_channel_validation() -> None:
+    inferer = KLAutoencoderInferer()
+    with pytest.raises(ValueError, match="'perceptual_channels'"):
+        AutoencoderLoss(inferer, perceptual_channels=[])
+    with pytest.raises(ValueError, match="'mask_channels'"):
+        AutoencoderLoss(inferer, mask_loss=torch.nn.L1Loss(), mask_weight=1.0)
+    with pytest.raises(ValueError, match="'mask_channels'"):
+        AutoencoderLoss(inferer, mask_channels=[-1])
+    with pytest.raises(ValueError, match="'mask_range'"):
+        AutoencoderLoss(inferer, mask_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match="mask -1"):
+        AutoencoderLoss(inferer, mask_weight=-1.0)
+
+
 def test_fake_volume_perceptual_uses_slices_of_every_axis() -> None:
     seen = []
 

@@ -20,6 +20,7 @@ from common.data.phantoms.thorax import thorax_ct_phantom
 from common.transforms.ct import (
     DEFAULT_STRUCTURE_SYNONYMS,
     DEFAULT_STRUCTURES,
+    AppendMaskChanneld,
     CheckHURange,
     CheckHURanged,
     IsolateBody,
@@ -476,3 +477,39 @@ def test_phantom_files_are_plain_hu(phantom_dir):
     ct = nib.load(case["image"]).get_fdata(dtype=np.float32)
     CheckHURange()(ct)
     assert ct.min() >= -1024.0
+
+
+def test_append_mask_channel_puts_the_union_of_the_masks_on_the_image_scale() -> None:
+    image = MetaTensor(torch.rand(1, 4, 4, 4) * 2 - 1, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    gtv1 = torch.zeros(1, 4, 4, 4)
+    gtv1[0, 0, 0, 0] = 1
+    secondary = torch.zeros(4, 4, 4)  # no channel axis: read as one mask too
+    secondary[3, 3, 3] = 1
+    out = AppendMaskChanneld("image", mask_keys=["gtv1", "secondary"], value_range=(-1.0, 1.0))(
+        {"image": image, "gtv1": gtv1, "secondary": secondary}
+    )
+    assert out["image"].shape == (2, 4, 4, 4) and torch.equal(out["image"][0], image[0])
+    expected = torch.full((4, 4, 4), -1.0)
+    expected[0, 0, 0] = expected[3, 3, 3] = 1.0
+    assert torch.equal(out["image"][1].as_tensor(), expected)
+    assert torch.equal(out["image"].affine, image.affine)  # the image's metadata kept
+    scaled = AppendMaskChanneld("image", "gtv1", value_range=(-1000.0, 1000.0))({"image": image, "gtv1": gtv1})
+    assert float(scaled["image"][1].max()) == 1000.0 and float(scaled["image"][1].min()) == -1000.0
+    untouched = AppendMaskChanneld("image", "gtv1", enabled=False)({"image": image, "gtv1": gtv1})
+    assert untouched["image"] is image
+
+
+def test_append_mask_channel_errors_name_the_mask() -> None:
+    image = torch.zeros(1, 4, 4, 4)
+    with pytest.raises(ValueError, match="mask key 'secondary' is missing; the data has \\['gtv1', 'image'\\]"):
+        AppendMaskChanneld("image")({"image": image, "gtv1": torch.zeros(1, 4, 4, 4)})
+    with pytest.raises(
+        ValueError, match="mask 'gtv1' .* spatial shape \\(4, 4, 3\\); expected the image's \\(4, 4, 4\\)"
+    ):
+        AppendMaskChanneld("image", "gtv1")({"image": image, "gtv1": torch.zeros(1, 4, 4, 3)})
+    with pytest.raises(ValueError, match="mask 'gtv1' .* values other than 0 and 1"):
+        AppendMaskChanneld("image", "gtv1")({"image": image, "gtv1": torch.full((1, 4, 4, 4), 0.5)})
+    with pytest.raises(ValueError, match="at least one mask"):
+        AppendMaskChanneld("image", mask_keys=[])
+    with pytest.raises(ValueError, match="high > low"):
+        AppendMaskChanneld("image", value_range=(1.0, -1.0))
