@@ -143,7 +143,7 @@ def bench_semantic_mri_distribution(
         "all three. The floor row scores two real sets of this size against each other: a generator cannot be "
         "expected to go below it.",
         "",
-        "| modality | sets | " + " | ".join(metric_names) + " |",
+        "| modality | sets | " + " | ".join(name.replace("|", "\\|") for name in metric_names) + " |",
         "|---|---|" + "---|" * len(metric_names),
         *rows,
         "",
