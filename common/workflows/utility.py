@@ -42,7 +42,7 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import Randomizable
+from monai.transforms import Compose, Randomizable
 from monai.utils import convert_to_tensor, set_determinism
 from torch import nn
 
@@ -341,7 +341,11 @@ class UtilityExperiment(EvaluationWorkflow):
         loss: training loss of (logits, label) with the label as a class index map (e.g. ``DiceCELoss(
             to_onehot_y=True, softmax=True)``).
         augmentation: random transform of an item dict (keys ``image``, ``label``) for the ``+aug`` arms.
-        inferer: inference on a (1, C, *spatial) test image (default ``SimpleInferer``: the whole image).
+        training_sampling: a transform applied to every training item in every arm, before the augmentation: how
+            training samples are drawn from an item, e.g. MONAI ``RandCropByPosNegLabeld`` patches around and away
+            from the target (small targets; it may return a list of patches); None: whole items.
+        inferer: inference on a (1, C, *spatial) test image (default ``SimpleInferer``: the whole image; with patch
+            training e.g. a ``SlidingWindowInferer`` of the patch size).
         real_count: scarce real cases; the subset is drawn once with ``subset_seed`` and is the same in every arm.
         synthetic_multiples: N = multiple x ``real_count`` x ``synthetic_per_case`` for the synthetic arms.
         synthetic_per_case: synthetic items worth one real case (1 for volumes; slices per case for 2D samples).
@@ -380,6 +384,7 @@ class UtilityExperiment(EvaluationWorkflow):
         sampling: SamplingWorkflow | None = None,
         augmentation: Callable[[dict], dict] | None = None,
         inferer: Inferer | None = None,
+        training_sampling: Callable[[dict], Any] | None = None,
         real_count: int = 4,
         synthetic_multiples: Sequence[int] = (1, 4, 16),
         synthetic_per_case: int = 1,
@@ -442,6 +447,7 @@ class UtilityExperiment(EvaluationWorkflow):
         self.optimizer = optimizer
         self.loss = loss
         self.augmentation = augmentation
+        self.training_sampling = training_sampling
         self.inferer = inferer or SimpleInferer()
         self.real_count = int(real_count)
         self.seeds = [int(s) for s in seeds]
@@ -504,6 +510,13 @@ class UtilityExperiment(EvaluationWorkflow):
             "augmentation": describe_transform(self.augmentation) if arm.augment else None,
             "network": repr(self.network()),
         }
+        if self.training_sampling is not None:
+            cropper = getattr(self.training_sampling, "cropper", self.training_sampling)
+            settings["training_sampling"] = [
+                describe_transform(self.training_sampling),
+                [int(v) for v in getattr(cropper, "spatial_size", None) or []],
+            ]
+            settings["inferer"] = [type(self.inferer).__name__, [int(v) for v in getattr(self.inferer, "roi_size", [])]]
         if validation:
             settings["validation_cases"] = sorted(str(i["case_id"]) for i in validation)
         return settings
@@ -517,7 +530,8 @@ class UtilityExperiment(EvaluationWorkflow):
         """A fresh network trained for ``iterations`` steps on ``items`` (seeded: init, batch order, augmentation)."""
         set_determinism(seed=seed)
         network = self.network().to(self.device)
-        transform = self.augmentation if augment else None
+        steps = [t for t in (self.training_sampling, self.augmentation if augment else None) if t is not None]
+        transform = steps[0] if len(steps) == 1 else Compose(steps) if steps else None
         if isinstance(transform, Randomizable):
             transform.set_random_state(seed=seed)
         loader = DataLoader(

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
-from monai.transforms import Compose, RandFlipd, RandGaussianNoised
+from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised
 
 from common.workflows.utility import (
     UtilityExperiment,
@@ -229,3 +230,26 @@ def test_the_real_all_network_is_kept_as_a_feature_network(tmp_path: Path) -> No
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     with pytest.raises(ValueError, match="config key 'feature_network_file'.*sanity"):
         experiment(tmp_path / "other", **{**options, "sanity": False})
+
+
+def test_training_sampling_draws_patches_in_every_arm_and_defines_the_runs(tmp_path: Path) -> None:
+    """training_sampling (e.g. patches around and away from the target) applies to every training item of every arm,
+    before the augmentation; the test images are scored whole through the given inferer."""
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(RandCropByPosNegLabeld):
+        def __call__(self, data, *args, **kwargs):
+            patches = super().__call__(data, *args, **kwargs)
+            seen.extend(tuple(p["image"].shape) for p in patches)
+            return patches
+
+    crop = Recording(["image", "label"], "label", spatial_size=(8, 8), pos=1, neg=1, num_samples=2)
+    inferer = SlidingWindowInferer(roi_size=(8, 8), sw_batch_size=4, overlap=0.5)
+    options = {"synthetic_multiples": [1], "seeds": [0], "sanity": False}
+    results = experiment(tmp_path / "a", training_sampling=crop, inferer=inferer, **options).run()
+    assert set(seen) == {(1, 8, 8)} and len(seen) >= 5 * 3 * 2  # 5 arms x 3 steps, 2 patches per item
+    assert len(results["arms"]["real"]["per_case"]) == 3  # whole 16 x 16 test images scored, one figure per case
+    run = json.loads((tmp_path / "a" / "runs" / "real__seed0.json").read_text())["settings"]
+    assert run["training_sampling"] == ["Recording", [8, 8]] and run["inferer"] == ["SlidingWindowInferer", [8, 8]]
+    whole = experiment(tmp_path / "b", **options)
+    assert "training_sampling" not in whole.settings(whole.arms[0], load(cases("tr", 2)))  # runs without it: as before
