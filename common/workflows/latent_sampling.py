@@ -147,7 +147,8 @@ class LatentSampling(UnconditionalSampling):
         return {**entry, "label": str(self.mask_path(index))} if self.tumour_channel else entry
 
     def manifest_fields(self) -> dict[str, Any]:
-        """The latent shape, the HU window, the latent scale and grid, and how latents are decoded."""
+        """The latent shape, the HU window, the latent scale and grid, how latents are decoded, and the tumour
+        channel when there is one."""
         return {
             "latent_shape": self.latent_shape,
             "hu_window": self.hu_window,
@@ -158,7 +159,7 @@ class LatentSampling(UnconditionalSampling):
             "decode_roi_size": self.decode_roi_size,
             "decode_overlap": self.decode_overlap,
             "decode_group_norm": self.decode_group_norm,
-            "tumour_channel": self.tumour_channel,
+            **({"tumour_channel": True} if self.tumour_channel else {}),  # a base run's manifest stays as before
         }
 
     def modules(self) -> Sequence[nn.Module]:
