@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from common.inferers.autoencoder import KLAutoencoderInferer
+from common.transforms.validation import checked_range
 
 __all__ = ["kl_divergence", "AutoencoderLoss"]
 
@@ -76,11 +77,9 @@ class AutoencoderLoss(nn.Module):
         self.mask_channels = _channels(mask_channels, "mask_channels")
         if mask_loss is not None and mask_weight > 0 and self.mask_channels is None:
             raise ValueError("config key 'mask_channels': a mask loss term needs the channels that hold the masks")
-        if len(mask_range) != 2 or not float(mask_range[1]) > float(mask_range[0]):
-            raise ValueError(f"config key 'mask_range': expected (low, high) with high > low, got {mask_range}")
+        self.mask_range = checked_range(mask_range, "config key 'mask_range'")
         self.mask_loss = mask_loss
         self.mask_weight = float(mask_weight)
-        self.mask_range = (float(mask_range[0]), float(mask_range[1]))
         self.inferer = inferer
         self.kl_weight = float(kl_weight)
         self.perceptual_loss = perceptual_loss

@@ -35,6 +35,7 @@ from monai.transforms import MapTransform, Transform
 
 from common.transforms.io import SafeLoadImaged, source_name
 from common.transforms.morphology import binary_opening, fill_holes, largest_component
+from common.transforms.validation import checked_range
 
 __all__ = [
     "DEFAULT_STRUCTURES",
@@ -523,9 +524,7 @@ class AppendMaskChanneld(MapTransform):
         self.mask_keys = [str(k) for k in ([mask_keys] if isinstance(mask_keys, str) else mask_keys)]
         if not self.mask_keys:
             raise ValueError("AppendMaskChanneld: mask_keys must name at least one mask")
-        if len(value_range) != 2 or not float(value_range[1]) > float(value_range[0]):
-            raise ValueError(f"AppendMaskChanneld: value_range must be (low, high) with high > low, got {value_range}")
-        self.low, self.high = float(value_range[0]), float(value_range[1])
+        self.low, self.high = checked_range(value_range, "AppendMaskChanneld: value_range")
         self.enabled = bool(enabled)
 
     def union(self, data: Mapping[Hashable, Any], shape: tuple[int, ...]) -> torch.Tensor:
