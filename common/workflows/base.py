@@ -448,8 +448,10 @@ def read_sample_datalist(
     check_files: bool = False,
     check_entry: EntryCheck | None = None,
     config_key: str = "sample_dir",
+    path_keys: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``dataset.json`` entries of an inference ``output_dir`` (paths resolved, see ``read_datalist``).
+    """The ``dataset.json`` entries of an inference ``output_dir`` (paths resolved, see ``read_datalist``; ``path_keys``
+    as there).
 
     Raises:
         FileNotFoundError: the folder has no ``dataset.json`` (the config key is named); with ``check_files``, a
@@ -463,7 +465,7 @@ def read_sample_datalist(
             f"config key '{config_key}': '{root}' has no dataset.json; point it at the output_dir of an inference "
             "run (inference.yaml writes one)"
         )
-    return read_datalist(datalist, keys, check_files=check_files, check_entry=check_entry)
+    return read_datalist(datalist, keys, check_files=check_files, check_entry=check_entry, path_keys=path_keys)
 
 
 class EvaluationWorkflow:

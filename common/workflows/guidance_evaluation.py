@@ -9,7 +9,8 @@ For every sample an inference run wrote (its ``dataset.json`` and ``provenance/*
 
 reported as mean and 95 % confidence interval, overall and per lesion kind (the ``lesion`` of each provenance record:
 "mass", "calcification", ...), with the count of positives (the ``cancer`` flag), in ``report.json`` /
-``report.md``.
+``report.md``. Optionally (``distribution``) the distribution metrics of the samples against the real anatomy
+references they were guided by: FID / IS, FDS and DS (:class:`common.metrics.distribution.DistributionMetrics`).
 
 The read-back rule reads one bright blob; a calcification cluster is several specks a pixel or two wide, which that
 rule cannot read back (it would keep the brightest speck), so calcification samples get no lesion Dice
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from common.io import read_nifti
+from common.metrics.distribution import DistributionMetrics
 from common.metrics.guidance import low_pass_psnr, read_back_lesion, seam_ratio
 from common.metrics.segmentation import mask_dice
 from common.metrics.statistics import mean_ci
@@ -93,6 +95,8 @@ class GuidanceEvaluation(EvaluationWorkflow):
         breast_labels: label values of the breast in a reference label map (the seam ratio's "elsewhere").
         breast_threshold: breast = reference above it when the reference has no label map.
         max_samples, title: as for :class:`common.workflows.base.EvaluationWorkflow`.
+        distribution: the distribution metrics of the samples (in [-1, 1]) against the distinct anatomy references
+            they were guided by (the real images, through ``reference_preprocessing``), or None.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class GuidanceEvaluation(EvaluationWorkflow):
         breast_threshold: float = -0.9,
         max_samples: int | None = None,
         title: str = "mammo_guidance: guided samples",
+        distribution: DistributionMetrics | None = None,
     ) -> None:
         super().__init__(output_dir, title, max_samples)
         self.sample_dir = Path(sample_dir)
@@ -118,6 +123,7 @@ class GuidanceEvaluation(EvaluationWorkflow):
         self.read_sigma = float(read_sigma)
         self.breast_labels = [int(v) for v in breast_labels]
         self.breast_threshold = float(breast_threshold)
+        self.distribution = distribution
 
     def to_model_range(self, image: torch.Tensor) -> np.ndarray:
         low, high = self.output_range
@@ -147,12 +153,14 @@ class GuidanceEvaluation(EvaluationWorkflow):
         counts: dict[str, int] = {}
         by_kind: dict[str, dict[str, list[float]]] = {}
         positives = 0
+        samples = []
         for entry in entries:
             if not entry.get("provenance"):
                 raise ValueError(f"config key 'sample_dir': sample '{entry['image']}' has no provenance record")
             record = json.loads(Path(self.sample_dir / entry["provenance"]).read_text())
             reference, breast = self.reference(record, cache)
             sample = self.to_model_range(read_nifti(entry["image"]))
+            samples.append(torch.as_tensor(sample, dtype=torch.float32).reshape(1, *reference.shape))
             mask = read_nifti(entry["label"]).numpy()
             scores = score_guided_sample(
                 sample,
@@ -174,6 +182,11 @@ class GuidanceEvaluation(EvaluationWorkflow):
                 kind_figures = by_kind.setdefault(kind, {"lesion_dice": [], "seam_ratio": []})
                 for name, values in kind_figures.items():
                     values.extend([scores[name]] if name in scores else [])
+        distribution = {}
+        if self.distribution is not None:
+            references = torch.stack([torch.as_tensor(image, dtype=torch.float32)[None] for image, _ in cache.values()])
+            distribution = {"distribution": self.distribution(references, torch.stack(samples))}
+            distribution["distribution_sets"] = f"{len(samples)} samples vs their {len(references)} anatomy references"
         return {
             "samples": len(entries),
             "positives (cancer flag)": positives,
@@ -190,6 +203,7 @@ class GuidanceEvaluation(EvaluationWorkflow):
             f"{', '.join(READ_BACK_SKIPPED)} (a cluster of specks that rule cannot read back: no Dice); the figures "
             "per kind under by_lesion_kind",
             "per_sample": per_sample,
+            **distribution,
         }
 
     def summary(self, results: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.metrics import compute_dice
 from torch import nn
 
 from common.losses.autoencoder import kl_divergence
@@ -45,20 +46,32 @@ def _check_volume_entry(entry: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: expected 'image': one CT path (as LatentSampling writes), found {entry}")
 
 
-def list_samples(sample_dir: str | Path) -> list[dict[str, str]]:
-    """The volumes an inference run wrote: ``dataset.json`` entries of ``sample_dir`` (``case_id``, ``image``).
+def list_samples(sample_dir: str | Path, masks: bool = False) -> list[dict[str, Any]]:
+    """The volumes an inference run wrote: ``dataset.json`` entries of ``sample_dir`` (``case_id``, ``image``; with
+    ``masks`` also the entry's ``masks`` ``{name: path}``, which ``tumour_channel.yaml``'s sampler writes).
 
     Raises:
         FileNotFoundError: ``sample_dir`` or its ``dataset.json`` is missing, or a listed file does not exist.
-        ValueError: the datalist lists no volume, or is malformed.
+        ValueError: the datalist lists no volume, or is malformed; with ``masks``, an entry without masks (samples of
+            CT-only weights).
     """
-    entries = read_sample_datalist(sample_dir, ("image",), check_files=True, check_entry=_check_volume_entry)
+    entries = read_sample_datalist(
+        sample_dir, ("image",), check_files=True, check_entry=_check_volume_entry, path_keys=("image", "masks")
+    )
     if not entries:
         raise ValueError(f"config key 'sample_dir': '{Path(sample_dir) / 'dataset.json'}' lists no samples")
-    return [
-        {"case_id": entry.get("case_id", Path(entry["image"]).parent.name), "image": entry["image"]}
-        for entry in entries
-    ]
+    samples = []
+    for entry in entries:
+        sample = {"case_id": entry.get("case_id", Path(entry["image"]).parent.name), "image": entry["image"]}
+        if masks:
+            if not entry.get("masks"):
+                raise ValueError(
+                    f"config key 'sample_dir': '{Path(sample_dir) / 'dataset.json'}' lists '{entry['image']}' without "
+                    "tumour 'masks'; tumour_channel: true evaluates samples written with tumour_channel.yaml"
+                )
+            sample["masks"] = entry["masks"]
+        samples.append(sample)
+    return samples
 
 
 def _ssim_window(spatial_shape: Sequence[int], largest: int = 7) -> int:
@@ -87,6 +100,11 @@ class LatentEvaluation(EvaluationWorkflow):
         device: where the autoencoder runs.
         seed: seed of the t-SNE initialisation.
         distribution: distribution metrics of the samples against the real volumes, or None.
+        mask_channel: the channel of the volumes that holds the tumour mask on the model's scale (weights of
+            ``tumour_channel.yaml``: CT + tumour), or None (CT only). With it the image metrics (reconstruction,
+            diversity, distribution) read the other channels, the reconstruction also reports the tumour Dice of the
+            decoded mask (``channel > the range's midpoint``), the samples how many carry a tumour and its size;
+            the latents (FID, t-SNE) are the autoencoder's, of both channels.
     """
 
     def __init__(
@@ -105,6 +123,7 @@ class LatentEvaluation(EvaluationWorkflow):
         device: str | torch.device = "cpu",
         seed: int = 0,
         distribution: DistributionMetrics | None = None,
+        mask_channel: int | None = None,
     ) -> None:
         if not held_out:
             raise ValueError("the held-out set is empty: no real case to measure the reconstruction on")
@@ -128,6 +147,27 @@ class LatentEvaluation(EvaluationWorkflow):
         self.device = torch.device(device)
         self.seed = int(seed)
         self.distribution = distribution
+        self.mask_channel = None if mask_channel is None else int(mask_channel)
+        network = None if distribution is None else distribution.feature_network
+        if self.mask_channel is not None and network is not None and not network.paper:
+            raise ValueError(
+                f"config key 'fid_network': the project FID network ({network.name}) reads what the autoencoder "
+                "reads, CT + tumour, while the 3D-FID reads the CT alone; use fid_network: paper or null with "
+                "tumour_channel weights (the latent FID, FDS and DS are reported either way)"
+            )
+
+    def image_channels(self, volumes: torch.Tensor) -> torch.Tensor:
+        """The image channels of (B, C, *spatial) volumes (all but ``mask_channel``)."""
+        if self.mask_channel is None:
+            return volumes
+        keep = [c for c in range(volumes.shape[1]) if c != self.mask_channel % volumes.shape[1]]
+        return volumes[:, keep]
+
+    def tumour(self, volumes: torch.Tensor) -> torch.Tensor:
+        """The tumour masks (B, 1, *spatial) read back from ``mask_channel`` (> the intensity range's midpoint)."""
+        midpoint = 0.5 * (self.intensity_range[0] + self.intensity_range[1])
+        channel = self.mask_channel % volumes.shape[1]
+        return (volumes[:, channel : channel + 1] > midpoint).float()
 
     @staticmethod
     def stack(items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
@@ -152,11 +192,16 @@ class LatentEvaluation(EvaluationWorkflow):
             "ssim": [],
             "kl": [],
             "perceptual": [],
+            "tumour_dice": [],
         }
         for volume in self.stack(self.held_out):
             x = volume[None].to(self.device)
             reconstruction, z_mu, z_sigma = self.autoencoder(x)
             reconstruction = reconstruction.clamp(*self.intensity_range)
+            if self.mask_channel is not None:
+                dice = compute_dice(self.tumour(reconstruction.cpu()), self.tumour(x.cpu()), ignore_empty=False)
+                rows["tumour_dice"].append(float(dice))
+                x, reconstruction = self.image_channels(x), self.image_channels(reconstruction)
             x_cpu, r_cpu = x.cpu(), reconstruction.cpu()
             error_hu = (r_cpu - x_cpu) * self.hu_per_unit
             rows["mse_hu2"].append(float(error_hu.pow(2).mean()))
@@ -182,9 +227,18 @@ class LatentEvaluation(EvaluationWorkflow):
     def sample_metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, Any]:
         real_latents, fake_latents = self.encode(real), self.encode(fake)
         fid = self.latent_fid(real_latents, fake_latents)
+        tumour_results = {}
+        if self.mask_channel is not None:
+            tumour_results = {
+                f"{name}_{key}": value
+                for name, volumes in (("synthetic", fake), ("real", real))
+                for key, value in self.tumour_statistics(volumes).items()
+            }
+            real, fake = self.image_channels(real), self.image_channels(fake)
         ssim_fn = partial(ssim, data_range=self.data_range, win_size=_ssim_window(real.shape[2:]))
         ms_ssim_fn = partial(ms_ssim, data_range=self.data_range)
         results: dict[str, Any] = {"fid_2d_latent": fid, "samples": len(fake), "real_cases": len(real)}
+        results.update(tumour_results)
         for name, volumes in (("synthetic", fake), ("real", real)):
             if len(volumes) >= 2:
                 results[f"diversity_ssim_{name}"] = mean_pairwise(ssim_fn, volumes)
@@ -194,6 +248,15 @@ class LatentEvaluation(EvaluationWorkflow):
         if self.distribution is not None:
             results["distribution"] = self.distribution(real, fake)
         return results
+
+    def tumour_statistics(self, volumes: torch.Tensor) -> dict[str, float]:
+        """The fraction of ``volumes`` whose mask channel holds a tumour, and the median tumour size (voxels)."""
+        sizes = self.tumour(volumes).flatten(1).sum(1)
+        present = sizes[sizes > 0]
+        return {
+            "with_tumour_fraction": float((sizes > 0).float().mean()),
+            "tumour_voxels_median": float(present.median()) if len(present) else 0.0,
+        }
 
     def tsne_path(self) -> Path:
         return self.output_dir / "tsne_latents.png"

@@ -499,7 +499,7 @@ def test_tumour_channel_overlay_generates_ct_with_its_tumour_and_feeds_the_utili
     train(tmp_path, DIFFUSION + tc, max_epochs=1, save_interval=0)
     out = tmp_path / "samples"
     sampling = {**MODEL, **UNET, "bundle_root": str(tmp_path), "sampler": "dpm_solver", "num_inference_steps": 3}
-    written = run_workflow(BUNDLE, ("inference", *tc), None, output_dir=str(out), num_samples=2, **sampling)[0]
+    written = run_workflow(BUNDLE, ("inference", *tc), None, output_dir=str(out), num_samples=3, **sampling)[0]
     for entry in written:
         ct, mask = nib.load(entry["image"]), nib.load(entry["label"])
         assert ct.get_data_dtype() == np.int16 and mask.get_data_dtype() == np.uint8
@@ -509,6 +509,29 @@ def test_tumour_channel_overlay_generates_ct_with_its_tumour_and_feeds_the_utili
     listed = json.loads((out / "dataset.json").read_text())["training"][0]
     assert listed["masks"] == {"GTV-1": listed["label"]} and not Path(listed["label"]).is_absolute()
     assert json.loads((out / "run_manifest.json").read_text())["tumour_channel"] is True
+    evaluation = {**MODEL, "bundle_root": str(tmp_path), "sample_dir": str(out), "perceptual_network_name": "random"}
+    evaluation["dataset_dir"] = str(tmp_path / "data" / "phantoms_thorax")
+    results = run_workflow(BUNDLE, ("evaluate", *tc), None, output_dir=str(tmp_path / "eval"), fid_pool=2, **evaluation)
+    reconstruction, sampled = results[0]["reconstruction"], results[0]["samples"]
+    assert 0 <= reconstruction["tumour_dice"] <= 1 and reconstruction["mse_hu2"] > 0
+    assert sampled["samples"] == 3 and 0 <= sampled["synthetic_with_tumour_fraction"] <= 1
+    assert (
+        0 < sampled["real_with_tumour_fraction"] <= 1 and sampled["real_tumour_voxels_median"] > 0
+    )  # 16^3: small ones vanish
+    assert "FID" in sampled["distribution"] and "not computed" in sampled["distribution"]["FID"]
+    assert np.isfinite(sampled["distribution"]["FDS (t-SNE of the images, KL real || synthetic)"])
+    with pytest.raises(Exception) as error:  # the project FID network reads CT + tumour, the 3D-FID the CT alone
+        run_workflow(
+            BUNDLE, ("evaluate", *tc), None, output_dir=str(tmp_path / "e2"), fid_network="project", **evaluation
+        )
+    assert "config key 'fid_network'" in error_chain(error.value)
+    (tmp_path / "ct_only").mkdir()  # samples of CT-only weights: no tumour masks listed
+    entries = [{"case_id": entry["case_id"], "image": entry["image"]} for entry in written]
+    (tmp_path / "ct_only" / "dataset.json").write_text(json.dumps({"training": entries}))
+    with pytest.raises(Exception) as error:
+        evaluation["sample_dir"] = str(tmp_path / "ct_only")
+        run_workflow(BUNDLE, ("evaluate", *tc), None, output_dir=str(tmp_path / "e3"), **evaluation)
+    assert "without tumour 'masks'" in error_chain(error.value)
     utility = {
         **sampling,
         "output_dir": str(tmp_path / "utility"),

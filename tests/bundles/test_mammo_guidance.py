@@ -98,6 +98,14 @@ def test_train_infer_evaluate_on_phantoms(trained: Path, tmp_path: Path) -> None
     if "calcification" in kinds:  # not read back by the one-blob rule
         assert results["by_lesion_kind"]["calcification"]["lesion_dice"] == "not read back"
     assert (tmp_path / "eval" / "report.md").is_file()
+    assert "got 2 real and 4 synthetic" in results["distribution"]["not computed"]  # 2 references: no statistic
+    infer(trained, tmp_path / "three", num_samples=1, num_references=3)
+    settings["sample_dir"] = str(tmp_path / "three")
+    found = run_workflow(BUNDLE, ("evaluate",), None, output_dir=str(tmp_path / "eval3"), **settings)[0]
+    assert found["distribution_sets"] == "3 samples vs their 3 anatomy references"
+    assert np.isfinite(found["distribution"]["FDS (t-SNE of the images, KL real || synthetic)"])
+    assert np.isfinite(found["distribution"]["DS (nearest-SSIM histograms, KL real || synthetic)"])
+    assert "not computed" in found["distribution"]["FID"]  # fid_network: null, no paper network file here
 
 
 def test_same_seed_same_samples_and_unguided_baseline(trained: Path, tmp_path: Path) -> None:

@@ -377,6 +377,8 @@ def test_utility_quick_run_reports_and_refuses_seeding_from_the_test_split(train
     results = run_workflow(BUNDLE, ("inference", "utility"), None, **settings)[0]
     assert set(results["arms"]) == {"real", "real+aug", "syn4", "real+syn4", "real+syn4+aug", "real_all", "ceiling"}
     assert results["cases"]["test"] and not set(results["cases"]["test"]) & set(results["cases"]["generator"])
+    seeding = set(results["cases"]["seeding"])  # the paper's noise seeding, from the training split only
+    assert seeding and seeding <= set(results["cases"]["generator"]) and not seeding & set(results["cases"]["test"])
     assert len(list((tmp_path / "utility" / "synthetic" / "labelsTr").glob("*.nii.gz"))) == 4
     # the real_all arm's U-Net (CT + PET in) serves evaluate.yaml + fid_project.yaml: the metrics read the pair
     evaluation = {

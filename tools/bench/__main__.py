@@ -10,6 +10,7 @@ from typing import Any
 import fire
 
 from common.io import atomic_write_text
+from tools.bench.distribution import bench_paired_petct_distribution, bench_semantic_mri_distribution
 from tools.bench.harness import RESULTS_DIR
 from tools.bench.latent_ct import bench_latent_ct
 from tools.bench.latent_ct_intensity import bench_latent_ct_intensity
@@ -19,7 +20,6 @@ from tools.bench.paired_petct import bench_paired_petct, bench_paired_petct_feed
 from tools.bench.paired_petct_choices import bench_paired_petct_choices
 from tools.bench.paired_petct_ttq import bench_paired_petct_time_to_quality
 from tools.bench.semantic_mri import bench_semantic_mri, bench_semantic_mri_clipping
-from tools.bench.semantic_mri_distribution import bench_semantic_mri_distribution
 from tools.bench.semantic_mri_ttq import bench_semantic_mri_time_to_quality
 from tools.bench.serving import bench_serving
 from tools.bench.sharded_sampling import bench_sharded_sampling
@@ -51,6 +51,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "mammo_guidance": bench_mammo_guidance,
     "mammo_guidance_utility": bench_mammo_guidance_utility,
     "paired_petct_utility": bench_paired_petct_utility,
+    "paired_petct_distribution": bench_paired_petct_distribution,
     "sharded_sampling": bench_sharded_sampling,
     "serving": bench_serving,
     "swin_ddpm": bench_swin_ddpm,
