@@ -102,6 +102,22 @@ def distribution_table(
     ]
 
 
+def _evaluate(
+    configs: list[str], sample_dir: Path, output_dir: Path, feature_file: Path, **overrides: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A bundle's evaluation (``evaluate.yaml`` + ``fid_project.yaml``) of ``sample_dir`` with the project FID
+    network ``feature_file``: (the workflow, its results)."""
+    evaluation = bundle_workflow(
+        configs,
+        None,
+        sample_dir=str(sample_dir),
+        output_dir=str(output_dir),
+        fid_project_weights=str(feature_file),
+        **overrides,
+    )
+    return evaluation, evaluation.run()[0]
+
+
 def bench_semantic_mri_distribution(
     ckpt_path: str, output_dir: str | None = None, num_samples: int = 1, **overrides: Any
 ) -> tuple[str, dict[str, Any]]:
@@ -133,15 +149,13 @@ def bench_semantic_mri_distribution(
         **overrides,
     )
     sampling.run()
-    evaluation = bundle_workflow(
+    evaluation, evaluated = _evaluate(
         config_files("semantic_mri", "evaluate", "fid_project", "demo"),
-        None,
-        sample_dir=str(out / "samples"),
-        output_dir=str(out / "eval"),
-        fid_project_weights=str(feature_file),
+        out / "samples",
+        out / "eval",
+        feature_file,
         **overrides,
     )
-    evaluated = evaluation.run()[0]
     samples = evaluated["distribution"]
     distribution = evaluation.parser.get_parsed_content("distribution")
     preprocessing = evaluation.parser.get_parsed_content("real_preprocessing")
@@ -207,16 +221,14 @@ def bench_paired_petct_distribution(
             raise FileNotFoundError(f"utility_dir '{utility}': no '{path.name}' (run paired_petct_utility first)")
     out = Path(output_dir) if output_dir else utility.parent / "distribution"
     start = time.perf_counter()
-    evaluation = bundle_workflow(
+    evaluation, evaluated = _evaluate(
         config_files("paired_petct", "evaluate", "demo", "fid_project"),
-        None,
-        sample_dir=str(sample_dir),
-        output_dir=str(out),
-        fid_project_weights=str(feature_file),
+        sample_dir,
+        out,
+        feature_file,
         max_samples=int(max_samples),
         **overrides,
     )
-    evaluated = evaluation.run()[0]
     samples = evaluated["distribution"]
     distribution = evaluation.parser.get_parsed_content("distribution")
     datalist = evaluation.parser.get_parsed_content("datalist")
