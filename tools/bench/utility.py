@@ -276,6 +276,7 @@ def bench_latent_ct_utility(
     generator_root: str | None = None,
     output_dir: str | None = None,
     time_limit_minutes: float | None = None,
+    spatial_size: list[int] | None = None,
     **overrides: Any,
 ) -> tuple[str, dict[str, Any]]:
     """latent_ct's utility experiment on the demo phantoms; returns (markdown, raw numbers).
@@ -283,7 +284,13 @@ def bench_latent_ct_utility(
     Without ``generator_root``: the real arms and the sanity arms only (the paper's sampler writes no masks). With
     it: the bundle root of a generator trained with ``tumour_channel.yaml`` + ``demo.yaml`` (both stages; its
     ``models/`` hold the weights, its ``data/`` the phantoms it saw), whose CT + tumour samples feed the synthetic
-    arms."""
+    arms. ``spatial_size``: the grid of the generator and the segmenter (the demo's 32^3 when None; the generator
+    must have been trained on the same grid)."""
+    grid, grid_name = "", ""
+    if spatial_size is not None:
+        overrides["spatial_size"] = [int(v) for v in spatial_size]
+        grid = ' --spatial_size "[' + ",".join(map(str, overrides["spatial_size"])) + ']"'
+        grid_name = ", grid " + "x".join(map(str, overrides["spatial_size"]))
     configs = (
         ("train_autoencoder", "inference", "utility") + (("tumour_channel",) if generator_root else ()) + ("demo",)
     )
@@ -299,9 +306,10 @@ def bench_latent_ct_utility(
         time_limit_minutes,
         "python -m tools.bench latent_ct_utility"
         + (" --generator_root <root of a tumour_channel.yaml + demo.yaml generator>" if generator_root else "")
+        + grid
         + (f" --time_limit_minutes {time_limit_minutes:g}" if time_limit_minutes else ""),
         "the tumour_channel.yaml + demo.yaml weights (configs/train_autoencoder.yaml, then with train_diffusion.yaml; "
-        "CT + tumour mask pairs, sampled with 25 DPM-Solver steps)"
+        f"CT + tumour mask pairs, sampled with 25 DPM-Solver steps{grid_name})"
         if generator_root
         else "none (the paper's sampler writes CT without masks: no synthetic arms)",
         ckpt_key="diffusion_ckpt",
