@@ -38,6 +38,7 @@ from common.transforms.ct import (
     MergeSegmentationDict,
     StructureSynonyms,
     normalise_structure_name,
+    read_mask_channel,
 )
 from common.transforms.io import SafeLoadImageD, SafeLoadImaged, SafeLoadImageDict, source_name
 from common.transforms.latent import EncodeLatentd, SampleLatentd
@@ -74,6 +75,7 @@ __all__ = [
     "AppendMaskChanneld",
     "AppendMaskChannelD",
     "AppendMaskChannelDict",
+    "read_mask_channel",
     "CheckHURange",
     "CheckHURangeD",
     "CheckHURangeDict",

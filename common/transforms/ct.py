@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ __all__ = [
     "CheckHURangeDict",
     "AppendMaskChanneld",
     "AppendMaskChannelD",
+    "read_mask_channel",
     "AppendMaskChannelDict",
 ]
 
@@ -445,6 +446,18 @@ class IsolateBody(Transform):
         return self.outside_to_air(image, self.body_mask(image))
 
 
+def _update_keys(
+    transform: MapTransform, data: Mapping[Hashable, Any], enabled: bool, update: Callable[[dict, Hashable], None]
+) -> dict:
+    """A copy of ``data`` with ``update(copy, key)`` applied for each of the transform's keys; untouched when not
+    ``enabled`` (the config switch of :class:`IsolateBodyd` and :class:`AppendMaskChanneld`)."""
+    d = dict(data)
+    if enabled:
+        for key in transform.key_iterator(d):
+            update(d, key)
+    return d
+
+
 class IsolateBodyd(MapTransform):
     """Dictionary wrapper of :class:`IsolateBody`; optionally stores the body mask (uint8, the image's metadata).
 
@@ -474,24 +487,29 @@ class IsolateBodyd(MapTransform):
         self.body_key, self.enabled = body_key, bool(enabled)
         self.isolator = IsolateBody(threshold_hu, fill_hu, opening_radius, fill_holes, slice_axis)
 
+    def isolate(self, d: dict, key: Hashable) -> None:
+        image = d[key]
+        mask = self.isolator.body_mask(image)
+        d[key] = self.isolator.outside_to_air(image, mask)
+        if self.body_key is not None:
+            body = mask.to(torch.uint8)
+            if isinstance(image, MetaTensor):
+                body = MetaTensor(body)
+                body.copy_meta_from(image)
+            d[self.body_key] = body
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        if not self.enabled:
-            return d
-        for key in self.key_iterator(d):
-            image = d[key]
-            mask = self.isolator.body_mask(image)
-            d[key] = self.isolator.outside_to_air(image, mask)
-            if self.body_key is not None:
-                body = mask.to(torch.uint8)
-                if isinstance(image, MetaTensor):
-                    body = MetaTensor(body)
-                    body.copy_meta_from(image)
-                d[self.body_key] = body
-        return d
+        return _update_keys(self, data, self.enabled, self.isolate)
 
 
 # ------------------------------------------------------------------------------------------------- mask channel
+
+
+def read_mask_channel(channel: torch.Tensor, value_range: Sequence[float]) -> torch.Tensor:
+    """The binary mask (float 0 / 1) of a mask channel on an image's scale, as :class:`AppendMaskChanneld` wrote it
+    (0 -> low, 1 -> high of ``value_range``) and a decoder gives it back: ``channel > (low + high) / 2``."""
+    low, high = (float(v) for v in value_range)
+    return (channel > 0.5 * (low + high)).to(channel.dtype if channel.is_floating_point() else torch.float32)
 
 
 class AppendMaskChanneld(MapTransform):
@@ -500,7 +518,7 @@ class AppendMaskChanneld(MapTransform):
     ``data[key]`` (C, *spatial) becomes (C + 1, *spatial): the last channel is ``max(data[m] for m in mask_keys)``
     mapped from {0, 1} onto ``value_range`` (0 -> low, 1 -> high), so that an autoencoder sees the mask on the same
     scale as the image. A model trained on such pairs generates image and mask together (the ``latent_ct`` bundle's
-    ``tumour_channel.yaml``: CT + tumour); decoding reads the mask back as ``channel > (low + high) / 2``.
+    ``tumour_channel.yaml``: CT + tumour); decoding reads the mask back with :func:`read_mask_channel`.
 
     Args:
         keys: image keys.
@@ -550,18 +568,16 @@ class AppendMaskChanneld(MapTransform):
             union = torch.maximum(union, mask[None])
         return union
 
+    def append(self, d: dict, key: Hashable) -> None:
+        image = d[key]
+        shape = tuple(image.shape[1:])
+        channel = (self.low + (self.high - self.low) * self.union(d, shape)).to(torch.as_tensor(image).dtype)
+        if isinstance(image, MetaTensor):
+            channel = MetaTensor(channel, meta=image.meta)
+        d[key] = torch.cat([image, channel.to(image.device)], dim=0)
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        if not self.enabled:
-            return d
-        for key in self.key_iterator(d):
-            image = d[key]
-            shape = tuple(image.shape[1:])
-            channel = (self.low + (self.high - self.low) * self.union(d, shape)).to(torch.as_tensor(image).dtype)
-            if isinstance(image, MetaTensor):
-                channel = MetaTensor(channel, meta=image.meta)
-            d[key] = torch.cat([image, channel.to(image.device)], dim=0)
-        return d
+        return _update_keys(self, data, self.enabled, self.append)
 
 
 # ------------------------------------------------------------------------------------------------------ HU check

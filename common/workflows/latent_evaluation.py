@@ -33,6 +33,7 @@ from common.metrics.distribution import DistributionMetrics
 from common.metrics.fid import fid_2d_slices
 from common.metrics.image import mean_pairwise, ms_ssim, psnr, ssim
 from common.metrics.tsne import scatter_png, tsne
+from common.transforms.ct import read_mask_channel
 from common.transforms.validation import checked_range
 from common.workflows.base import EvaluationWorkflow, read_sample_datalist
 
@@ -165,9 +166,8 @@ class LatentEvaluation(EvaluationWorkflow):
 
     def tumour(self, volumes: torch.Tensor) -> torch.Tensor:
         """The tumour masks (B, 1, *spatial) read back from ``mask_channel`` (> the intensity range's midpoint)."""
-        midpoint = 0.5 * (self.intensity_range[0] + self.intensity_range[1])
         channel = self.mask_channel % volumes.shape[1]
-        return (volumes[:, channel : channel + 1] > midpoint).float()
+        return read_mask_channel(volumes[:, channel : channel + 1], self.intensity_range)
 
     @staticmethod
     def stack(items: Sequence[Mapping[str, Any]]) -> torch.Tensor:

@@ -10,8 +10,8 @@ same layout the bundle reads, plus a ``dataset.json`` and a PNG montage of centr
 overwritten: the run stops before any sampling if one of its outputs exists.
 
 With ``tumour_channel`` (the ``tumour_channel.yaml`` overlay: an autoencoder of CT + tumour mask) the decoder's second
-channel is the tumour mask on the model scale; it is read back as ``channel > (low + high) / 2`` of
-``intensity_range`` and written as ``<case_id>/masks/GTV-1.nii.gz`` (uint8; the primary and secondary tumours merged,
+channel is the tumour mask on the model scale; it is read back by ``read_mask_channel`` (> the midpoint of
+``intensity_range``) and written as ``<case_id>/masks/GTV-1.nii.gz`` (uint8; the primary and secondary tumours merged,
 as the model was trained), listed in ``dataset.json`` as the entry's ``label`` and its ``masks``.
 """
 
@@ -31,6 +31,7 @@ from common.inferers.conditional import ConditionalDiffusionInferer
 from common.inferers.per_sample import per_sample_noise
 from common.inferers.tiled_decoding import decode, decode_tiled_tail, seamless_overlap, tail_receptive_radius
 from common.io import atomic_write_nifti, save_preview_png
+from common.transforms.ct import read_mask_channel
 from common.transforms.validation import checked_range
 from common.workflows.base import SamplingItem, UnconditionalSampling
 
@@ -224,8 +225,7 @@ class LatentSampling(UnconditionalSampling):
         ct = intensity_to_hu(decoded[:, :1], self.hu_window, self.intensity_range)
         if not self.tumour_channel:
             return ct
-        low, high = self.intensity_range
-        return torch.cat([ct, (decoded[:, 1:] > (low + high) / 2).to(ct.dtype)], dim=1)
+        return torch.cat([ct, read_mask_channel(decoded[:, 1:], self.intensity_range).to(ct.dtype)], dim=1)
 
     def sample_item(self, item: SamplingItem, first: int, count: int) -> torch.Tensor:
         return self.generate(first, count)
