@@ -29,6 +29,7 @@ from common.transforms.ct import (
     MergeSegmentationd,
     StructureSynonyms,
     normalise_structure_name,
+    read_mask_channel,
 )
 from common.transforms.io import SafeLoadImaged
 
@@ -497,6 +498,17 @@ def test_append_mask_channel_puts_the_union_of_the_masks_on_the_image_scale() ->
     assert float(scaled["image"][1].max()) == 1000.0 and float(scaled["image"][1].min()) == -1000.0
     untouched = AppendMaskChanneld("image", "gtv1", enabled=False)({"image": image, "gtv1": gtv1})
     assert untouched["image"] is image
+
+
+def test_read_mask_channel_inverts_append_mask_channel_on_either_scale() -> None:
+    mask = (torch.rand(1, 4, 4, 4) > 0.7).float()
+    for value_range in ((-1.0, 1.0), (-1000.0, 1000.0)):
+        append = AppendMaskChanneld("image", "gtv1", value_range=value_range)
+        appended = append({"image": torch.zeros(1, 4, 4, 4), "gtv1": mask})
+        assert torch.equal(read_mask_channel(appended["image"][1:], value_range), mask)
+    decoded = torch.tensor([-0.9, -0.01, 0.01, 0.8])  # a decoder's values: split at the range's midpoint
+    assert read_mask_channel(decoded, (-1.0, 1.0)).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert read_mask_channel(torch.tensor([0, 1, 2]), (0.0, 2.0)).dtype == torch.float32
 
 
 def test_append_mask_channel_errors_name_the_mask() -> None:
