@@ -28,12 +28,14 @@ scoring step: an image-level classifier, a stratified scarce set (a share of pos
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +321,27 @@ def describe_transform(transform: Any) -> Any:
     return type(transform).__name__ if prob is None else f"{type(transform).__name__}(prob={prob})"
 
 
+def describe_callable(factory: Callable) -> Any:
+    """A factory (e.g. a config's ``_mode_: callable`` optimizer, a ``functools.partial``) as its name and keyword
+    values, the same in every process (``repr`` of a function holds its memory address)."""
+    if isinstance(factory, functools.partial):
+        return [describe_callable(factory.func), {k: repr(v) for k, v in sorted(factory.keywords.items())}]
+    return getattr(factory, "__qualname__", type(factory).__name__)
+
+
+def describe_inferer(inferer: Inferer) -> list:
+    """What an inferer does to a test image, for the run settings: its class and, for windowed inference, the window,
+    overlap and blending mode (Gaussian blending changes every figure)."""
+    window = {}
+    if hasattr(inferer, "roi_size"):
+        window["roi_size"] = [int(v) for v in inferer.roi_size]
+    for name in ("overlap", "mode", "sigma_scale"):
+        value = getattr(inferer, name, None)
+        if value is not None:
+            window[name] = value.value if isinstance(value, Enum) else value
+    return [type(inferer).__name__, window]
+
+
 def _plain_number(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
@@ -509,6 +532,9 @@ class UtilityExperiment(EvaluationWorkflow):
             "batch_size": self.batch_size,
             "augmentation": describe_transform(self.augmentation) if arm.augment else None,
             "network": repr(self.network()),
+            "optimizer": describe_callable(self.optimizer),
+            "loss": type(self.loss).__name__,
+            "inferer": describe_inferer(self.inferer),
         }
         if self.training_sampling is not None:
             cropper = getattr(self.training_sampling, "cropper", self.training_sampling)
@@ -516,7 +542,6 @@ class UtilityExperiment(EvaluationWorkflow):
                 describe_transform(self.training_sampling),
                 [int(v) for v in getattr(cropper, "spatial_size", None) or []],
             ]
-            settings["inferer"] = [type(self.inferer).__name__, [int(v) for v in getattr(self.inferer, "roi_size", [])]]
         if validation:
             settings["validation_cases"] = sorted(str(i["case_id"]) for i in validation)
         return settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from monai.networks.nets import UNet
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised
 
@@ -179,6 +179,29 @@ def test_cached_runs_of_other_settings_are_refused_or_overwritten(tmp_path: Path
     assert results["settings"]["iterations"] == 4
 
 
+def test_a_run_of_another_optimizer_loss_or_inferer_is_not_reused(tmp_path: Path) -> None:
+    """The optimizer's values, the loss and the inferer's window blending change every figure: part of a run's
+    settings, so a cached run of other ones is refused (a cached run is reused only when made the same way)."""
+    options = {"synthetic_multiples": [], "seeds": [0], "sanity": False}
+    window = {"roi_size": (8, 8), "sw_batch_size": 4, "overlap": 0.5}
+    experiment(tmp_path, inferer=SlidingWindowInferer(**window), **options).run()
+    changes = {
+        "optimizer": {"optimizer": partial(torch.optim.Adam, lr=1e-3)},
+        "loss": {"loss": DiceLoss(to_onehot_y=True, softmax=True)},
+        "inferer": {"inferer": SlidingWindowInferer(**window, mode="gaussian")},
+    }
+    for key, change in changes.items():
+        with pytest.raises(FileExistsError, match=rf"other settings \(\['{key}'\]\)"):
+            experiment(tmp_path, **{"inferer": SlidingWindowInferer(**window), **options, **change}).run()
+    same = experiment(tmp_path, inferer=SlidingWindowInferer(**window), **options)
+    run = json.loads((tmp_path / "runs" / "real__seed0.json").read_text())["settings"]
+    assert (
+        same.settings(same.arms[0], load(same.scarce_cases))["optimizer"]
+        == run["optimizer"]
+        == ["Adam", {"lr": "0.01"}]
+    )
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -250,6 +273,10 @@ def test_training_sampling_draws_patches_in_every_arm_and_defines_the_runs(tmp_p
     assert set(seen) == {(1, 8, 8)} and len(seen) >= 5 * 3 * 2  # 5 arms x 3 steps, 2 patches per item
     assert len(results["arms"]["real"]["per_case"]) == 3  # whole 16 x 16 test images scored, one figure per case
     run = json.loads((tmp_path / "a" / "runs" / "real__seed0.json").read_text())["settings"]
-    assert run["training_sampling"] == ["Recording", [8, 8]] and run["inferer"] == ["SlidingWindowInferer", [8, 8]]
+    assert run["training_sampling"] == ["Recording", [8, 8]]
+    assert run["inferer"] == [
+        "SlidingWindowInferer",
+        {"roi_size": [8, 8], "overlap": 0.5, "mode": "constant", "sigma_scale": 0.125},
+    ]
     whole = experiment(tmp_path / "b", **options)
     assert "training_sampling" not in whole.settings(whole.arms[0], load(cases("tr", 2)))  # runs without it: as before
