@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["bonferroni", "mean_ci", "one_way_anova", "paired_t_test"]
+__all__ = ["bonferroni", "mean_ci", "one_way_anova", "paired_t_test", "ratio_of_means_ci"]
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:
@@ -106,4 +106,54 @@ def one_way_anova(groups: Mapping[str, Sequence[float]], min_cases: int = 5) -> 
     else:
         test = stats.f_oneway(*arrays.values())
         result["f"], result["p"] = float(test.statistic), float(test.pvalue)
+    return result
+
+
+def ratio_of_means_ci(
+    a: Mapping[str, float],
+    b: Mapping[str, float],
+    min_cases: int = 5,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``mean(a) / mean(b)`` over the cases both score, with a paired percentile bootstrap interval: the test cases
+    are resampled with replacement, each keeping its two scores (``scipy.stats.bootstrap``, ``paired=True``).
+
+    Args:
+        a, b: case id -> score of two arms (e.g. the harness check's real_all and ceiling Dice).
+        min_cases: fewest shared cases for an interval; below it ``note`` says so and the interval is None.
+        seed: of the resampling (the same inputs give the same interval).
+
+    Returns:
+        ``{"n", "ratio", "ci_low", "ci_high", "note"}``; ``ratio`` is None when ``b``'s mean is 0.
+    """
+    shared = sorted(k for k in set(a) & set(b) if np.isfinite(a[k]) and np.isfinite(b[k]))
+    x = np.array([a[k] for k in shared], dtype=np.float64)
+    y = np.array([b[k] for k in shared], dtype=np.float64)
+    result: dict[str, Any] = {"n": len(shared), "ratio": None, "ci_low": None, "ci_high": None, "note": ""}
+    if not shared or y.mean() == 0:
+        result["note"] = "no shared case with a non-zero denominator"
+        return result
+    result["ratio"] = float(x.mean() / y.mean())
+    if len(shared) < min_cases:
+        result["note"] = f"{len(shared)} paired test case(s), fewer than the {min_cases} needed for an interval"
+        return result
+
+    def statistic(first: np.ndarray, second: np.ndarray, axis: int = -1) -> np.ndarray:
+        total = second.sum(axis=axis)
+        return np.divide(first.sum(axis=axis), total, out=np.full(np.shape(total), np.nan), where=total != 0)
+
+    interval = stats.bootstrap(
+        (x, y),
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=int(resamples),
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    low, high = float(interval.low), float(interval.high)
+    result["ci_low"], result["ci_high"] = (low if np.isfinite(low) else None), (high if np.isfinite(high) else None)
     return result

@@ -56,7 +56,7 @@ from common.io import atomic_write_text, read_nifti, write_png
 from common.metrics.classification import classification_score, compare_arms, metric_with_ci, tune_threshold
 from common.metrics.report import write_report
 from common.metrics.segmentation import OVERLAP_METRICS, overlap_counts, overlap_metrics
-from common.metrics.statistics import bonferroni, mean_ci, one_way_anova, paired_t_test
+from common.metrics.statistics import bonferroni, mean_ci, one_way_anova, paired_t_test, ratio_of_means_ci
 from common.workflows.base import EvaluationWorkflow, SamplingWorkflow
 from common.workflows.evaluation import mask_id_of_sample
 from common.workflows.paired_sampling import to_unit_range
@@ -69,6 +69,7 @@ __all__ = [
     "case_label",
     "check_held_out",
     "classification_items",
+    "describe_module",
     "describe_transform",
     "paired_sample_items",
     "paired_slice_items",
@@ -329,6 +330,42 @@ def describe_callable(factory: Callable) -> Any:
     return getattr(factory, "__qualname__", type(factory).__name__)
 
 
+def _describe_value(value: Any) -> Any:
+    """A setting's value as plain JSON, the same in every process (see :func:`describe_module`)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Enum):
+        return _describe_value(value.value)
+    if isinstance(value, (list, tuple)):
+        return [_describe_value(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        if value.numel() <= 64:
+            return [round(float(v), 6) for v in value.detach().flatten().cpu()]
+        return f"Tensor{list(value.shape)}"
+    if isinstance(value, nn.Module):
+        return describe_module(value)
+    if callable(value):
+        return describe_callable(value)
+    return type(value).__name__
+
+
+def describe_module(module: Any) -> Any:
+    """A loss (or any module without learnt weights) as its class and every option that changes what it computes, the
+    same in every process: its public plain attributes (``include_background``, ``lambda_dice``, ``reduction``, ...),
+    its buffers (class weights) and, recursively, its submodules (``DiceCELoss``'s ``dice`` and ``cross_entropy``).
+    A plain function is described by :func:`describe_callable`."""
+    if not isinstance(module, nn.Module):
+        return describe_callable(module)
+    options: dict[str, Any] = {
+        name: _describe_value(value)
+        for name, value in sorted(vars(module).items())
+        if not name.startswith("_") and name != "training"
+    }
+    options.update({name: _describe_value(b) for name, b in module.named_buffers(recurse=False)})
+    options.update({name: describe_module(m) for name, m in module.named_children()})
+    return [type(module).__name__, options]
+
+
 def describe_inferer(inferer: Inferer) -> list:
     """What an inferer does to a test image, for the run settings: its class and, for windowed inference, the window,
     overlap and blending mode (Gaussian blending changes every figure)."""
@@ -533,7 +570,7 @@ class UtilityExperiment(EvaluationWorkflow):
             "augmentation": describe_transform(self.augmentation) if arm.augment else None,
             "network": repr(self.network()),
             "optimizer": describe_callable(self.optimizer),
-            "loss": type(self.loss).__name__,
+            "loss": describe_module(self.loss),
             "inferer": describe_inferer(self.inferer),
         }
         if self.training_sampling is not None:
@@ -739,7 +776,15 @@ class UtilityExperiment(EvaluationWorkflow):
         if "real_all" in arms and "ceiling" in arms:
             best, top = arms["real_all"]["metrics"]["dice"]["mean"], arms["ceiling"]["metrics"]["dice"]["mean"]
             ratio = best / top if best is not None and top else None
-            results["sanity"] = {"real_all_dice": best, "ceiling_dice": top, "ratio": ratio}
+            interval = ratio_of_means_ci(per_case_dice["real_all"], per_case_dice["ceiling"], self.min_test_cases)
+            results["sanity"] = {
+                "real_all_dice": best,
+                "ceiling_dice": top,
+                "ratio": ratio,
+                "ci_low": interval["ci_low"],  # paired bootstrap over test cases (how far the ratio can move
+                "ci_high": interval["ci_high"],  # with another draw of as many test cases)
+                "note": interval["note"],
+            }
         return results
 
     # ------------------------------------------------------------------------------------------------ reporting
@@ -804,9 +849,17 @@ class UtilityExperiment(EvaluationWorkflow):
         lines += [f"Paired tests: {note}." for note in notes]
         if "sanity" in results and results["sanity"]["ratio"] is not None:
             s = results["sanity"]
+            spread = (
+                f"95 % paired-bootstrap interval over test cases [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+                if s.get("ci_low") is not None and s.get("ci_high") is not None
+                else f"no interval: {s['note']}"
+                if s.get("note")
+                else ""
+            )
             lines.append(
                 f"Harness sanity: real_all Dice {s['real_all_dice']:.3f} / ceiling Dice {s['ceiling_dice']:.3f} = "
-                f"{s['ratio']:.3f} (ceiling: the same network and budget trained on the test cases themselves)."
+                f"{s['ratio']:.3f}{' (' + spread + ')' if spread else ''} (ceiling: the same network and budget "
+                "trained on the test cases themselves)."
             )
         return "\n".join(lines) + "\n"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from common.metrics.statistics import bonferroni, mean_ci, one_way_anova, paired_t_test
+from common.metrics.statistics import bonferroni, mean_ci, one_way_anova, paired_t_test, ratio_of_means_ci
 
 
 def test_mean_ci_by_hand() -> None:
@@ -85,3 +86,33 @@ def test_one_way_anova_by_hand() -> None:
 def test_one_way_anova_says_why_there_is_no_p_value(groups: dict, note: str) -> None:
     result = one_way_anova(groups, min_cases=3)
     assert result["p"] is None and note in result["note"]
+
+
+def test_ratio_of_means_ci_by_hand() -> None:
+    """Two cases: a resample holds x twice (ratio 0.6/0.8), y twice (0.8/0.8) or both (1.4/1.6), so the 95 %
+    percentile interval spans the two pure resamples, [0.75, 1.0]; the point value is 1.4/1.6."""
+    result = ratio_of_means_ci({"x": 0.6, "y": 0.8, "only_a": 0.1}, {"x": 0.8, "y": 0.8}, min_cases=2)
+    assert result["n"] == 2 and result["note"] == ""
+    assert result["ratio"] == pytest.approx(0.875)
+    assert result["ci_low"] == pytest.approx(0.75) and result["ci_high"] == pytest.approx(1.0)
+    again = ratio_of_means_ci({"x": 0.6, "y": 0.8}, {"x": 0.8, "y": 0.8}, min_cases=2)
+    assert again == result
+
+
+def test_ratio_of_means_ci_is_exact_for_a_constant_ratio_and_covers_a_noisy_one() -> None:
+    rng = np.random.default_rng(3)
+    b = {f"c{i}": float(v) for i, v in enumerate(rng.uniform(0.5, 0.9, 16))}
+    exact = ratio_of_means_ci({k: 0.8 * v for k, v in b.items()}, b)
+    assert exact["ratio"] == pytest.approx(0.8) and exact["ci_low"] == pytest.approx(0.8)
+    assert exact["ci_high"] == pytest.approx(0.8)
+    noisy = ratio_of_means_ci({k: 0.8 * v + float(rng.normal(0, 0.1)) for k, v in b.items()}, b)
+    assert noisy["ci_low"] < noisy["ratio"] < noisy["ci_high"]
+    assert 0.1 < noisy["ci_high"] - noisy["ci_low"] < 0.4
+
+
+def test_ratio_of_means_ci_says_why_there_is_no_interval() -> None:
+    few = ratio_of_means_ci({"x": 0.5, "y": 0.7}, {"x": 0.6, "y": 0.8})
+    assert few["ratio"] == pytest.approx(1.2 / 1.4) and few["ci_low"] is None
+    assert few["note"] == "2 paired test case(s), fewer than the 5 needed for an interval"
+    zero = ratio_of_means_ci({"x": 0.5}, {"x": 0.0}, min_cases=1)
+    assert zero["ratio"] is None and zero["note"] == "no shared case with a non-zero denominator"

@@ -13,9 +13,11 @@ from monai.losses import DiceCELoss, DiceLoss
 from monai.networks.nets import UNet
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised
 
+from common.metrics.statistics import ratio_of_means_ci
 from common.workflows.utility import (
     UtilityExperiment,
     check_held_out,
+    describe_module,
     describe_transform,
     round_robin,
     utility_arms,
@@ -112,6 +114,20 @@ def test_experiment_refuses_a_test_case_the_generator_saw(tmp_path: Path) -> Non
         experiment(tmp_path, generator_cases=cases("tr", 4) + cases("te", 2))
 
 
+def test_the_harness_ratio_has_a_paired_bootstrap_interval(tmp_path: Path) -> None:
+    """real_all / ceiling Dice with its interval over test cases, from the same per-case scores as the table."""
+    results = experiment(tmp_path, synthetic_multiples=[], seeds=[0], min_test_cases=2).run()
+    sanity = results["sanity"]
+    per_case = {arm: results["arms"][arm]["per_case"] for arm in ("real_all", "ceiling")}
+    expected = ratio_of_means_ci(*({c: v["dice"] for c, v in per_case[arm].items()} for arm in per_case), 2)
+    assert sanity["ratio"] == pytest.approx(expected["ratio"])
+    assert (sanity["ci_low"], sanity["ci_high"]) == (expected["ci_low"], expected["ci_high"])
+    assert sanity["ci_low"] <= sanity["ratio"] <= sanity["ci_high"]
+    report = (tmp_path / "report.md").read_text()
+    interval = f"[{sanity['ci_low']:.3f}, {sanity['ci_high']:.3f}]"
+    assert f"(95 % paired-bootstrap interval over test cases {interval})" in report
+
+
 def test_round_robin_spreads_the_first_samples_over_the_masks() -> None:
     entries = [{"case_id": f"{m}_sample{i:03d}"} for m in ("b", "a") for i in range(2)]
     assert [e["case_id"] for e in round_robin(entries)] == ["a_sample000", "b_sample000", "a_sample001", "b_sample001"]
@@ -129,9 +145,10 @@ def test_experiment_writes_the_report_and_says_when_cases_are_too_few(tmp_path: 
     comparison = results["comparisons"]["vs real"]["real+syn4"]
     assert comparison["p"] is None and "fewer than the 4 needed" in comparison["note"]
     assert results["anova"]["p"] is None and results["comparisons_count"] == 14  # 7 arms against each of 2 baselines
-    assert results["sanity"]["ratio"] is not None
+    assert results["sanity"]["ratio"] is not None and results["sanity"]["ci_low"] is None
     report = (tmp_path / "report.md").read_text()
     assert "| real+syn4+aug | 2 | 4 | yes |" in report and "no p (too few cases)" in report
+    assert "(no interval: 3 paired test case(s), fewer than the 4 needed for an interval)" in report
     assert json.loads((tmp_path / "report.json").read_text())["cases"]["test"] == ["te00", "te01", "te02"]
     assert (tmp_path / "utility_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "runs").glob("*.json"))) == 20
@@ -190,7 +207,15 @@ def test_a_run_of_another_optimizer_loss_or_inferer_is_not_reused(tmp_path: Path
         "loss": {"loss": DiceLoss(to_onehot_y=True, softmax=True)},
         "inferer": {"inferer": SlidingWindowInferer(**window, mode="gaussian")},
     }
-    for key, change in changes.items():
+    same_class = {  # the same loss class with another option: seen too (not only the class name)
+        "include_background": DiceCELoss(to_onehot_y=True, softmax=True, include_background=False),
+        "lambda_ce": DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.5),
+        "weight": DiceCELoss(to_onehot_y=True, softmax=True, weight=torch.tensor([1.0, 3.0])),
+    }
+    for option, loss in same_class.items():
+        changes[f"loss ({option})"] = {"loss": loss}
+    for name, change in changes.items():
+        key = name.split()[0]
         with pytest.raises(FileExistsError, match=rf"other settings \(\['{key}'\]\)"):
             experiment(tmp_path, **{"inferer": SlidingWindowInferer(**window), **options, **change}).run()
     same = experiment(tmp_path, inferer=SlidingWindowInferer(**window), **options)
@@ -200,6 +225,7 @@ def test_a_run_of_another_optimizer_loss_or_inferer_is_not_reused(tmp_path: Path
         == run["optimizer"]
         == ["Adam", {"lr": "0.01"}]
     )
+    assert run["loss"][0] == "DiceCELoss" and run["loss"][1]["dice"][1]["include_background"] is True
 
 
 @pytest.mark.parametrize(
@@ -224,6 +250,23 @@ def test_too_few_synthetic_pairs_names_num_samples(tmp_path: Path) -> None:
 def test_utility_test_cases_needs_a_test_dir_with_real_data() -> None:
     with pytest.raises(ValueError, match="config key 'test_dir'"):
         utility_test_cases(None, ["t1c"])
+
+
+def test_describe_module_is_plain_json_the_same_in_every_process() -> None:
+    """A loss is recorded by its options, buffers and submodules, as JSON without memory addresses."""
+    weighted = DiceCELoss(to_onehot_y=True, softmax=True, weight=torch.tensor([1.0, 3.0]), lambda_dice=0.5)
+    described = describe_module(weighted)
+    assert (
+        json.loads(json.dumps(described))
+        == described
+        == describe_module(DiceCELoss(to_onehot_y=True, softmax=True, weight=torch.tensor([1.0, 3.0]), lambda_dice=0.5))
+    )
+    name, options = described
+    assert name == "DiceCELoss" and options["lambda_dice"] == 0.5 and options["lambda_ce"] == 1.0
+    assert options["dice"][1]["class_weight"] == [1.0, 3.0] and options["dice"][1]["to_onehot_y"] is True
+    assert options["cross_entropy"][1]["weight"] == [1.0, 3.0]
+    assert "0x" not in json.dumps(described)
+    assert describe_module(torch.nn.functional.cross_entropy) == "cross_entropy"
 
 
 def test_describe_transform_is_the_same_after_use() -> None:
