@@ -375,7 +375,7 @@ def describe_inferer(inferer: Inferer) -> list:
     for name in ("overlap", "mode", "sigma_scale"):
         value = getattr(inferer, name, None)
         if value is not None:
-            window[name] = value.value if isinstance(value, Enum) else value
+            window[name] = _describe_value(value)
     return [type(inferer).__name__, window]
 
 
@@ -849,17 +849,13 @@ class UtilityExperiment(EvaluationWorkflow):
         lines += [f"Paired tests: {note}." for note in notes]
         if "sanity" in results and results["sanity"]["ratio"] is not None:
             s = results["sanity"]
-            spread = (
-                f"95 % paired-bootstrap interval over test cases [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-                if s.get("ci_low") is not None and s.get("ci_high") is not None
-                else f"no interval: {s['note']}"
-                if s.get("note")
-                else ""
-            )
+            if s.get("ci_low") is not None and s.get("ci_high") is not None:
+                spread = f" (95 % paired-bootstrap interval over test cases [{s['ci_low']:.3f}, {s['ci_high']:.3f}])"
+            else:
+                spread = f" (no interval: {s['note']})" if s.get("note") else ""
             lines.append(
                 f"Harness sanity: real_all Dice {s['real_all_dice']:.3f} / ceiling Dice {s['ceiling_dice']:.3f} = "
-                f"{s['ratio']:.3f}{' (' + spread + ')' if spread else ''} (ceiling: the same network and budget "
-                "trained on the test cases themselves)."
+                f"{s['ratio']:.3f}{spread} (ceiling: the same network and budget trained on the test cases themselves)."
             )
         return "\n".join(lines) + "\n"
 
