@@ -489,6 +489,18 @@ def test_utility_quick_run_scores_the_real_arms(tmp_path: Path) -> None:
     assert "fewer than the 5 needed" in (tmp_path / "utility" / "report.md").read_text()
 
 
+def test_utility_segmenter_keeps_the_input_grid() -> None:
+    """The utility segmenter's first convolution has stride 1 (a tumour is a few voxels across: MONAI UNet, whose first
+    convolution has stride 2, found too little of it on validation phantoms), and it maps a patch to a same-size map."""
+    parser = config_parser(BUNDLE, ("train_autoencoder", "inference", "utility"))
+    network = parser.get_parsed_content("segmenter_def")()
+    first = next(m for m in network.modules() if isinstance(m, torch.nn.Conv3d))
+    assert tuple(first.stride) == (1, 1, 1)
+    patch = parser.get_parsed_content("segmenter_patch")
+    with torch.no_grad():
+        assert network.eval()(torch.zeros(1, 1, *patch)).shape == (1, 2, *patch)
+
+
 def test_tumour_channel_overlay_generates_ct_with_its_tumour_and_feeds_the_utility(tmp_path: Path) -> None:
     """tumour_channel.yaml: both stages on CT + tumour, samples written with their masks, the utility's synthetic arms
     trained on them (the segmenter sees the CT only: a 2-channel input would not fit its 1-channel U-Net)."""
